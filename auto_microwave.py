@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Auto-microwave an unseen prompt: compose stages from the nearest baked prompts.
+
+Example: python auto_microwave.py "a yellow pear" --baked-dir baked --out pear.png
+"""
+
+import torch
+
+import common
+
+
+def parse_args(argv=None):
+    p = common.make_parser(__doc__)
+    p.add_argument("prompt", help="text (weighted parts: 'a | b:0.5 | c:-1') or an image file")
+    common.add_common_args(p, size=128, steps=25, cutn=8)
+    p.add_argument("--baked-dir", default="baked", help="folder of baked files to draw from")
+    p.add_argument("--k", type=common.positive_int, default=2, help="how many nearest baked prompts to use")
+    p.add_argument("--mix", type=common.unit_float, default=0.7,
+                   help="weight of the prompt in each stage's target (the path gets 1 - mix)")
+    p.add_argument("--mode", choices=["mean", "splice"], default="mean",
+                   help="mean: per-stage mean of the chosen paths; splice: each stage from one of them")
+    return p.parse_args(argv)
+
+
+def baked_prompt_embeds(model, bakes):
+    """The prompt embedding of each bake under this model, or None where it cannot be had."""
+    texts = [b["prompt"] for b in bakes if b["prompt_type"] == "text"]
+    text_embeds = iter(common.embed_texts(model, texts)) if texts else iter(())
+    embeds = []
+    for b in bakes:
+        if b["prompt_type"] == "text":
+            embeds.append(next(text_embeds))
+        elif b.get("clip_model") == model.name and "prompt_embed" in b:
+            embeds.append(b["prompt_embed"].to(model.device))
+        else:
+            embeds.append(None)
+    return embeds
+
+
+def compose_path(paths, mode):
+    """One path of stages from k paths [k, S, D]: per-stage mean, or a random splice."""
+    paths = torch.nn.functional.normalize(paths, dim=-1)
+    if mode == "mean":
+        return paths.mean(0)  # [S, D]: each stage averaged over the paths, not over everything
+    pick = torch.randint(len(paths), (paths.shape[1],))  # [S]: which path gives each stage
+    return paths[pick, torch.arange(paths.shape[1])]
+
+
+@common.cli
+def main(argv=None):
+    args = parse_args(argv)
+    common.check_output(args.out)
+    device = common.pick_device(args.device)
+    seed = common.seed_everything(args.seed)
+    model = common.load_clip(args.clip_model, device)
+    bakes = common.load_baked_dir(args.baked_dir, model.dim)
+    prompt = common.load_prompt(model, args.prompt)
+    candidates = []
+    for bake, embed in zip(bakes, baked_prompt_embeds(model, bakes)):
+        if embed is None:
+            common.log(f"skipping {bake['path']}: an image prompt baked with another model")
+            continue
+        candidates.append((common.spherical_distance(prompt.embed, embed).item(), bake))
+    if not candidates:
+        raise common.UserError(f"no usable baked files in {args.baked_dir}: bake some with bake.py")
+    candidates.sort(key=lambda c: c[0])
+    n_stages = len(candidates[0][1]["stages"])
+    chosen = [c for c in candidates if len(c[1]["stages"]) == n_stages][:args.k]
+    print(f"nearest baked prompts ({args.mode}):")
+    for dist, bake in chosen:
+        print(f"  {dist:.4f}  {bake['prompt']!r}  ({bake['path']})")
+    if len(chosen) < args.k:
+        common.log(f"note: only {len(chosen)} baked file(s) with {n_stages} stages; using those")
+    path = compose_path(torch.stack([b["stages"] for _, b in chosen]).to(device), args.mode)  # [S, D]
+    stages = common.lerp_unit(path, prompt.embed, args.mix)
+    shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
+    z = common.render(model, common.shape_targets(stages, shift), args, desc="auto-microwave")
+    info = {"prompt": prompt.text, "baked_prompts": [b["prompt"] for _, b in chosen]}
+    common.save_image(args.out, z, args.save_size, common.run_info("auto_microwave.py", args, seed, **info))
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()

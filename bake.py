@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Bake a prompt: meta-optimize the stage embeddings of a staged CLIP-guided run.
+
+Example: python bake.py "a red apple" --clip-model ViT-B/32 --out apple.png
+"""
+
+import common
+
+
+def parse_args(argv=None):
+    p = common.make_parser(__doc__)
+    p.add_argument("prompt", help="text (weighted parts: 'a | b:0.5 | c:-1') or an image file")
+    common.add_common_args(p, size=128, steps=30, cutn=1)
+    common.add_bake_args(p)
+    p.add_argument("--name", default=None, help="baked file name (default: a slug of the prompt)")
+    return p.parse_args(argv)
+
+
+@common.cli
+def main(argv=None):
+    args = parse_args(argv)
+    common.check_output(args.out)
+    path = common.baked_path(args.baked_dir, args.prompt, args.name)
+    device = common.pick_device(args.device)
+    seed = common.seed_everything(args.seed)
+    model = common.load_clip(args.clip_model, device)
+    prompt = common.load_prompt(model, args.prompt)
+    shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
+    try:
+        history = common.bake_prompt(model, prompt, shift, args, seed, path, args.out)
+    except KeyboardInterrupt:
+        raise SystemExit(f"interrupted: the stages learned so far are saved to {path} (marked incomplete)")
+    print(f"baked {prompt.text!r}: final meta loss {history[-1]:.4f}; stages in {path}, image in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,866 @@
+"""Shared pieces of the staged CLIP guidance scripts (bake, microwave, auto_microwave, normal).
+
+Everything two scripts need lives here once: loading CLIP, prompts, the losses, the
+cutouts, the renderer and its differentiable twin, the bake's meta step, baked files,
+image output and the command-line flags every script has.
+"""
+
+import argparse
+import datetime
+import functools
+import json
+import math
+import netrc
+import os
+import random
+import re
+import secrets
+import socket
+import sys
+import tempfile
+import unicodedata
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# The clip package imports pkg_resources, which warns on every start; the warning is
+# about clip's packaging, not about anything a user can act on.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+import clip  # noqa: E402
+from clip.model import CLIP, build_model  # noqa: E402
+
+# --- constants
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_CLIP_MODEL = "ViT-B/32"
+STYLE_TEXT = "#pixelart simplistic 8-bit sprite art"
+NEGATIVE_TEXT = "text, graffitti, words"
+STYLE_WEIGHT = 0.5
+NEGATIVE_WEIGHT = 0.5
+LR = 0.12
+SAVE_SIZE = 512
+TV_WEIGHT = 1.4
+STD_WEIGHT = 0.05
+QUANT_LEVELS = 16
+BAKED_FORMAT = "staged-clip-bake"
+BAKED_VERSION = 1
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+DOWNLOAD_TIMEOUT = 20  # seconds; without a network the download must fail fast, not hang
+
+# Architectures for "random:NAME": the real shapes with random weights, built offline.
+# (embed_dim, image_resolution, vision_layers, vision_width, patch, context, vocab,
+#  text_width, text_heads, text_layers), as in openai/CLIP's released checkpoints.
+RANDOM_ARCHS = {
+    "ViT-B/32": (512, 224, 12, 768, 32, 77, 49408, 512, 8, 12),
+    "ViT-B/16": (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
+    "ViT-L/14": (768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
+}
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, without a traceback."""
+
+
+def cli(main):
+    """Wrap a script's main(argv) so user errors exit non-zero with one line on stderr."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv)
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
+        except torch.cuda.OutOfMemoryError:
+            raise SystemExit("error: out of GPU memory: lower --size or --cutn "
+                             "(or --steps for an unrolled bake), or use --device cpu") from None
+
+    return wrapper
+
+
+def log(*parts):
+    """Print a status line to stderr, above any progress bar."""
+    from tqdm import tqdm
+    tqdm.write(" ".join(str(p) for p in parts), file=sys.stderr)
+
+
+# --- command line
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def unit_float(text):
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {value}")
+    return value
+
+
+def make_parser(doc):
+    """An ArgumentParser that shows the script's docstring and every default."""
+    return argparse.ArgumentParser(description=doc,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_common_args(parser, *, size, steps, cutn, out="output.png"):
+    """Add the flags every script has; the per-script defaults are passed in."""
+    g = parser.add_argument_group("common options")
+    g.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
+                   help="CLIP model name (downloaded once), a local checkpoint path, "
+                        "or random:ARCH (random weights, for timing)")
+    g.add_argument("--device", default=None,
+                   help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: a fresh one, printed so the run can be repeated)")
+    if out is not None:
+        g.add_argument("--out", default=out, help="output PNG path")
+    g.add_argument("--size", type=positive_int, default=size, help="side of the optimized image tensor")
+    g.add_argument("--steps", type=positive_int, default=steps, help="Adam steps (per stage where staged)")
+    g.add_argument("--lr", type=positive_float, default=LR, help="learning rate of the image optimizer")
+    g.add_argument("--cutn", type=positive_int, default=cutn, help="cutouts CLIP sees per step")
+    g.add_argument("--save-size", type=positive_int, default=SAVE_SIZE,
+                   help="side of the saved PNG (nearest-neighbour upscale)")
+    g.add_argument("--no-style", dest="style", action="store_false",
+                   help="turn off target shaping (style and negative texts)")
+    g.add_argument("--style-text", default=STYLE_TEXT, help="text added to every target")
+    g.add_argument("--negative-text", default=NEGATIVE_TEXT, help="text subtracted from every target")
+    return g
+
+
+def add_bake_args(parser):
+    """Add the meta-optimization flags shared by bake.py and batch_bake.py."""
+    g = parser.add_argument_group("bake options")
+    g.add_argument("--stages", type=positive_int, default=10, help="number of stages")
+    g.add_argument("--meta-steps", type=positive_int, default=100, help="meta-optimization steps")
+    g.add_argument("--meta-lr", type=positive_float, default=LR, help="learning rate of the stage embeddings")
+    g.add_argument("--stage-reg", type=float, default=1.0,
+                   help="weight of the fading 'stay near the prompt' term on the stages")
+    g.add_argument("--meta-grad", choices=["unrolled", "none"], default="unrolled",
+                   help="unrolled: back-propagate the final image loss through the inner "
+                        "optimization; none: the reference's behaviour (no image gradient)")
+    g.add_argument("--baked-dir", default="baked", help="folder of baked files")
+    g.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto",
+                   help="wandb logging; auto logs online when a wandb login is configured")
+    g.add_argument("--wandb-project", default="staged-clip", help="wandb project name")
+    g.add_argument("--log-every", type=positive_int, default=10,
+                   help="log the baked and control images every N meta steps")
+    return g
+
+
+# --- setup
+
+def pick_device(name=None):
+    """The requested torch device, else cuda when available, else cpu."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but CUDA is not available here: use --device cpu")
+    return device
+
+
+def seed_everything(seed=None, announce=True):
+    """Seed python and torch (a fresh seed when None), print it and return it."""
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if announce:
+        print(f"seed: {seed}")
+    return seed
+
+
+class Clip:
+    """A frozen CLIP model with what the renderer needs to know about it."""
+
+    def __init__(self, model, name, device):
+        self.model = model.float().eval().requires_grad_(False).to(device)
+        self.name = name
+        self.device = device
+        self.size = model.visual.input_resolution
+        self.dim = model.text_projection.shape[1]
+        self.context_length = model.context_length
+        self.mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+
+
+def _offline_hint(name):
+    return (f"could not download CLIP model {name!r} (no network?): pass --clip-model with the path "
+            f"of a local checkpoint (e.g. a copy of ~/.cache/clip/*.pt from a machine with a network), "
+            f"or random:{name} for untrained weights")
+
+
+def _state_dict_from_file(path):
+    """Read a CLIP state dict from a plain state-dict file or a TorchScript archive."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if obj is None:
+        try:  # openai's released checkpoints are TorchScript archives
+            return torch.jit.load(path, map_location="cpu").state_dict()
+        except Exception:
+            pass
+    raise UserError(f"{path} is not a CLIP checkpoint (a state dict or TorchScript file): "
+                    f"check the path, or delete it and download again")
+
+
+def load_clip(name=DEFAULT_CLIP_MODEL, device="cpu"):
+    """Load a frozen CLIP by released name, local checkpoint path, or random:ARCH.
+
+    Released names are downloaded once into ~/.cache/clip. Every failure is a UserError
+    with one line saying what to do (the offline options when there is no network).
+    """
+    device = torch.device(device)
+    if name.startswith("random:"):
+        arch = name.split(":", 1)[1]
+        if arch not in RANDOM_ARCHS:
+            raise UserError(f"unknown architecture {arch!r} for random weights: use one of "
+                            f"{', '.join('random:' + a for a in RANDOM_ARCHS)}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same random model every time
+            model = CLIP(*RANDOM_ARCHS[arch])
+        return Clip(model, name, device)
+    if os.path.isfile(name):
+        path = name
+    elif name in clip.available_models():
+        root = os.path.expanduser("~/.cache/clip")
+        old_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                path = clip.clip._download(clip.clip._MODELS[name], root)
+        except (OSError, ValueError):
+            raise UserError(_offline_hint(name)) from None
+        except RuntimeError:  # checksum mismatch after a download
+            raise UserError(f"the download of {name!r} is corrupt: delete ~/.cache/clip/*.pt "
+                            f"and run again") from None
+        finally:
+            socket.setdefaulttimeout(old_timeout)
+    else:
+        raise UserError(f"unknown CLIP model {name!r}: use a path to a checkpoint file, one of "
+                        f"{', '.join(clip.available_models())}, or random:ARCH")
+    state = {k: v.float() for k, v in _state_dict_from_file(path).items()}
+    try:
+        model = build_model(dict(state)).float()
+        model.load_state_dict({k: v for k, v in state.items()
+                               if k not in ("input_resolution", "context_length", "vocab_size")})
+    except Exception as e:
+        raise UserError(f"{path} does not hold CLIP weights ({type(e).__name__}): "
+                        f"pass a CLIP checkpoint") from None
+    return Clip(model, name, device)
+
+
+@contextmanager
+def math_attention():
+    """Run attention on the math kernel: the fused kernels have no double backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+# --- prompts and embeddings
+
+def embed_texts(model, texts):
+    """Unit CLIP embeddings of a list of texts: [n, D]."""
+    try:
+        tokens = clip.tokenize(texts, context_length=model.context_length)
+    except RuntimeError:
+        long = max(texts, key=len)
+        raise UserError(f"prompt too long for CLIP's {model.context_length}-token context: "
+                        f"shorten {long[:40]!r}...") from None
+    with torch.no_grad():
+        return F.normalize(model.model.encode_text(tokens.to(model.device)).float(), dim=-1)
+
+
+def embed_images(model, images):
+    """Unit CLIP embeddings of images in [0, 1] at CLIP's input side: [n, D]."""
+    return F.normalize(model.model.encode_image((images - model.mean) / model.std).float(), dim=-1)
+
+
+def is_image_path(text):
+    """Whether a prompt names an image file (existing or not, judged by its suffix)."""
+    return Path(text).suffix.lower() in IMAGE_SUFFIXES and "|" not in text
+
+
+def load_image(path, side):
+    """An image file as a [1, 3, side, side] tensor in [0, 1] (resized, centre-cropped)."""
+    from PIL import Image, UnidentifiedImageError
+    import torchvision.transforms.functional as TF
+    if not os.path.isfile(path):
+        raise UserError(f"image prompt {path} not found: check the path")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        raise UserError(f"cannot read image {path}: pass a PNG or JPEG file") from None
+    im = TF.center_crop(TF.resize(im, side, antialias=True), side)
+    return TF.to_tensor(im).unsqueeze(0)  # [1, 3, side, side]
+
+
+def parse_prompt(text):
+    """Split "a red apple | green:0.5 | text:-1" into [(text, weight), ...].
+
+    A weight is read from the right of each part, so a colon inside the text survives:
+    "time: 12:30" stays one part of weight 1, "photo: x:2" is ("photo: x", 2.0).
+    """
+    parts = []
+    for part in text.split("|"):
+        body, sep, tail = part.rpartition(":")
+        weight = 1.0
+        if sep:
+            try:
+                weight = float(tail)
+                part = body
+            except ValueError:
+                pass
+        part = part.strip()
+        if part:
+            parts.append((part, weight))
+    if not parts:
+        raise UserError("empty prompt: give some text, e.g. \"a red apple\", or an image file")
+    return parts
+
+
+class Prompt:
+    """What a prompt asks for: a unit embedding, and for an image prompt its pixels."""
+
+    def __init__(self, text, kind, embed, image=None):
+        self.text, self.kind, self.embed, self.image = text, kind, embed, image
+
+
+def load_prompt(model, text):
+    """Embed a prompt: an image file, or text with optional weighted parts."""
+    if text is None or not text.strip():
+        raise UserError("empty prompt: give some text, e.g. \"a red apple\", or an image file")
+    if is_image_path(text.strip()):
+        image = load_image(text.strip(), model.size).to(model.device)
+        with torch.no_grad():
+            return Prompt(text.strip(), "image", embed_images(model, image)[0], image)
+    parts = parse_prompt(text)
+    texts = [p for p, _ in parts]
+    weights = torch.tensor([w for _, w in parts], device=model.device)
+    mixed = (weights[:, None] * embed_texts(model, texts)).sum(0)
+    if mixed.norm() < 1e-6:
+        raise UserError(f"the weights of {text!r} cancel out: change them so they do not sum to nothing")
+    return Prompt(text.strip(), "text", F.normalize(mixed, dim=-1))
+
+
+def style_shift(model, style=True, style_text=STYLE_TEXT, negative_text=NEGATIVE_TEXT):
+    """The vector added to every target: +0.5 style, -0.5 negative (zero with style off)."""
+    if not style:
+        return torch.zeros(model.dim, device=model.device)
+    style_e, negative_e = embed_texts(model, [style_text, negative_text])
+    return STYLE_WEIGHT * style_e - NEGATIVE_WEIGHT * negative_e
+
+
+def shape_targets(stages, shift):
+    """Targets from stage embeddings: unit stage + style shift; [S, D].
+
+    The reference adds the style texts to raw vectors, so a stage's arbitrary length
+    decided how much the style counted; mixing unit vectors keeps the 0.5 weights honest.
+    """
+    return F.normalize(stages, dim=-1) + shift
+
+
+def lerp_unit(a, b, t):
+    """Linear mix of the unit vectors of a and b: (1 - t) * a^ + t * b^."""
+    return torch.lerp(F.normalize(a, dim=-1), F.normalize(b, dim=-1), t)
+
+
+# --- losses
+
+def spherical_distance(x, y):
+    """Half the squared angle between x and y, computed as 2 * arcsin(|x^ - y^| / 2)^2.
+
+    Orthogonal vectors lie pi / 2 apart, so their distance is (pi / 2)^2 / 2 = pi^2 / 8;
+    identical directions give 0, opposite ones pi^2 / 2.
+    """
+    x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
+    return (x - y).norm(dim=-1).div(2).clamp(max=1).arcsin().pow(2).mul(2)
+
+
+def total_variation(z):
+    """Mean squared difference of vertical and of horizontal neighbours, per image: [B]."""
+    dy = (z[:, :, 1:, :] - z[:, :, :-1, :]).pow(2).mean((1, 2, 3))
+    dx = (z[:, :, :, 1:] - z[:, :, :, :-1]).pow(2).mean((1, 2, 3))
+    return dx + dy
+
+
+def to_image(z):
+    """The shown image of a tensor z: clamp(z / 2 + 0.5, 0, 1)."""
+    return z.div(2).add(0.5).clamp(0, 1)
+
+
+# --- cutouts
+
+def _affine(scale, angle, shift_x, shift_y, flip):
+    """Batched 2x3 sampling matrices (normalized coordinates): [n, 2, 3]."""
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    row0 = torch.stack([cos * flip, -sin, shift_x], dim=-1)
+    row1 = torch.stack([sin * flip, cos, shift_y], dim=-1)
+    return torch.stack([row0, row1], dim=1)
+
+
+def make_cutouts(images, side, cutn):
+    """What CLIP sees of a batch of images in [0, 1]: [B * cutn, 3, side, side].
+
+    cutn = 1: the whole image, resized to `side` half of the time, then average-pooled
+    to `side`. cutn > 1: about 80% random square crops (side between min(H, side) and H)
+    with flips, noise, affine jitter (15 degrees, 10% shift) and grayscale; the rest the
+    whole image rotated by up to 10 degrees; about 20% of each group grayscale. All
+    cutouts come from one grid_sample call.
+    """
+    b, _, h, w = images.shape
+    dev = images.device
+    if cutn == 1:
+        if random.random() < 0.5:
+            images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+        return F.adaptive_avg_pool2d(images, side)
+    n_crop = round(cutn * 0.8)
+    n_whole = cutn - n_crop
+    n = b * cutn
+    crop = torch.arange(cutn, device=dev).repeat(b) < n_crop  # [n]: crop or whole image
+    lo = min(h, side) / h
+    scale = torch.where(crop, lo + (1 - lo) * torch.rand(n, device=dev), torch.ones(n, device=dev))
+    max_angle = torch.where(crop, torch.full((n,), 15.0, device=dev), torch.full((n,), 10.0, device=dev))
+    angle = (torch.rand(n, device=dev) * 2 - 1) * max_angle * math.pi / 180
+    # a crop's centre may sit anywhere that keeps the crop inside, plus up to 10% shift
+    # (0.2 in [-1, 1] coordinates)
+    jitter = crop.float() * 0.2
+    shift = (torch.rand(2, n, device=dev) * 2 - 1) * ((1 - scale) + jitter)
+    flip = torch.where(crop & (torch.rand(n, device=dev) < 0.5), -1.0, 1.0)
+    theta = _affine(scale, angle, shift[0], shift[1], flip)  # [n, 2, 3]
+    source = images.repeat_interleave(cutn, dim=0)  # [n, 3, H, W]
+    grid = F.affine_grid(theta, [n, 3, side, side], align_corners=False)
+    cuts = F.grid_sample(source, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    noise = crop.float() * 0.05 * torch.rand(n, device=dev)
+    cuts = cuts + noise.view(n, 1, 1, 1) * torch.randn_like(cuts)
+    gray = (torch.rand(n, device=dev) < 0.2).view(n, 1, 1, 1)
+    luma = (cuts * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return torch.where(gray, luma.expand_as(cuts), cuts)
+
+
+# --- the renderer
+
+def image_loss(model, z, target, cutn):
+    """The reference's loss of a batch of images z toward target(s), summed over the batch.
+
+    Per image: spherical distance of CLIP's cutout embeddings to the target, + the
+    out-of-range penalty, + 1.4 * total variation, + 0.05 * (std(z) - 1)^2.
+    """
+    b = z.shape[0]
+    cuts = make_cutouts(to_image(z), model.size, cutn)  # [B * cutn, 3, R, R]
+    embeds = embed_images(model, cuts).view(b, cutn, -1)  # [B, cutn, D]
+    clip_loss = spherical_distance(embeds, target.view(-1, 1, embeds.shape[-1])).mean(1)
+    out_of_range = (z - z.clamp(-1, 1)).pow(2).mean((1, 2, 3))
+    spread = (z.flatten(1).std(1) - 1).pow(2)
+    return (clip_loss + out_of_range + TV_WEIGHT * total_variation(z) + STD_WEIGHT * spread).sum()
+
+
+def adamw_step(z, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    """One AdamW step written as plain tensor maths, so autograd can go through it.
+
+    The same update as torch.optim.AdamW with its defaults: decoupled weight decay, then
+    the bias-corrected Adam step. Returns (z, m, v).
+    """
+    b1, b2 = betas
+    z = z * (1 - lr * weight_decay)
+    m = m * b1 + grad * (1 - b1)
+    v = v * b2 + grad * grad * (1 - b2)
+    # clamp: sqrt has an infinite derivative at 0, which would poison the meta-gradient
+    denom = (v / (1 - b2**t)).clamp_min(1e-30).sqrt() + eps
+    return z - (lr / (1 - b1**t)) * m / denom, m, v
+
+
+def rollout(model, z, targets, steps, lr, cutn, create_graph=False, callback=None):
+    """Optimize images z [B, 3, H, W] through the stages, one target [D] (or [B, D]) each.
+
+    A fresh AdamW starts every stage (the reference makes a new optimizer per stage);
+    z carries over. With create_graph the whole optimization stays differentiable, so a
+    loss on the returned z reaches the targets (and what they were made from).
+    callback(stage, step, loss, z) is called after every step with tensors.
+    """
+    if not create_graph:
+        targets = targets.detach()
+    elif not z.requires_grad:
+        z = z.detach().requires_grad_()
+    with torch.enable_grad():  # the inner loop needs gradients even under a caller's no_grad
+        return _rollout(model, z, targets, steps, lr, cutn, create_graph, callback)
+
+
+def _rollout(model, z, targets, steps, lr, cutn, create_graph, callback):
+    for i, target in enumerate(targets):
+        m = torch.zeros_like(z)
+        v = torch.zeros_like(z)
+        for t in range(1, steps + 1):
+            if not create_graph:
+                z = z.detach().requires_grad_()
+            loss = image_loss(model, z, target, cutn)
+            (grad,) = torch.autograd.grad(loss, z, create_graph=create_graph)
+            with torch.set_grad_enabled(create_graph):
+                z, m, v = adamw_step(z, grad, m, v, t, lr)
+            if callback is not None:
+                callback(i, t, loss.detach(), z)
+    return z if create_graph else z.detach()
+
+
+def render(model, targets, args, desc):
+    """Run the staged renderer from a fresh start with a progress bar.
+
+    Ctrl-C stops it and returns the image so far, so the script still saves something.
+    """
+    from tqdm import tqdm
+    latest = [random_start(args.size, model.device)]
+    bar = tqdm(total=len(targets) * args.steps, desc=desc, dynamic_ncols=True)
+
+    def report(stage, step, loss, z):
+        latest[0] = z
+        bar.update(1)
+        if step % 10 == 0 or step == args.steps:  # .item() waits for the device: not every step
+            bar.set_postfix(stage=f"{stage + 1}/{len(targets)}", loss=f"{loss.item():.4f}")
+
+    try:
+        return rollout(model, latest[0], targets, args.steps, args.lr, args.cutn, callback=report)
+    except KeyboardInterrupt:
+        log("interrupted: saving the image so far")
+        return latest[0].detach()
+    finally:
+        bar.close()
+
+
+def random_start(size, device, batch=1):
+    """A fresh image tensor drawn from a standard normal: [batch, 3, size, size]."""
+    return torch.randn(batch, 3, size, size, device=device)
+
+
+# --- baking (meta-optimization of the stage embeddings)
+
+def bake_loss(model, z, prompt, cutn):
+    """How far the final image z is from the prompt (plus pixel MSE for an image prompt)."""
+    image = to_image(z)
+    embeds = embed_images(model, make_cutouts(image, model.size, cutn))  # [B * cutn, D]
+    loss = spherical_distance(embeds, prompt.embed).mean()
+    if prompt.image is not None:
+        resized = F.interpolate(image, size=prompt.image.shape[-2:], mode="bilinear", align_corners=False)
+        loss = loss + F.mse_loss(resized, prompt.image.expand_as(resized))
+    return loss
+
+
+def stage_regularizer(stages, prompt_embed, progress):
+    """The fading 'stay near the prompt' term: sum_i d(stage_i, p) / S * (1 - progress) * (1 - i / S)."""
+    s = stages.shape[0]
+    fade = 1 - torch.arange(s, device=stages.device) / s
+    return (spherical_distance(stages, prompt_embed) * fade).sum() / s * (1 - progress)
+
+
+def meta_step(model, stages, optimizer, prompt, shift, cfg, progress):
+    """One meta step: roll out the stages from a fresh start, score the final image, update.
+
+    cfg holds size, steps, lr, cutn, stage_reg and meta_grad ("unrolled" or "none").
+    Returns (meta loss as a float, final z).
+    """
+    z = random_start(cfg["size"], model.device)
+    unrolled = cfg["meta_grad"] == "unrolled"
+    with math_attention():
+        targets = shape_targets(stages, shift)
+        z = rollout(model, z, targets, cfg["steps"], cfg["lr"], cfg["cutn"], create_graph=unrolled)
+        with torch.set_grad_enabled(unrolled):
+            loss = bake_loss(model, z, prompt, cfg["cutn"])
+        if cfg["stage_reg"]:
+            loss = loss + cfg["stage_reg"] * stage_regularizer(stages, prompt.embed, progress)
+        optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+    value = loss.item()
+    if not math.isfinite(value):
+        raise UserError("the meta loss became NaN: lower --meta-lr or --lr")
+    optimizer.step()
+    return value, z.detach()
+
+
+# --- baked files
+
+def slugify(text, limit=80):
+    """A file-name-safe slug: 'A cat / dog!' -> 'a_cat_dog'."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit].strip("_")
+    return slug or "prompt"
+
+
+def baked_path(baked_dir, prompt, name=None):
+    """Where a prompt's bake goes: <baked_dir>/<slug>.pt; --name must be a plain name."""
+    if name is not None:
+        if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise UserError(f"--name {name!r} must be a plain file name, without folders")
+        stem = name[:-3] if name.endswith(".pt") else name
+    else:
+        stem = slugify(Path(prompt).stem if is_image_path(prompt) else prompt)
+    return Path(baked_dir) / f"{stem}.pt"
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), then move the finished file into place in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_baked(path, *, stages, prompt, clip_model, config, history, complete, prompt_embed=None):
+    """Atomically write a baked file (a plain dict, loadable with weights_only=True)."""
+    data = {
+        "format": BAKED_FORMAT,
+        "version": BAKED_VERSION,
+        "prompt": prompt.text,
+        "prompt_type": prompt.kind,
+        "clip_model": clip_model,
+        "embed_dim": int(stages.shape[1]),
+        "stages": stages.detach().float().cpu().clone(),  # [S, D]
+        "prompt_embed": prompt.embed.detach().float().cpu().clone(),  # [D]
+        "config": dict(config),
+        "history": [float(x) for x in history],
+        "complete": bool(complete),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+
+def load_baked(path, embed_dim=None):
+    """Read a baked file safely (weights_only): a dict as written by save_baked.
+
+    Also reads the reference's bare [S, D] tensors (CUDA or requires_grad included);
+    their prompt is the file name with underscores turned back into spaces. With
+    embed_dim, stages of another width are refused. Anything else is a UserError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"baked file {path} not found: check the path, or bake it with bake.py")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = "it holds pickled code, which is never run" if "Unsupported" in str(e) or \
+            "global" in str(e).lower() else type(e).__name__
+        raise UserError(f"{path} is not a readable baked file ({reason}): bake it again with bake.py") from None
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() != 2 or not obj.is_floating_point():
+            raise UserError(f"{path} holds a tensor of shape {list(obj.shape)}, not stages [S, D]: "
+                            f"bake it again with bake.py")
+        obj = {"format": "legacy", "version": 0, "prompt": path.stem.replace("_", " "),
+               "prompt_type": "text", "clip_model": None, "embed_dim": obj.shape[1],
+               "stages": obj, "config": {}, "history": [], "complete": True, "created": None}
+    elif not (isinstance(obj, dict) and obj.get("format") == BAKED_FORMAT
+              and isinstance(obj.get("stages"), torch.Tensor) and obj["stages"].dim() == 2):
+        raise UserError(f"{path} is not a baked file: bake it with bake.py")
+    elif obj.get("version", 0) > BAKED_VERSION:
+        raise UserError(f"{path} has baked-file version {obj['version']}, newer than this tool "
+                        f"reads ({BAKED_VERSION}): update the scripts")
+    obj["stages"] = obj["stages"].detach().float()
+    obj["path"] = str(path)
+    width = obj["stages"].shape[1]
+    if embed_dim is not None and width != embed_dim:
+        made_with = f" (baked with {obj['clip_model']})" if obj.get("clip_model") else ""
+        raise UserError(f"{path} has stages of width {width}{made_with}, but this CLIP model embeds in "
+                        f"{embed_dim}: pass the --clip-model it was baked with")
+    return obj
+
+
+def load_baked_dir(baked_dir, embed_dim):
+    """Every usable baked file in a folder; unreadable ones and other widths are skipped, saying so."""
+    folder = Path(baked_dir)
+    if not folder.is_dir():
+        raise UserError(f"baked folder {folder} not found: bake some prompts first (bake.py, "
+                        f"batch_bake.py) or pass --baked-dir")
+    bakes = []
+    for path in sorted(folder.glob("*.pt")):
+        try:
+            bakes.append(load_baked(path, embed_dim))
+        except UserError as e:
+            log(f"skipping: {e}")
+    if not bakes:
+        raise UserError(f"no usable baked files in {folder}: bake some with bake.py or batch_bake.py")
+    return bakes
+
+
+# --- image output
+
+def quantize(image, levels=QUANT_LEVELS):
+    """The pixel-art look: 16 levels, then a contrast stretch x * 1.1 - 0.1 (clamped)."""
+    image = torch.round(image * (levels - 1)) / (levels - 1)
+    return (image * 1.1 - 0.1).clamp(0, 1)
+
+
+def check_output(path):
+    """Fail before any work when the output path cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder: give a file name such as {path / 'output.png'}")
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out {path} must end in .png (the PNG records how it was made)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write to {parent}: choose another --out")
+
+
+def save_image(path, z, save_size, info):
+    """Save z as a quantized, nearest-upscaled PNG; info goes into its text chunks."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+    image = quantize(to_image(z.detach()[:1].float()))
+    image = F.interpolate(image, size=(save_size, save_size), mode="nearest")  # [1, 3, S, S]
+    array = image[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
+    meta = PngInfo()
+    for key, value in info.items():
+        meta.add_text(key, value if isinstance(value, str) else json.dumps(value))
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", pnginfo=meta))
+
+
+def run_info(script, args, seed, **extra):
+    """What a PNG records about its making: script, prompt, seed, model, settings."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
+    return {"software": f"staged-clip {script}", "seed": str(seed), "clip_model": args.clip_model,
+            "settings": settings, **extra}
+
+
+# --- logging
+
+def wandb_mode(choice):
+    """Resolve --wandb: auto is online with a configured login, else disabled (with a hint)."""
+    if choice == "auto":
+        if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+            return os.environ["WANDB_MODE"]
+        if _wandb_logged_in():
+            return "online"
+        log("wandb: no login found, not logging (run `wandb login`, or pass --wandb offline)")
+        return "disabled"
+    if choice == "online" and not _wandb_logged_in():
+        raise UserError("--wandb online needs a wandb login: run `wandb login` or set WANDB_API_KEY, "
+                        "or use --wandb offline")
+    return choice
+
+
+def _wandb_logged_in():
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def start_wandb(mode, project, name, config):
+    """A wandb run, or None when disabled or when wandb cannot start (never prompts)."""
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+        return wandb.init(project=project, name=name, config=config, mode=mode, reinit="finish_previous",
+                          settings=wandb.Settings(silent=True, init_timeout=60, console="off"))
+    except Exception as e:  # logging is a help, never a reason to lose a bake
+        log(f"wandb: could not start ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"baking without logging")
+        return None
+
+
+def wandb_image(z, caption):
+    """A wandb.Image of z as it would be saved (quantized)."""
+    import wandb
+    array = quantize(to_image(z.detach()[:1].float()))[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
+    return wandb.Image(array, caption=caption)
+
+
+# --- the bake driver (shared by bake.py and batch_bake.py)
+
+def bake_config(args, seed):
+    """The settings a baked file records."""
+    return {"size": args.size, "steps": args.steps, "lr": args.lr, "cutn": args.cutn,
+            "stages": args.stages, "meta_steps": args.meta_steps, "meta_lr": args.meta_lr,
+            "stage_reg": args.stage_reg, "meta_grad": args.meta_grad, "seed": seed,
+            "style": args.style, "style_text": args.style_text, "negative_text": args.negative_text}
+
+
+def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
+    """Bake one prompt: meta-optimize its stages, save them to path and a preview to out.
+
+    Ctrl-C saves the stages learned so far, marked incomplete, and re-raises.
+    Returns the saved baked dict's history.
+    """
+    from tqdm import tqdm
+    cfg = bake_config(args, seed)
+    stages = torch.randn(args.stages, model.dim, device=model.device).requires_grad_()
+    optimizer = torch.optim.AdamW([stages], lr=args.meta_lr)
+    run = start_wandb(wandb_mode(args.wandb), args.wandb_project, prompt.text[:64],
+                      {**cfg, "prompt": prompt.text, "clip_model": args.clip_model})
+    control = None
+    if run is not None:  # plain optimization toward the prompt, same total steps
+        target = (prompt.embed + shift)[None]
+        control = rollout(model, random_start(args.size, model.device), target,
+                          args.steps * args.stages, args.lr, args.cutn)
+    history = []
+    bar = tqdm(range(args.meta_steps), desc=prompt.text[:30], position=position, leave=position == 0,
+               dynamic_ncols=True)
+    complete = False
+    try:
+        for step in bar:
+            loss, z = meta_step(model, stages, optimizer, prompt, shift, cfg, step / args.meta_steps)
+            history.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if run is not None:
+                record = {"meta_loss": loss}
+                if step % args.log_every == 0 or step == args.meta_steps - 1:
+                    record["baked"] = wandb_image(z, f"meta step {step}")
+                    record["control"] = wandb_image(control, "plain optimization")
+                run.log(record, step=step)
+        complete = True
+    finally:
+        bar.close()
+        save_baked(path, stages=stages, prompt=prompt, clip_model=args.clip_model, config=cfg,
+                   history=history, complete=complete)
+        if run is not None:
+            run.finish()
+    z = rollout(model, random_start(args.size, model.device), shape_targets(stages, shift),
+                args.steps, args.lr, args.cutn)
+    save_image(out, z, args.save_size, run_info("bake.py", args, seed, prompt=prompt.text,
+                                                  baked_file=str(path)))
+    return history

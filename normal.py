@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Plain CLIP-guided optimization of an RGB tensor toward a prompt (the control).
+
+Example: python normal.py "a red apple" --out apple.png
+"""
+
+import common
+
+
+def parse_args(argv=None):
+    p = common.make_parser(__doc__)
+    p.add_argument("prompt", help="text (weighted parts: 'a | b:0.5 | c:-1') or an image file")
+    common.add_common_args(p, size=32, steps=250, cutn=8)
+    return p.parse_args(argv)
+
+
+@common.cli
+def main(argv=None):
+    args = parse_args(argv)
+    common.check_output(args.out)
+    device = common.pick_device(args.device)
+    seed = common.seed_everything(args.seed)
+    model = common.load_clip(args.clip_model, device)
+    prompt = common.load_prompt(model, args.prompt)
+    shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
+    targets = (prompt.embed + shift)[None]  # [1, D]: one stage
+    z = common.render(model, targets, args, desc="normal")
+    common.save_image(args.out, z, args.save_size, common.run_info("normal.py", args, seed, prompt=prompt.text))
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Fixtures: a tiny CLIP built in-process (no download), saved as a local checkpoint."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402
+from clip.model import CLIP  # noqa: E402
+
+TINY_DIM = 32
+
+
+def tiny_clip_model(seed=0, embed_dim=TINY_DIM):
+    """A real clip.model.CLIP with small widths (64 wide: one attention head)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIP(embed_dim=embed_dim, image_resolution=32, vision_layers=1, vision_width=64,
+                    vision_patch_size=16, context_length=77, vocab_size=49408,
+                    transformer_width=64, transformer_heads=1, transformer_layers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """Path of a tiny CLIP state-dict file, usable as --clip-model."""
+    path = tmp_path_factory.mktemp("clip") / "tiny.pt"
+    torch.save(tiny_clip_model().state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def wide_ckpt(tmp_path_factory):
+    """A tiny CLIP of another embedding width, for width-mismatch errors."""
+    path = tmp_path_factory.mktemp("clip") / "wide.pt"
+    torch.save(tiny_clip_model(embed_dim=48).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_ckpt):
+    """The tiny CLIP loaded through the project's own loader."""
+    return common.load_clip(tiny_ckpt, "cpu")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, tmp_path_factory, monkeypatch):
+    """Every test runs in its own folder, with an empty home (no wandb login, no CLIP cache)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
+def bake_args(ckpt, *extra):
+    """Tiny bake settings for bake.py / batch_bake.py."""
+    return ["--clip-model", ckpt, "--device", "cpu", "--size", "16", "--steps", "2", "--stages", "2",
+            "--meta-steps", "2", "--save-size", "32", "--wandb", "disabled", *extra]
+
+
+def render_args(ckpt, *extra):
+    """Tiny render settings for normal.py, microwave.py, auto_microwave.py."""
+    return ["--clip-model", ckpt, "--device", "cpu", "--size", "16", "--steps", "3", "--cutn", "4",
+            "--save-size", "32", *extra]

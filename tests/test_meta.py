@@ -1,0 +1,102 @@
+"""The meta-gradient: the unrolled bake moves the stages by the image loss; 'none' cannot."""
+
+import random
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import common
+from conftest import tiny_clip_model
+
+CFG = {"size": 8, "steps": 2, "lr": 0.12, "cutn": 1, "stage_reg": 0.0}
+
+
+def one_meta_step(model, meta_grad, seed=0, stages=None):
+    torch.manual_seed(seed)
+    random.seed(seed)
+    stages = torch.randn(3, model.dim) if stages is None else stages
+    stages = stages.clone().requires_grad_()
+    before = stages.detach().clone()
+    opt = torch.optim.AdamW([stages], lr=0.12)
+    prompt = common.load_prompt(model, "a red apple")
+    shift = common.style_shift(model)
+    loss, z = common.meta_step(model, stages, opt, prompt, shift, {**CFG, "meta_grad": meta_grad}, 0.0)
+    return before, stages, loss, z
+
+
+def test_unrolled_moves_every_stage_direction_without_the_regularizer(tiny):
+    before, stages, loss, z = one_meta_step(tiny, "unrolled")
+    assert stages.grad is not None and (stages.grad.norm(dim=1) > 0).all()
+    cosine = F.cosine_similarity(before, stages.detach(), dim=1)
+    assert (cosine < 1 - 1e-4).all()
+    assert z.shape == (1, 3, 8, 8) and loss > 0
+
+
+def test_none_gives_the_stages_no_image_gradient(tiny):
+    before, stages, loss, _ = one_meta_step(tiny, "none")
+    assert stages.grad is None
+    assert torch.equal(before, stages.detach())
+    assert loss > 0
+
+
+def test_none_still_moves_stages_by_the_regularizer(tiny):
+    torch.manual_seed(1)
+    stages = torch.randn(3, tiny.dim).requires_grad_()
+    before = stages.detach().clone()
+    opt = torch.optim.AdamW([stages], lr=0.12)
+    prompt = common.load_prompt(tiny, "a red apple")
+    cfg = {**CFG, "stage_reg": 1.0, "meta_grad": "none"}
+    common.meta_step(tiny, stages, opt, prompt, common.style_shift(tiny), cfg, 0.0)
+    closer = common.spherical_distance(stages.detach(), prompt.embed)
+    # the fade (1 - i / S) pulls the first stage hardest toward the prompt
+    assert (closer < common.spherical_distance(before, prompt.embed)).all()
+
+
+def test_unrolled_gradient_matches_finite_differences(monkeypatch):
+    """The differentiable inner loop gives the true derivative of the final-image loss."""
+    monkeypatch.setattr(common, "embed_images", lambda model, images: F.normalize(
+        model.model.encode_image((images - model.mean) / model.std), dim=-1))  # keep float64
+    model = common.Clip(tiny_clip_model(), "tiny", torch.device("cpu"))
+    model.model.double()  # float64 so that central differences are exact enough
+    for module in model.model.modules():  # clip's LayerNorm computes in float32 whatever its input
+        if isinstance(module, torch.nn.LayerNorm):
+            module.forward = types.MethodType(torch.nn.LayerNorm.forward, module)
+    model.mean, model.std = model.mean.double(), model.std.double()
+    prompt = common.load_prompt(model, "a red apple")
+    shift = common.style_shift(model)
+    torch.manual_seed(0)
+    z0 = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    stages = torch.randn(2, model.dim, dtype=torch.float64)
+    direction = torch.randn_like(stages)
+
+    def final_loss(s, create_graph):
+        random.seed(0)  # the same cutout choices every call
+        with common.math_attention():
+            z = common.rollout(model, z0.clone(), common.shape_targets(s, shift), 3, 0.12, 1,
+                               create_graph=create_graph)
+            return common.bake_loss(model, z, prompt, 1)
+
+    s = stages.clone().requires_grad_()
+    final_loss(s, True).backward()
+    analytic = (s.grad * direction).sum().item()
+    eps = 1e-6
+    numeric = (final_loss(stages + eps * direction, False).item()
+               - final_loss(stages - eps * direction, False).item()) / (2 * eps)
+    assert abs(analytic) > 1e-6
+    assert analytic == pytest.approx(numeric, rel=1e-4)
+
+
+def test_rollout_with_and_without_graph_agree(tiny):
+    torch.manual_seed(0)
+    z0 = torch.randn(1, 3, 8, 8)
+    targets = torch.nn.functional.normalize(torch.randn(2, tiny.dim), dim=-1)
+    results = []
+    for create_graph in (False, True):
+        torch.manual_seed(5)
+        random.seed(5)
+        with common.math_attention():
+            results.append(common.rollout(tiny, z0, targets, 3, 0.12, 4, create_graph=create_graph).detach())
+    assert torch.allclose(results[0], results[1], atol=1e-5)
+    assert not torch.allclose(results[0], z0)
