@@ -221,19 +221,21 @@ def _offline_hint(name):
 
 def _state_dict_from_file(path):
     """Read a CLIP state dict from a plain state-dict file or a TorchScript archive."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        obj = None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    if obj is None:
-        try:  # openai's released checkpoints are TorchScript archives
-            return torch.jit.load(path, map_location="cpu").state_dict()
+    with warnings.catch_warnings():  # torch warns about TorchScript archives and jit.load
+        warnings.simplefilter("ignore")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:
-            pass
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        if obj is None:
+            try:  # openai's released checkpoints are TorchScript archives
+                return torch.jit.load(path, map_location="cpu").state_dict()
+            except Exception:
+                pass
     raise UserError(f"{path} is not a CLIP checkpoint (a state dict or TorchScript file): "
                     f"check the path, or delete it and download again")
 
@@ -698,12 +700,18 @@ def load_baked(path, embed_dim=None):
                         f"reads ({BAKED_VERSION}): update the scripts")
     obj["stages"] = obj["stages"].detach().float()
     obj["path"] = str(path)
-    width = obj["stages"].shape[1]
-    if embed_dim is not None and width != embed_dim:
-        made_with = f" (baked with {obj['clip_model']})" if obj.get("clip_model") else ""
-        raise UserError(f"{path} has stages of width {width}{made_with}, but this CLIP model embeds in "
-                        f"{embed_dim}: pass the --clip-model it was baked with")
+    if embed_dim is not None:
+        check_stage_width(obj, embed_dim)
     return obj
+
+
+def check_stage_width(baked, embed_dim):
+    """Refuse stages whose width differs from the model's embedding width."""
+    width = baked["stages"].shape[1]
+    if width != embed_dim:
+        made_with = f" (baked with {baked['clip_model']})" if baked.get("clip_model") else ""
+        raise UserError(f"{baked['path']} has stages of width {width}{made_with}, but this CLIP model "
+                        f"embeds in {embed_dim}: pass the --clip-model it was baked with")
 
 
 def load_baked_dir(baked_dir, embed_dim):

@@ -28,8 +28,9 @@ def main(argv=None):
     common.check_output(args.out)
     device = common.pick_device(args.device)
     seed = common.seed_everything(args.seed)
+    baked = common.load_baked(args.baked)  # a bad file fails before CLIP loads
     model = common.load_clip(args.clip_model, device)
-    baked = common.load_baked(args.baked, model.dim)
+    common.check_stage_width(baked, model.dim)
     if not baked["complete"]:
         common.log(f"note: {args.baked} is an interrupted bake; its stages may be unfinished")
     stages = baked["stages"].to(device)  # [S, D]

@@ -136,3 +136,16 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
             write_bake(path, torch.zeros(2, 32))
     assert [p.name for p in tmp_path.iterdir()] == ["b.pt"]
     assert torch.equal(common.load_baked(path)["stages"], torch.ones(2, 32))
+
+
+@pytest.mark.filterwarnings("ignore")  # tracing warns; that is the test's own doing
+def test_clip_loads_from_a_torchscript_archive(tmp_path):
+    """openai's released checkpoints are TorchScript archives, not state dicts."""
+    import clip
+    from conftest import tiny_clip_model
+    model = tiny_clip_model().eval()
+    traced = torch.jit.trace(model, (torch.rand(1, 3, 32, 32), clip.tokenize(["a cat"])), check_trace=False)
+    traced.save(str(tmp_path / "traced.pt"))
+    loaded = common.load_clip(str(tmp_path / "traced.pt"), "cpu")
+    assert loaded.dim == 32 and loaded.size == 32
+    assert torch.equal(loaded.model.token_embedding.weight, model.token_embedding.weight)

@@ -1,0 +1,169 @@
+"""Bad input: one line that says what to do, a non-zero exit, no traceback, no file left."""
+
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+import auto_microwave
+import bake
+import batch_bake
+import common
+import microwave
+import normal
+from conftest import ROOT, bake_args, render_args
+from test_baked import Payload, write_bake
+
+
+def files_under(folder):
+    return {str(p.relative_to(folder)) for p in Path(folder).rglob("*")}
+
+
+def fails(script, argv, expect, capsys):
+    """Run a script that must refuse its input; return the message it printed."""
+    before = files_under(".")
+    with pytest.raises(SystemExit) as info:
+        script.main(argv)
+    code = info.value.code
+    assert code not in (0, None)
+    if isinstance(code, str):  # our own errors: the exit message is the one line
+        message = code
+    else:  # argparse: usage, then one line naming the flag
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "\n" not in message and message.startswith("error:") or "error:" in message
+    assert expect in message, message
+    assert files_under(".") == before, "a failed run left files behind"
+    return message
+
+
+def test_missing_baked_file(tiny_ckpt, capsys):
+    fails(microwave, ["missing.pt", *render_args(tiny_ckpt)], "not found", capsys)
+
+
+def test_not_a_torch_file(tiny_ckpt, capsys):
+    Path("notes.pt").write_text("hello")
+    fails(microwave, ["notes.pt", *render_args(tiny_ckpt)], "not a readable baked file", capsys)
+
+
+def test_truncated_baked_file(tiny_ckpt, capsys):
+    write_bake("full.pt", torch.randn(2, 32))
+    Path("cut.pt").write_bytes(Path("full.pt").read_bytes()[:300])
+    fails(microwave, ["cut.pt", *render_args(tiny_ckpt)], "not a readable baked file", capsys)
+
+
+def test_pickled_payload_does_not_run(tiny_ckpt, capsys):
+    torch.save({"format": "staged-clip-bake", "x": Payload(Path("pwned").resolve())}, "evil.pt")
+    fails(microwave, ["evil.pt", *render_args(tiny_ckpt)], "pickled code", capsys)
+    assert not Path("pwned").exists()
+
+
+def test_stage_width_differs_from_the_model(tiny_ckpt, capsys):
+    write_bake("wide.pt", torch.randn(2, 48))
+    fails(microwave, ["wide.pt", *render_args(tiny_ckpt)], "width 48", capsys)
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", " | "])
+def test_empty_prompt(tiny_ckpt, prompt, capsys):
+    fails(normal, [prompt, *render_args(tiny_ckpt)], "empty prompt", capsys)
+    fails(bake, [prompt, *bake_args(tiny_ckpt)], "empty prompt", capsys)
+
+
+def test_prompt_longer_than_the_context(tiny_ckpt, capsys):
+    fails(normal, ["word " * 100, *render_args(tiny_ckpt)], "too long", capsys)
+
+
+def test_missing_image_prompt(tiny_ckpt, capsys):
+    fails(normal, ["cat.png", *render_args(tiny_ckpt)], "not found", capsys)
+
+
+def test_unknown_model(capsys):
+    fails(normal, ["a cat", "--clip-model", "ViT-X/99"], "unknown CLIP model", capsys)
+    fails(normal, ["a cat", "--clip-model", "random:nope"], "unknown architecture", capsys)
+
+
+def test_a_file_that_is_not_a_checkpoint(capsys):
+    Path("weights.pt").write_text("not weights")
+    fails(normal, ["a cat", "--clip-model", "weights.pt"], "not a CLIP checkpoint", capsys)
+    torch.save({"a": torch.zeros(2)}, "other.pt")
+    fails(normal, ["a cat", "--clip-model", "other.pt"], "does not hold CLIP weights", capsys)
+
+
+def test_default_model_offline_fails_fast(monkeypatch, capsys):
+    calls = []
+
+    def no_network(*args, **kwargs):
+        calls.append(args)
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    message = fails(normal, ["a cat"], "no network", capsys)
+    assert calls and "--clip-model" in message and "random:ViT-B/32" in message
+    cache = Path(os.environ["HOME"]) / ".cache" / "clip"
+    assert not cache.exists() or not any(cache.iterdir())  # no half-downloaded file
+
+
+def test_cuda_when_there_is_none(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fails(normal, ["a cat", "--device", "cuda"], "CUDA is not available", capsys)
+
+
+def test_empty_or_missing_baked_dir(tiny_ckpt, capsys):
+    fails(auto_microwave, ["a cat", "--baked-dir", "nowhere", *render_args(tiny_ckpt)], "not found", capsys)
+    os.mkdir("empty")
+    Path("empty/junk.pt").write_text("junk")
+    fails(auto_microwave, ["a cat", "--baked-dir", "empty", *render_args(tiny_ckpt)], "no usable baked files",
+          capsys)
+
+
+def test_missing_or_empty_prompts_file(tiny_ckpt, capsys):
+    fails(batch_bake, ["nope.txt", *bake_args(tiny_ckpt)], "not found", capsys)
+    Path("blank.txt").write_text("# only a comment\n\n")
+    fails(batch_bake, ["blank.txt", *bake_args(tiny_ckpt)], "no prompts", capsys)
+
+
+def test_bad_prompt_in_a_list_stops_before_any_bake(tiny_ckpt, capsys):
+    Path("list.txt").write_text("a red apple\n" + "word " * 100 + "\n")
+    fails(batch_bake, ["list.txt", *bake_args(tiny_ckpt)], "too long", capsys)
+
+
+@pytest.mark.parametrize("flag,value", [("--steps", "0"), ("--size", "-4"), ("--stages", "0"),
+                                        ("--meta-steps", "-1"), ("--lr", "0"), ("--cutn", "x")])
+def test_zero_or_negative_settings(tiny_ckpt, flag, value, capsys):
+    fails(bake, ["a cat", *bake_args(tiny_ckpt), flag, value], flag, capsys)
+
+
+def test_out_is_a_folder_or_not_png(tiny_ckpt, capsys):
+    os.mkdir("pics")
+    fails(normal, ["a cat", *render_args(tiny_ckpt), "--out", "pics"], "is a folder", capsys)
+    fails(normal, ["a cat", *render_args(tiny_ckpt), "--out", "x.jpg"], ".png", capsys)
+
+
+def test_prompt_cannot_write_outside_the_baked_dir(tiny_ckpt, tmp_path, capsys):
+    os.mkdir("work")
+    os.chdir("work")
+    bake.main(["../../x", *bake_args(tiny_ckpt, "--out", "b.png")])
+    assert Path("baked/x.pt").is_file()
+    assert files_under(tmp_path) == {"work", "work/baked", "work/baked/x.pt", "work/b.png"}
+    fails(bake, ["a cat", *bake_args(tiny_ckpt), "--name", "../x"], "plain file name", capsys)
+
+
+def test_too_many_inputs_for_microwave(tiny_ckpt, capsys):
+    fails(microwave, ["a", "b", "c.pt", *render_args(tiny_ckpt)], "baked file", capsys)
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["microwave.py", "missing.pt", "--clip-model", "random:ViT-B/32"], "not found"),
+    (["normal.py", "", "--clip-model", "nosuch-model"], "unknown CLIP model"),
+])
+def test_real_command_line_has_no_traceback(tmp_path, argv, expect):
+    result = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0]
+    assert files_under(tmp_path) == set()

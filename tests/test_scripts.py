@@ -1,0 +1,191 @@
+"""Every script run through main([...]) with tiny settings, asserting on what it writes."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import auto_microwave
+import bake
+import batch_bake
+import common
+import microwave
+import normal
+from conftest import bake_args, render_args
+
+SCRIPTS = [bake, microwave, auto_microwave, normal, batch_bake]
+
+
+def png_info(path):
+    with Image.open(path) as im:
+        return im.size, dict(im.text), torch.from_numpy(np.array(im.convert("RGB"))).float()
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.__name__)
+def test_help(script, capsys):
+    with pytest.raises(SystemExit) as info:
+        script.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ["--clip-model", "--device", "--seed", "--size", "--steps", "--lr", "--cutn",
+                 "--save-size", "--no-style"]:
+        assert flag in text
+    assert "(default:" in text
+
+
+def test_normal_writes_a_png_that_records_its_making(tiny_ckpt, capsys):
+    normal.main(["a red apple", *render_args(tiny_ckpt, "--seed", "7", "--out", "n.png")])
+    out = capsys.readouterr().out
+    assert "seed: 7" in out
+    size, text, pixels = png_info("n.png")
+    assert size == (32, 32)
+    assert text["prompt"] == "a red apple" and text["seed"] == "7" and text["clip_model"] == tiny_ckpt
+    assert json.loads(text["settings"])["steps"] == 3
+    levels = torch.unique(pixels)  # quantized: 16 levels, the same set in every channel
+    assert len(levels) <= 16 and pixels.std() > 0
+
+
+def test_a_seed_repeats_and_another_differs(tiny_ckpt):
+    for name, seed in [("a.png", "3"), ("b.png", "3"), ("c.png", "4")]:
+        normal.main(["a red apple", *render_args(tiny_ckpt, "--seed", seed, "--out", name)])
+    a, b, c = (png_info(n)[2] for n in ["a.png", "b.png", "c.png"])
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_a_random_seed_is_printed(tiny_ckpt, capsys):
+    normal.main(["a red apple", *render_args(tiny_ckpt, "--out", "n.png")])
+    assert re.search(r"seed: \d+", capsys.readouterr().out)
+
+
+def test_no_style_changes_the_result(tiny_ckpt):
+    normal.main(["a red apple", *render_args(tiny_ckpt, "--seed", "1", "--out", "a.png")])
+    normal.main(["a red apple", *render_args(tiny_ckpt, "--seed", "1", "--out", "b.png", "--no-style")])
+    assert not torch.equal(png_info("a.png")[2], png_info("b.png")[2])
+
+
+def test_bake_writes_stages_metadata_and_image(tiny_ckpt, tmp_path, capsys):
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--seed", "5", "--baked-dir", "bk", "--out", "b.png")])
+    assert "seed: 5" in capsys.readouterr().out
+    baked = common.load_baked("bk/a_red_apple.pt", embed_dim=32)
+    assert baked["stages"].shape == (2, 32)
+    assert baked["prompt"] == "a red apple" and baked["complete"] is True
+    assert len(baked["history"]) == 2 and all(h > 0 for h in baked["history"])
+    cfg = baked["config"]
+    assert cfg["seed"] == 5 and cfg["meta_grad"] == "unrolled" and cfg["size"] == 16 and cfg["style"] is True
+    size, text, _ = png_info("b.png")
+    assert size == (32, 32) and text["prompt"] == "a red apple"
+    assert sorted(p.name for p in (tmp_path / "bk").iterdir()) == ["a_red_apple.pt"]
+
+
+def test_bake_learns_different_stages_than_it_started_with(tiny_ckpt):
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--seed", "5", "--name", "one", "--meta-steps", "1",
+                                         "--out", "a.png")])
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--seed", "5", "--name", "three", "--meta-steps", "3",
+                                         "--out", "b.png")])
+    one = common.load_baked("baked/one.pt")["stages"]
+    three = common.load_baked("baked/three.pt")["stages"]
+    assert not torch.allclose(one, three)
+
+
+def test_bake_an_image_prompt(tiny_ckpt):
+    Image.new("RGB", (40, 30), (200, 20, 20)).save("red.png")
+    bake.main(["red.png", *bake_args(tiny_ckpt, "--seed", "1", "--out", "b.png")])
+    baked = common.load_baked("baked/red.pt")
+    assert baked["prompt_type"] == "image" and baked["prompt"] == "red.png"
+
+
+def test_ctrl_c_saves_an_incomplete_bake(tiny_ckpt, monkeypatch):
+    real = common.meta_step
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "meta_step", interrupted)
+    with pytest.raises(SystemExit) as info:
+        bake.main(["a red apple", *bake_args(tiny_ckpt, "--meta-steps", "5", "--out", "b.png")])
+    assert info.value.code not in (0, None) and "incomplete" in str(info.value.code)
+    baked = common.load_baked("baked/a_red_apple.pt")
+    assert baked["complete"] is False and len(baked["history"]) == 1
+
+
+def test_microwave_replays_and_mixes(tiny_ckpt, capsys):
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--seed", "5", "--out", "b.png")])
+    microwave.main(["baked/a_red_apple.pt", *render_args(tiny_ckpt, "--seed", "2", "--out", "m.png")])
+    microwave.main(["a blue car", "baked/a_red_apple.pt",
+                    *render_args(tiny_ckpt, "--seed", "2", "--out", "mix.png")])
+    _, plain_text, plain = png_info("m.png")
+    _, mix_text, mixed = png_info("mix.png")
+    assert plain_text["baked_prompt"] == "a red apple" and "prompt" not in plain_text
+    assert mix_text["prompt"] == "a blue car"
+    assert not torch.equal(plain, mixed)
+
+
+def test_microwave_reads_a_legacy_tensor(tiny_ckpt, capsys):
+    torch.save(torch.randn(3, 32), "old_apple.pt")
+    microwave.main(["old_apple.pt", *render_args(tiny_ckpt, "--out", "m.png")])
+    assert "'old apple' (3 stages)" in capsys.readouterr().out
+
+
+def test_auto_microwave_picks_the_nearest_and_skips_other_widths(tiny_ckpt, wide_ckpt, capsys):
+    for prompt in ["a red apple", "a blue car", "a green tree"]:
+        bake.main([prompt, *bake_args(tiny_ckpt, "--meta-steps", "1", "--out", "b.png")])
+    bake.main(["a yellow sun", *bake_args(wide_ckpt, "--meta-steps", "1", "--out", "b.png")])
+    capsys.readouterr()
+    auto_microwave.main(["a blue car", "--k", "2", *render_args(tiny_ckpt, "--out", "a.png")])
+    captured = capsys.readouterr()
+    listed = re.findall(r"^\s+([\d.]+)\s+'([^']+)'", captured.out, re.M)
+    assert len(listed) == 2 and listed[0][1] == "a blue car" and float(listed[0][0]) < 1e-3
+    assert float(listed[0][0]) <= float(listed[1][0])
+    assert "a_yellow_sun.pt" in captured.err and "width 48" in captured.err
+    _, text, _ = png_info("a.png")
+    assert json.loads(text["baked_prompts"])[0] == "a blue car"
+
+
+def test_compose_path_is_per_stage(tmp_path):
+    paths = torch.nn.functional.normalize(torch.randn(2, 4, 8), dim=-1)  # [k, S, D]
+    mean = auto_microwave.compose_path(paths, "mean")
+    assert mean.shape == (4, 8)
+    assert torch.allclose(mean, paths.mean(0))
+    assert not torch.allclose(mean[0], mean[1])  # not one number for everything
+    splice = auto_microwave.compose_path(paths, "splice")
+    for i in range(4):
+        assert any(torch.allclose(splice[i], paths[j, i]) for j in range(2))
+
+
+def test_batch_bake_bakes_each_listed_prompt_once_with_one_clip(tiny_ckpt, monkeypatch, capsys):
+    loads = []
+    real_load = common.load_clip
+    monkeypatch.setattr(common, "load_clip", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    with open("list.txt", "w") as f:
+        f.write("# fruit\na red apple\n\n  a blue car  \na red apple\n# the end\n")
+    batch_bake.main(["list.txt", *bake_args(tiny_ckpt, "--seed", "10", "--baked-dir", "bk")])
+    assert len(loads) == 1
+    files = sorted(p.name for p in Path("bk").iterdir())
+    assert files == ["a_blue_car.png", "a_blue_car.pt", "a_red_apple.png", "a_red_apple.pt"]
+    seeds = {common.load_baked(f"bk/{n}")["config"]["seed"] for n in ["a_red_apple.pt", "a_blue_car.pt"]}
+    assert seeds == {10, 11}
+    assert "baked 2 prompt(s)" in capsys.readouterr().out
+
+
+def test_wandb_offline_logs_a_run(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")[:-2], "--wandb", "offline"])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert common.load_baked("baked/a_red_apple.pt")["complete"] is True
+
+
+def test_wandb_auto_without_login_stays_off_with_a_hint(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")[:-2], "--wandb", "auto"])
+    assert "wandb login" in capsys.readouterr().err
+    assert not (tmp_path / "wandb").exists()
