@@ -19,6 +19,7 @@ def parse_args(argv=None):
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
+    args.wandb = common.wandb_mode(args.wandb)
     common.check_output(args.out)
     path = common.baked_path(args.baked_dir, args.prompt, args.name)
     device = common.pick_device(args.device)

@@ -40,6 +40,7 @@ def read_prompts(path):
 def main(argv=None):
     from tqdm import tqdm
     args = parse_args(argv)
+    args.wandb = common.wandb_mode(args.wandb)
     prompts = read_prompts(args.prompts_file)
     device = common.pick_device(args.device)
     seed = common.seed_everything(args.seed)

@@ -831,6 +831,7 @@ def bake_config(args, seed):
 def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
     """Bake one prompt: meta-optimize its stages, save them to path and a preview to out.
 
+    args.wandb must already be resolved by wandb_mode (so a bad choice fails before work).
     Ctrl-C saves the stages learned so far, marked incomplete, and re-raises.
     Returns the saved baked dict's history.
     """
@@ -838,7 +839,7 @@ def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
     cfg = bake_config(args, seed)
     stages = torch.randn(args.stages, model.dim, device=model.device).requires_grad_()
     optimizer = torch.optim.AdamW([stages], lr=args.meta_lr)
-    run = start_wandb(wandb_mode(args.wandb), args.wandb_project, prompt.text[:64],
+    run = start_wandb(args.wandb, args.wandb_project, prompt.text[:64],
                       {**cfg, "prompt": prompt.text, "clip_model": args.clip_model})
     control = None
     if run is not None:  # plain optimization toward the prompt, same total steps

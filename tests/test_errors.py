@@ -167,3 +167,7 @@ def test_real_command_line_has_no_traceback(tmp_path, argv, expect):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0]
     assert files_under(tmp_path) == set()
+
+
+def test_wandb_online_without_login_fails_before_any_work(tiny_ckpt, capsys):
+    fails(bake, ["a cat", *bake_args(tiny_ckpt)[:-2], "--wandb", "online"], "wandb login", capsys)
