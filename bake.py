@@ -29,8 +29,8 @@ def main(argv=None):
     shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
     try:
         history = common.bake_prompt(model, prompt, shift, args, seed, path, args.out)
-    except KeyboardInterrupt:
-        raise SystemExit(f"interrupted: the stages learned so far are saved to {path} (marked incomplete)")
+    except common.BakeInterrupted as stop:
+        raise SystemExit(stop.message()) from None
     print(f"baked {prompt.text!r}: final meta loss {history[-1]:.4f}; stages in {path}, image in {args.out}")
 
 

@@ -55,10 +55,9 @@ def main(argv=None):
         try:
             history = common.bake_prompt(model, prompt, shift, args, seed + i, path,
                                          path.with_suffix(".png"), position=1)
-        except KeyboardInterrupt:
+        except common.BakeInterrupted as stop:
             bar.close()
-            raise SystemExit(f"interrupted: {path} is saved, marked incomplete; "
-                             f"{len(parsed) - i - 1} prompt(s) not started")
+            raise SystemExit(stop.message(f"; {len(parsed) - i - 1} prompt(s) not started")) from None
         common.log(f"baked {prompt.text!r}: final meta loss {history[-1]:.4f} -> {path}")
     bar.close()
     print(f"baked {len(parsed)} prompt(s) into {args.baked_dir}")

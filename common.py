@@ -338,7 +338,8 @@ def parse_prompt(text):
     """Split "a red apple | green:0.5 | text:-1" into [(text, weight), ...].
 
     A weight is read from the right of each part, so a colon inside the text survives:
-    "time: 12:30" stays one part of weight 1, "photo: x:2" is ("photo: x", 2.0).
+    "a clock: noon" is one part of weight 1, "photo: x:2" is ("photo: x", 2.0). Only a
+    number after the last colon is a weight: "time: 12:30" is ("time: 12", 30.0).
     """
     parts = []
     for part in text.split("|"):
@@ -447,14 +448,13 @@ def make_cutouts(images, side, cutn):
     whole image rotated by up to 10 degrees; about 20% of each group grayscale. All
     cutouts come from one grid_sample call.
     """
-    b, _, h, w = images.shape
+    b, _, h, _ = images.shape  # square images
     dev = images.device
     if cutn == 1:
         if random.random() < 0.5:
             images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
         return F.adaptive_avg_pool2d(images, side)
     n_crop = round(cutn * 0.8)
-    n_whole = cutn - n_crop
     n = b * cutn
     crop = torch.arange(cutn, device=dev).repeat(b) < n_crop  # [n]: crop or whole image
     lo = min(h, side) / h
@@ -650,7 +650,7 @@ def atomic_write(path, write):
         raise
 
 
-def save_baked(path, *, stages, prompt, clip_model, config, history, complete, prompt_embed=None):
+def save_baked(path, *, stages, prompt, clip_model, config, history, complete):
     """Atomically write a baked file (a plain dict, loadable with weights_only=True)."""
     data = {
         "format": BAKED_FORMAT,
@@ -820,6 +820,20 @@ def wandb_image(z, caption):
 
 # --- the bake driver (shared by bake.py and batch_bake.py)
 
+class BakeInterrupted(Exception):
+    """Ctrl-C during a bake; .path is the incomplete file saved, or None before any step."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.path = path
+
+    def message(self, rest=""):
+        """What to tell the user."""
+        saved = (f"the stages learned so far are saved to {self.path} (marked incomplete)"
+                 if self.path else "no meta step had finished, so nothing was saved")
+        return f"interrupted: {saved}{rest}"
+
+
 def bake_config(args, seed):
     """The settings a baked file records."""
     return {"size": args.size, "steps": args.steps, "lr": args.lr, "cutn": args.cutn,
@@ -832,8 +846,8 @@ def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
     """Bake one prompt: meta-optimize its stages, save them to path and a preview to out.
 
     args.wandb must already be resolved by wandb_mode (so a bad choice fails before work).
-    Ctrl-C saves the stages learned so far, marked incomplete, and re-raises.
-    Returns the saved baked dict's history.
+    Ctrl-C saves the stages learned so far, marked incomplete, and raises BakeInterrupted.
+    Returns the meta-loss history.
     """
     from tqdm import tqdm
     cfg = bake_config(args, seed)
@@ -849,7 +863,6 @@ def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
     history = []
     bar = tqdm(range(args.meta_steps), desc=prompt.text[:30], position=position, leave=position == 0,
                dynamic_ncols=True)
-    complete = False
     try:
         for step in bar:
             loss, z = meta_step(model, stages, optimizer, prompt, shift, cfg, step / args.meta_steps)
@@ -861,13 +874,17 @@ def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
                     record["baked"] = wandb_image(z, f"meta step {step}")
                     record["control"] = wandb_image(control, "plain optimization")
                 run.log(record, step=step)
-        complete = True
+    except KeyboardInterrupt:
+        if history:
+            save_baked(path, stages=stages, prompt=prompt, clip_model=args.clip_model, config=cfg,
+                       history=history, complete=False)
+        raise BakeInterrupted(path if history else None) from None
     finally:
         bar.close()
-        save_baked(path, stages=stages, prompt=prompt, clip_model=args.clip_model, config=cfg,
-                   history=history, complete=complete)
         if run is not None:
             run.finish()
+    save_baked(path, stages=stages, prompt=prompt, clip_model=args.clip_model, config=cfg,
+               history=history, complete=True)
     z = rollout(model, random_start(args.size, model.device), shape_targets(stages, shift),
                 args.steps, args.lr, args.cutn)
     save_image(out, z, args.save_size, run_info("bake.py", args, seed, prompt=prompt.text,

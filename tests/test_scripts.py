@@ -189,3 +189,14 @@ def test_wandb_auto_without_login_stays_off_with_a_hint(tiny_ckpt, tmp_path, mon
     bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")[:-2], "--wandb", "auto"])
     assert "wandb login" in capsys.readouterr().err
     assert not (tmp_path / "wandb").exists()
+
+
+def test_ctrl_c_before_any_meta_step_saves_nothing(tiny_ckpt, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "meta_step", interrupted)
+    with pytest.raises(SystemExit) as info:
+        bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")])
+    assert "nothing was saved" in str(info.value.code)
+    assert not Path("baked").exists() and not Path("b.png").exists()
