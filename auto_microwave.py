@@ -49,10 +49,7 @@ def compose_path(paths, mode):
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
-    common.check_output(args.out)
-    device = common.pick_device(args.device)
-    seed = common.seed_everything(args.seed)
-    model = common.load_clip(args.clip_model, device)
+    model, seed = common.start(args)
     bakes = common.load_baked_dir(args.baked_dir, model.dim)
     prompt = common.load_prompt(model, args.prompt)
     candidates = []
@@ -71,7 +68,7 @@ def main(argv=None):
         print(f"  {dist:.4f}  {bake['prompt']!r}  ({bake['path']})")
     if len(chosen) < args.k:
         common.log(f"note: only {len(chosen)} baked file(s) with {n_stages} stages; using those")
-    path = compose_path(torch.stack([b["stages"] for _, b in chosen]).to(device), args.mode)  # [S, D]
+    path = compose_path(torch.stack([b["stages"] for _, b in chosen]).to(model.device), args.mode)  # [S, D]
     stages = common.lerp_unit(path, prompt.embed, args.mix)
     shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
     z = common.render(model, common.shape_targets(stages, shift), args, desc="auto-microwave")

@@ -20,11 +20,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     args.wandb = common.wandb_mode(args.wandb)
-    common.check_output(args.out)
     path = common.baked_path(args.baked_dir, args.prompt, args.name)
-    device = common.pick_device(args.device)
-    seed = common.seed_everything(args.seed)
-    model = common.load_clip(args.clip_model, device)
+    model, seed = common.start(args)
     prompt = common.load_prompt(model, args.prompt)
     shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
     try:

@@ -42,9 +42,7 @@ def main(argv=None):
     args = parse_args(argv)
     args.wandb = common.wandb_mode(args.wandb)
     prompts = read_prompts(args.prompts_file)
-    device = common.pick_device(args.device)
-    seed = common.seed_everything(args.seed)
-    model = common.load_clip(args.clip_model, device)
+    model, seed = common.start(args)
     parsed = [common.load_prompt(model, text) for text in prompts]  # every prompt checked up front
     shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
     bar = tqdm(list(enumerate(parsed)), desc="prompts", position=0, dynamic_ncols=True)

@@ -89,37 +89,24 @@ def log(*parts):
 
 # --- command line
 
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number(cast, accept, requirement):
+    """An argparse type: cast the text, then insist on accept(value)."""
+
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{requirement}, got {text}")
+        return value
+
+    return parse
 
 
-def positive_float(text):
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def unit_float(text):
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {value}")
-    return value
+positive_int = _number(int, lambda v: v >= 1, "must be a whole number of at least 1")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "must be a positive number")
+unit_float = _number(float, lambda v: 0 <= v <= 1, "must lie between 0 and 1")
 
 
 def make_parser(doc):
@@ -186,6 +173,18 @@ def pick_device(name=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but CUDA is not available here: use --device cpu")
     return device
+
+
+def start(args):
+    """What every script does first: check --out, pick the device, seed, load CLIP.
+
+    Returns (model, seed).
+    """
+    if getattr(args, "out", None) is not None:
+        check_output(args.out)
+    device = pick_device(args.device)
+    seed = seed_everything(args.seed)
+    return load_clip(args.clip_model, device), seed
 
 
 def seed_everything(seed=None, announce=True):

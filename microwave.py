@@ -25,15 +25,12 @@ def parse_args(argv=None):
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
-    common.check_output(args.out)
-    device = common.pick_device(args.device)
-    seed = common.seed_everything(args.seed)
     baked = common.load_baked(args.baked)  # a bad file fails before CLIP loads
-    model = common.load_clip(args.clip_model, device)
+    model, seed = common.start(args)
     common.check_stage_width(baked, model.dim)
     if not baked["complete"]:
         common.log(f"note: {args.baked} is an interrupted bake; its stages may be unfinished")
-    stages = baked["stages"].to(device)  # [S, D]
+    stages = baked["stages"].to(model.device)  # [S, D]
     info = {"baked_file": args.baked, "baked_prompt": baked["prompt"]}
     if args.prompt is not None:
         prompt = common.load_prompt(model, args.prompt)

@@ -17,10 +17,7 @@ def parse_args(argv=None):
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
-    common.check_output(args.out)
-    device = common.pick_device(args.device)
-    seed = common.seed_everything(args.seed)
-    model = common.load_clip(args.clip_model, device)
+    model, seed = common.start(args)
     prompt = common.load_prompt(model, args.prompt)
     shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
     targets = (prompt.embed + shift)[None]  # [1, D]: one stage
