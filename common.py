@@ -74,6 +74,9 @@ def cli(main):
             return main(argv)
         except UserError as e:
             raise SystemExit(f"error: {e}") from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
         except torch.cuda.OutOfMemoryError:
             raise SystemExit("error: out of GPU memory: lower --size or --cutn "
                              "(or --steps for an unrolled bake), or use --device cpu") from None
@@ -107,6 +110,7 @@ def _number(cast, accept, requirement):
 positive_int = _number(int, lambda v: v >= 1, "must be a whole number of at least 1")
 positive_float = _number(float, lambda v: 0 < v < math.inf, "must be a positive number")
 unit_float = _number(float, lambda v: 0 <= v <= 1, "must lie between 0 and 1")
+seed_int = _number(int, lambda v: 0 <= v < 2**63, "must be a whole number from 0 to 2**63 - 1")
 
 
 def make_parser(doc):
@@ -123,7 +127,7 @@ def add_common_args(parser, *, size, steps, cutn, out="output.png"):
                         "or random:ARCH (random weights, for timing)")
     g.add_argument("--device", default=None,
                    help="torch device (default: cuda if available, else cpu)")
-    g.add_argument("--seed", type=int, default=None,
+    g.add_argument("--seed", type=seed_int, default=None,
                    help="random seed (default: a fresh one, printed so the run can be repeated)")
     if out is not None:
         g.add_argument("--out", default=out, help="output PNG path")
@@ -169,9 +173,16 @@ def pick_device(name=None):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}: use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but CUDA is not available here: use --device cpu")
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise UserError(f"--device {name} cannot be used here ({str(e).splitlines()[0][:80]}): "
+                        f"use --device cpu") from None
     return device
 
 
@@ -182,6 +193,8 @@ def start(args):
     """
     if getattr(args, "out", None) is not None:
         check_output(args.out)
+    if getattr(args, "baked_dir", None) is not None and hasattr(args, "meta_steps"):
+        check_folder(args.baked_dir, "--baked-dir")
     device = pick_device(args.device)
     seed = seed_everything(args.seed)
     return load_clip(args.clip_model, device), seed
@@ -350,6 +363,9 @@ def parse_prompt(text):
                 part = body
             except ValueError:
                 pass
+            if not math.isfinite(weight):
+                raise UserError(f"the weight {tail.strip()!r} in {text!r} is not a finite number: "
+                                f"use e.g. :0.5 or :-1")
         part = part.strip()
         if part:
             parts.append((part, weight))
@@ -637,9 +653,12 @@ def baked_path(baked_dir, prompt, name=None):
 def atomic_write(path, write):
     """Call write(tmp_path), then move the finished file into place in one step."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or type(e).__name__}): choose another place") from None
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -685,23 +704,46 @@ def load_baked(path, embed_dim=None):
             "global" in str(e).lower() else type(e).__name__
         raise UserError(f"{path} is not a readable baked file ({reason}): bake it again with bake.py") from None
     if isinstance(obj, torch.Tensor):
-        if obj.dim() != 2 or not obj.is_floating_point():
-            raise UserError(f"{path} holds a tensor of shape {list(obj.shape)}, not stages [S, D]: "
-                            f"bake it again with bake.py")
         obj = {"format": "legacy", "version": 0, "prompt": path.stem.replace("_", " "),
-               "prompt_type": "text", "clip_model": None, "embed_dim": obj.shape[1],
-               "stages": obj, "config": {}, "history": [], "complete": True, "created": None}
-    elif not (isinstance(obj, dict) and obj.get("format") == BAKED_FORMAT
-              and isinstance(obj.get("stages"), torch.Tensor) and obj["stages"].dim() == 2):
+               "prompt_type": "text", "clip_model": None, "stages": obj, "config": {}, "history": [],
+               "complete": True, "created": None}
+    elif not (isinstance(obj, dict) and obj.get("format") == BAKED_FORMAT):
         raise UserError(f"{path} is not a baked file: bake it with bake.py")
-    elif obj.get("version", 0) > BAKED_VERSION:
+    problem = _baked_problem(obj)
+    if problem:
+        raise UserError(f"{path} is a damaged baked file ({problem}): bake it again with bake.py")
+    if obj.get("version", BAKED_VERSION) > BAKED_VERSION:
         raise UserError(f"{path} has baked-file version {obj['version']}, newer than this tool "
                         f"reads ({BAKED_VERSION}): update the scripts")
+    obj = {"clip_model": None, "config": {}, "history": [], "complete": True, "created": None, **obj}
+    obj["embed_dim"] = obj["stages"].shape[1]
     obj["stages"] = obj["stages"].detach().float()
     obj["path"] = str(path)
     if embed_dim is not None:
         check_stage_width(obj, embed_dim)
     return obj
+
+
+def _baked_problem(obj):
+    """What is wrong with a baked dict's fields, or None."""
+    stages = obj.get("stages")
+    if not isinstance(stages, torch.Tensor) or stages.dim() != 2 or not stages.is_floating_point():
+        shape = list(stages.shape) if isinstance(stages, torch.Tensor) else type(stages).__name__
+        return f"stages are {shape}, not a float tensor [S, D]"
+    if stages.shape[0] < 1 or stages.shape[1] < 1:
+        return f"stages of shape {list(stages.shape)} are empty"
+    if not torch.isfinite(stages).all():
+        return "stages hold NaN or infinity"
+    expected = {"prompt": str, "prompt_type": str, "version": int, "complete": bool,
+                "config": dict, "history": list}
+    for key, kind in expected.items():
+        if key in ("prompt", "prompt_type") and key not in obj:
+            return f"no {key}"
+        if key in obj and not isinstance(obj[key], kind):
+            return f"{key} is a {type(obj[key]).__name__}, not a {kind.__name__}"
+    if obj["prompt_type"] not in ("text", "image"):
+        return f"prompt_type {obj['prompt_type']!r} is not text or image"
+    return None
 
 
 def check_stage_width(baked, embed_dim):
@@ -738,16 +780,24 @@ def quantize(image, levels=QUANT_LEVELS):
     return (image * 1.1 - 0.1).clamp(0, 1)
 
 
+def check_folder(folder, flag):
+    """Fail before any work when files cannot be made in folder (created if missing)."""
+    folder = Path(folder)
+    existing = next(p for p in [folder, *folder.parents] if p.exists())  # "." or "/" at worst
+    if not existing.is_dir():
+        raise UserError(f"{flag}: {existing} is a file, not a folder: choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: cannot write in {existing}: choose another {flag}")
+
+
 def check_output(path):
-    """Fail before any work when the output path cannot be written."""
+    """Fail before any work when the output PNG cannot be written."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--out {path} is a folder: give a file name such as {path / 'output.png'}")
     if path.suffix.lower() != ".png":
         raise UserError(f"--out {path} must end in .png (the PNG records how it was made)")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write to {parent}: choose another --out")
+    check_folder(path.parent, "--out")
 
 
 def save_image(path, z, save_size, info):
@@ -775,12 +825,13 @@ def run_info(script, args, seed, **extra):
 def wandb_mode(choice):
     """Resolve --wandb: auto is online with a configured login, else disabled (with a hint)."""
     if choice == "auto":
-        if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
-            return os.environ["WANDB_MODE"]
-        if _wandb_logged_in():
-            return "online"
-        log("wandb: no login found, not logging (run `wandb login`, or pass --wandb offline)")
-        return "disabled"
+        choice = os.environ.get("WANDB_MODE", "online")
+        if choice not in ("online", "offline", "disabled"):
+            choice = "online"
+        if choice == "online" and not _wandb_logged_in():  # wandb would ask for a login
+            log("wandb: no login found, not logging (run `wandb login`, or pass --wandb offline)")
+            return "disabled"
+        return choice
     if choice == "online" and not _wandb_logged_in():
         raise UserError("--wandb online needs a wandb login: run `wandb login` or set WANDB_API_KEY, "
                         "or use --wandb offline")

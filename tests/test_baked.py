@@ -112,7 +112,7 @@ def test_other_objects_are_refused(tmp_path):
     torch.save({"weights": torch.randn(3)}, tmp_path / "dict.pt")
     assert "not a baked file" in one_line_error(tmp_path / "dict.pt")
     torch.save(torch.randn(2, 3, 4), tmp_path / "cube.pt")
-    assert "not stages" in one_line_error(tmp_path / "cube.pt")
+    assert "not a float tensor [S, D]" in one_line_error(tmp_path / "cube.pt")
 
 
 def test_width_mismatch_names_the_model(tmp_path):
@@ -149,3 +149,27 @@ def test_clip_loads_from_a_torchscript_archive(tmp_path):
     loaded = common.load_clip(str(tmp_path / "traced.pt"), "cpu")
     assert loaded.dim == 32 and loaded.size == 32
     assert torch.equal(loaded.model.token_embedding.weight, model.token_embedding.weight)
+
+
+@pytest.mark.parametrize("change,expect", [
+    ({"complete": None}, "complete is a NoneType"),
+    ({"version": "1"}, "version is a str"),
+    ({"prompt_type": "video"}, "not text or image"),
+    ({"stages": torch.zeros(0, 32)}, "empty"),
+    ({"stages": torch.full((2, 32), float("nan"))}, "NaN"),
+    ({"stages": torch.zeros(2, 32, dtype=torch.long)}, "not a float tensor"),
+])
+def test_damaged_fields_are_refused(tmp_path, change, expect):
+    write_bake(tmp_path / "b.pt", torch.randn(2, 32))
+    data = torch.load(tmp_path / "b.pt", weights_only=True)
+    data.update(change)
+    torch.save(data, tmp_path / "b.pt")
+    message = one_line_error(tmp_path / "b.pt")
+    assert "damaged baked file" in message and expect in message
+
+
+def test_a_minimal_dict_loads_with_defaults(tmp_path):
+    torch.save({"format": "staged-clip-bake", "prompt": "a cat", "prompt_type": "text",
+                "stages": torch.ones(2, 32)}, tmp_path / "min.pt")
+    loaded = common.load_baked(tmp_path / "min.pt", embed_dim=32)
+    assert loaded["complete"] is True and loaded["history"] == [] and loaded["embed_dim"] == 32

@@ -32,9 +32,11 @@ def fails(script, argv, expect, capsys):
     assert code not in (0, None)
     if isinstance(code, str):  # our own errors: the exit message is the one line
         message = code
+        assert message.startswith("error: ") and "\n" not in message, message
     else:  # argparse: usage, then one line naming the flag
+        assert code == 2
         message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "\n" not in message and message.startswith("error:") or "error:" in message
+        assert ": error: " in message, message
     assert expect in message, message
     assert files_under(".") == before, "a failed run left files behind"
     return message
@@ -171,3 +173,47 @@ def test_real_command_line_has_no_traceback(tmp_path, argv, expect):
 
 def test_wandb_online_without_login_fails_before_any_work(tiny_ckpt, capsys):
     fails(bake, ["a cat", *bake_args(tiny_ckpt)[:-2], "--wandb", "online"], "wandb login", capsys)
+
+
+def test_ctrl_c_while_loading_is_one_line(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "load_clip", interrupted)
+    with pytest.raises(SystemExit) as info:
+        normal.main(["a cat"])
+    assert info.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
+
+
+@pytest.mark.parametrize("device", ["meta", "banana", "cuda:x"])
+def test_unusable_device(device, capsys):
+    fails(normal, ["a cat", "--device", device], "device", capsys)
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999999", "1.5"])
+def test_seed_out_of_range(seed, capsys):
+    fails(normal, ["a cat", "--seed", seed], "--seed", capsys)
+
+
+@pytest.mark.parametrize("prompt", ["a cat:nan", "a cat | dog:inf"])
+def test_weights_must_be_finite(tiny_ckpt, prompt, capsys):
+    fails(normal, [prompt, *render_args(tiny_ckpt)], "not a finite number", capsys)
+
+
+def test_outputs_that_cannot_be_written_fail_before_work(tiny_ckpt, capsys, monkeypatch):
+    monkeypatch.setattr(common, "load_clip", lambda *a: pytest.fail("loaded CLIP before checking outputs"))
+    Path("afile").write_text("x")
+    fails(bake, ["a cat", *bake_args(tiny_ckpt), "--baked-dir", "afile"], "is a file, not a folder", capsys)
+    fails(bake, ["a cat", *bake_args(tiny_ckpt), "--baked-dir", "afile/sub"], "is a file", capsys)
+    fails(normal, ["a cat", *render_args(tiny_ckpt), "--out", "afile/a.png"], "is a file", capsys)
+
+
+def test_wandb_mode_online_in_the_environment_without_login_does_not_prompt(monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert common.wandb_mode("auto") == "disabled"
+    assert "no login" in capsys.readouterr().err
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert common.wandb_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert common.wandb_mode("auto") == "online"
