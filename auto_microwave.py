@@ -22,19 +22,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def baked_prompt_embeds(model, bakes):
-    """The prompt embedding of each bake under this model, or None where it cannot be had."""
-    texts = [b["prompt"] for b in bakes if b["prompt_type"] == "text"]
-    text_embeds = iter(common.embed_texts(model, texts)) if texts else iter(())
-    embeds = []
-    for b in bakes:
-        if b["prompt_type"] == "text":
-            embeds.append(next(text_embeds))
-        elif b.get("clip_model") == model.name and "prompt_embed" in b:
-            embeds.append(b["prompt_embed"].to(model.device))
-        else:
-            embeds.append(None)
-    return embeds
+def baked_prompt_embed(model, bake):
+    """A bake's prompt embedding under this model, or None (saying why) where there is none."""
+    try:
+        common.check_stage_width(bake, model.dim)
+        if bake.get("clip_model") == model.name and bake.get("prompt_embed") is not None:
+            return bake["prompt_embed"].to(model.device)
+        return common.load_prompt(model, bake["prompt"]).embed  # weighted parts and images too
+    except common.UserError as e:
+        common.log(f"skipping {bake['path']}: {e}")
+        return None
 
 
 def compose_path(paths, mode):
@@ -49,15 +46,14 @@ def compose_path(paths, mode):
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
+    bakes = common.load_baked_dir(args.baked_dir)  # a missing folder fails before CLIP loads
     model, seed = common.start(args)
-    bakes = common.load_baked_dir(args.baked_dir, model.dim)
     prompt = common.load_prompt(model, args.prompt)
     candidates = []
-    for bake, embed in zip(bakes, baked_prompt_embeds(model, bakes)):
-        if embed is None:
-            common.log(f"skipping {bake['path']}: an image prompt baked with another model")
-            continue
-        candidates.append((common.spherical_distance(prompt.embed, embed).item(), bake))
+    for bake in bakes:
+        embed = baked_prompt_embed(model, bake)
+        if embed is not None:
+            candidates.append((common.spherical_distance(prompt.embed, embed).item(), bake))
     if not candidates:
         raise common.UserError(f"no usable baked files in {args.baked_dir}: bake some with bake.py")
     candidates.sort(key=lambda c: c[0])

@@ -42,13 +42,19 @@ def main(argv=None):
     args = parse_args(argv)
     args.wandb = common.wandb_mode(args.wandb)
     prompts = read_prompts(args.prompts_file)
+    paths = [common.baked_path(args.baked_dir, text) for text in prompts]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            other = prompts[paths.index(path)]
+            raise common.UserError(f"{other!r} and {prompts[i]!r} would both be baked to {path}: "
+                                   f"reword one of them")
     model, seed = common.start(args)
     parsed = [common.load_prompt(model, text) for text in prompts]  # every prompt checked up front
     shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
     bar = tqdm(list(enumerate(parsed)), desc="prompts", position=0, dynamic_ncols=True)
     for i, prompt in bar:
         bar.set_postfix_str(prompt.text[:40])
-        path = common.baked_path(args.baked_dir, prompt.text)
+        path = paths[i]
         common.seed_everything(seed + i, announce=False)  # recorded in the baked file
         try:
             history = common.bake_prompt(model, prompt, shift, args, seed + i, path,

@@ -300,6 +300,15 @@ def load_clip(name=DEFAULT_CLIP_MODEL, device="cpu"):
 
 
 @contextmanager
+def rng_aside(device):
+    """Run a block without moving the random streams the rest of the run draws from."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        yield
+    random.setstate(state)
+
+
+@contextmanager
 def math_attention():
     """Run attention on the math kernel: the fused kernels have no double backward."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -743,6 +752,9 @@ def _baked_problem(obj):
             return f"{key} is a {type(obj[key]).__name__}, not a {kind.__name__}"
     if obj["prompt_type"] not in ("text", "image"):
         return f"prompt_type {obj['prompt_type']!r} is not text or image"
+    embed = obj.get("prompt_embed")
+    if embed is not None and not (isinstance(embed, torch.Tensor) and embed.shape == stages.shape[1:]):
+        return "prompt_embed does not match the stages' width"
     return None
 
 
@@ -755,8 +767,8 @@ def check_stage_width(baked, embed_dim):
                         f"embeds in {embed_dim}: pass the --clip-model it was baked with")
 
 
-def load_baked_dir(baked_dir, embed_dim):
-    """Every usable baked file in a folder; unreadable ones and other widths are skipped, saying so."""
+def load_baked_dir(baked_dir):
+    """Every readable baked file in a folder; the others are skipped, saying so."""
     folder = Path(baked_dir)
     if not folder.is_dir():
         raise UserError(f"baked folder {folder} not found: bake some prompts first (bake.py, "
@@ -764,7 +776,7 @@ def load_baked_dir(baked_dir, embed_dim):
     bakes = []
     for path in sorted(folder.glob("*.pt")):
         try:
-            bakes.append(load_baked(path, embed_dim))
+            bakes.append(load_baked(path))
         except UserError as e:
             log(f"skipping: {e}")
     if not bakes:
@@ -907,9 +919,9 @@ def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
                       {**cfg, "prompt": prompt.text, "clip_model": args.clip_model})
     control = None
     if run is not None:  # plain optimization toward the prompt, same total steps
-        target = (prompt.embed + shift)[None]
-        control = rollout(model, random_start(args.size, model.device), target,
-                          args.steps * args.stages, args.lr, args.cutn)
+        with rng_aside(model.device):  # a seed bakes the same stages with or without logging
+            control = rollout(model, random_start(args.size, model.device), (prompt.embed + shift)[None],
+                              args.steps * args.stages, args.lr, args.cutn)
     history = []
     bar = tqdm(range(args.meta_steps), desc=prompt.text[:30], position=position, leave=position == 0,
                dynamic_ncols=True)

@@ -217,3 +217,8 @@ def test_wandb_mode_online_in_the_environment_without_login_does_not_prompt(monk
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_MODE", "online")
     assert common.wandb_mode("auto") == "online"
+
+
+def test_prompts_that_share_a_file_name_are_refused_up_front(tiny_ckpt, capsys):
+    Path("list.txt").write_text("a red apple\nA red apple!\n")
+    fails(batch_bake, ["list.txt", *bake_args(tiny_ckpt)], "would both be baked to", capsys)

@@ -136,18 +136,18 @@ def test_microwave_reads_a_legacy_tensor(tiny_ckpt, capsys):
 
 
 def test_auto_microwave_picks_the_nearest_and_skips_other_widths(tiny_ckpt, wide_ckpt, capsys):
-    for prompt in ["a red apple", "a blue car", "a green tree"]:
+    for prompt in ["a red apple", "a blue car | a road:0.5", "a green tree"]:
         bake.main([prompt, *bake_args(tiny_ckpt, "--meta-steps", "1", "--out", "b.png")])
     bake.main(["a yellow sun", *bake_args(wide_ckpt, "--meta-steps", "1", "--out", "b.png")])
     capsys.readouterr()
-    auto_microwave.main(["a blue car", "--k", "2", *render_args(tiny_ckpt, "--out", "a.png")])
+    auto_microwave.main(["a blue car | a road:0.5", "--k", "2", *render_args(tiny_ckpt, "--out", "a.png")])
     captured = capsys.readouterr()
     listed = re.findall(r"^\s+([\d.]+)\s+'([^']+)'", captured.out, re.M)
-    assert len(listed) == 2 and listed[0][1] == "a blue car" and float(listed[0][0]) < 1e-3
+    assert len(listed) == 2 and listed[0][1] == "a blue car | a road:0.5" and float(listed[0][0]) < 1e-3
     assert float(listed[0][0]) <= float(listed[1][0])
     assert "a_yellow_sun.pt" in captured.err and "width 48" in captured.err
     _, text, _ = png_info("a.png")
-    assert json.loads(text["baked_prompts"])[0] == "a blue car"
+    assert json.loads(text["baked_prompts"])[0] == "a blue car | a road:0.5"
 
 
 def test_compose_path_is_per_stage(tmp_path):
@@ -176,12 +176,16 @@ def test_batch_bake_bakes_each_listed_prompt_once_with_one_clip(tiny_ckpt, monke
     assert "baked 2 prompt(s)" in capsys.readouterr().out
 
 
-def test_wandb_offline_logs_a_run(tiny_ckpt, tmp_path, monkeypatch):
+def test_wandb_offline_logs_a_run_and_the_seed_still_repeats(tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")[:-2], "--wandb", "offline"])
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--seed", "3", "--out", "a.png")[:-2], "--wandb", "offline"])
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    assert common.load_baked("baked/a_red_apple.pt")["complete"] is True
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    logged = common.load_baked("baked/a_red_apple.pt")
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--seed", "3", "--name", "quiet", "--out", "b.png")])
+    quiet = common.load_baked("baked/quiet.pt")
+    assert logged["complete"] is True
+    assert torch.equal(logged["stages"], quiet["stages"])  # the control image drew no shared randomness
 
 
 def test_wandb_auto_without_login_stays_off_with_a_hint(tiny_ckpt, tmp_path, monkeypatch, capsys):
