@@ -21,7 +21,7 @@ def main(argv=None):
     args = parse_args(argv)
     args.wandb = common.wandb_mode(args.wandb)
     path = common.baked_path(args.baked_dir, args.prompt, args.name)
-    model, seed = common.start(args)
+    model, seed = common.start(args, writes_baked=True)
     prompt = common.load_prompt(model, args.prompt)
     shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
     try:

@@ -23,7 +23,7 @@ def read_prompts(path):
     if not path.is_file():
         raise common.UserError(f"prompts file {path} not found: give a file with one prompt a line")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise common.UserError(f"cannot read {path} ({type(e).__name__}): save it as UTF-8 text") from None
     prompts = []
@@ -48,7 +48,7 @@ def main(argv=None):
             other = prompts[paths.index(path)]
             raise common.UserError(f"{other!r} and {prompts[i]!r} would both be baked to {path}: "
                                    f"reword one of them")
-    model, seed = common.start(args)
+    model, seed = common.start(args, writes_baked=True)
     parsed = [common.load_prompt(model, text) for text in prompts]  # every prompt checked up front
     shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
     bar = tqdm(list(enumerate(parsed)), desc="prompts", position=0, dynamic_ncols=True)

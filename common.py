@@ -15,9 +15,11 @@ import os
 import random
 import re
 import secrets
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import unicodedata
 import warnings
 from contextlib import contextmanager
@@ -70,6 +72,9 @@ def cli(main):
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        if in_main_thread:
+            previous = signal.signal(signal.SIGTERM, _terminate)  # a scheduler's kill saves like Ctrl-C
         try:
             return main(argv)
         except UserError as e:
@@ -80,8 +85,20 @@ def cli(main):
         except torch.cuda.OutOfMemoryError:
             raise SystemExit("error: out of GPU memory: lower --size or --cutn "
                              "(or --steps for an unrolled bake), or use --device cpu") from None
+        except (MemoryError, RuntimeError) as e:
+            if not isinstance(e, MemoryError) and "DefaultCPUAllocator" not in str(e):
+                raise
+            raise SystemExit("error: out of memory: lower --size, --cutn or --save-size "
+                             "(or --steps for an unrolled bake)") from None
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def log(*parts):
@@ -110,13 +127,20 @@ def _number(cast, accept, requirement):
 positive_int = _number(int, lambda v: v >= 1, "must be a whole number of at least 1")
 positive_float = _number(float, lambda v: 0 < v < math.inf, "must be a positive number")
 unit_float = _number(float, lambda v: 0 <= v <= 1, "must lie between 0 and 1")
+save_side = _number(int, lambda v: 1 <= v <= 8192, "must be a whole number from 1 to 8192")
 seed_int = _number(int, lambda v: 0 <= v < 2**63, "must be a whole number from 0 to 2**63 - 1")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (not the whole usage) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def make_parser(doc):
     """An ArgumentParser that shows the script's docstring and every default."""
-    return argparse.ArgumentParser(description=doc,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return Parser(description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def add_common_args(parser, *, size, steps, cutn, out="output.png"):
@@ -135,7 +159,7 @@ def add_common_args(parser, *, size, steps, cutn, out="output.png"):
     g.add_argument("--steps", type=positive_int, default=steps, help="Adam steps (per stage where staged)")
     g.add_argument("--lr", type=positive_float, default=LR, help="learning rate of the image optimizer")
     g.add_argument("--cutn", type=positive_int, default=cutn, help="cutouts CLIP sees per step")
-    g.add_argument("--save-size", type=positive_int, default=SAVE_SIZE,
+    g.add_argument("--save-size", type=save_side, default=SAVE_SIZE,
                    help="side of the saved PNG (nearest-neighbour upscale)")
     g.add_argument("--no-style", dest="style", action="store_false",
                    help="turn off target shaping (style and negative texts)")
@@ -186,18 +210,23 @@ def pick_device(name=None):
     return device
 
 
-def start(args):
-    """What every script does first: check --out, pick the device, seed, load CLIP.
+def start(args, writes_baked=False):
+    """What every script does first: check its outputs, pick the device, load CLIP, seed.
 
+    Seeding comes after loading, so a seed means the same run whatever loading drew.
     Returns (model, seed).
     """
-    if getattr(args, "out", None) is not None:
-        check_output(args.out)
-    if getattr(args, "baked_dir", None) is not None and hasattr(args, "meta_steps"):
+    out = getattr(args, "out", None)
+    if out is not None:
+        check_output(out)
+        prompt = getattr(args, "prompt", None)
+        if prompt and is_image_path(prompt.strip()) and Path(prompt.strip()).resolve() == Path(out).resolve():
+            raise UserError(f"--out {out} is the image prompt itself: choose another --out")
+    if writes_baked:
         check_folder(args.baked_dir, "--baked-dir")
     device = pick_device(args.device)
-    seed = seed_everything(args.seed)
-    return load_clip(args.clip_model, device), seed
+    model = load_clip(args.clip_model, device)
+    return model, seed_everything(args.seed)
 
 
 def seed_everything(seed=None, announce=True):
@@ -226,9 +255,10 @@ class Clip:
 
 
 def _offline_hint(name):
+    untrained = f", or random:{name} for untrained weights" if name in RANDOM_ARCHS else ""
     return (f"could not download CLIP model {name!r} (no network?): pass --clip-model with the path "
-            f"of a local checkpoint (e.g. a copy of ~/.cache/clip/*.pt from a machine with a network), "
-            f"or random:{name} for untrained weights")
+            f"of a local checkpoint (e.g. a copy of ~/.cache/clip/*.pt from a machine with a network)"
+            f"{untrained}")
 
 
 def _state_dict_from_file(path):
@@ -349,8 +379,8 @@ def load_image(path, side):
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError):
-        raise UserError(f"cannot read image {path}: pass a PNG or JPEG file") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise UserError(f"cannot read image {path}: pass a PNG or JPEG file of reasonable size") from None
     im = TF.center_crop(TF.resize(im, side, antialias=True), side)
     return TF.to_tensor(im).unsqueeze(0)  # [1, 3, side, side]
 
@@ -392,8 +422,6 @@ class Prompt:
 
 def load_prompt(model, text):
     """Embed a prompt: an image file, or text with optional weighted parts."""
-    if text is None or not text.strip():
-        raise UserError("empty prompt: give some text, e.g. \"a red apple\", or an image file")
     if is_image_path(text.strip()):
         image = load_image(text.strip(), model.size).to(model.device)
         with torch.no_grad():
@@ -651,9 +679,9 @@ def slugify(text, limit=80):
 def baked_path(baked_dir, prompt, name=None):
     """Where a prompt's bake goes: <baked_dir>/<slug>.pt; --name must be a plain name."""
     if name is not None:
-        if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-            raise UserError(f"--name {name!r} must be a plain file name, without folders")
         stem = name[:-3] if name.endswith(".pt") else name
+        if not stem or stem.startswith(".") or "/" in stem or "\\" in stem or "\0" in stem:
+            raise UserError(f"--name {name!r} must be a plain file name, without folders")
     else:
         stem = slugify(Path(prompt).stem if is_image_path(prompt) else prompt)
     return Path(baked_dir) / f"{stem}.pt"
@@ -670,10 +698,16 @@ def atomic_write(path, write):
         raise UserError(f"cannot write {path} ({e.strerror or type(e).__name__}): choose another place") from None
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; outputs are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # a full disk shows as either
+            raise UserError(f"cannot write {path} ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__}): "
+                            f"free some space or choose another place") from None
         raise
 
 
@@ -753,8 +787,9 @@ def _baked_problem(obj):
     if obj["prompt_type"] not in ("text", "image"):
         return f"prompt_type {obj['prompt_type']!r} is not text or image"
     embed = obj.get("prompt_embed")
-    if embed is not None and not (isinstance(embed, torch.Tensor) and embed.shape == stages.shape[1:]):
-        return "prompt_embed does not match the stages' width"
+    if embed is not None and not (isinstance(embed, torch.Tensor) and embed.shape == stages.shape[1:]
+                                  and torch.isfinite(embed).all()):
+        return "prompt_embed is not a finite vector of the stages' width"
     return None
 
 
@@ -812,13 +847,19 @@ def check_output(path):
     check_folder(path.parent, "--out")
 
 
+def to_pixels(z, side=None):
+    """The first image of z as saved: quantized, optionally nearest-upscaled; [H, W, 3] uint8."""
+    image = quantize(to_image(z.detach()[:1].float()))
+    if side is not None:
+        image = F.interpolate(image, size=(side, side), mode="nearest")  # [1, 3, side, side]
+    return image[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
+
+
 def save_image(path, z, save_size, info):
     """Save z as a quantized, nearest-upscaled PNG; info goes into its text chunks."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
-    image = quantize(to_image(z.detach()[:1].float()))
-    image = F.interpolate(image, size=(save_size, save_size), mode="nearest")  # [1, 3, S, S]
-    array = image[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
+    array = to_pixels(z, save_size)
     meta = PngInfo()
     for key, value in info.items():
         meta.add_text(key, value if isinstance(value, str) else json.dumps(value))
@@ -876,23 +917,26 @@ def start_wandb(mode, project, name, config):
 def wandb_image(z, caption):
     """A wandb.Image of z as it would be saved (quantized)."""
     import wandb
-    array = quantize(to_image(z.detach()[:1].float()))[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
-    return wandb.Image(array, caption=caption)
+    return wandb.Image(to_pixels(z), caption=caption)
 
 
 # --- the bake driver (shared by bake.py and batch_bake.py)
 
 class BakeInterrupted(Exception):
-    """Ctrl-C during a bake; .path is the incomplete file saved, or None before any step."""
+    """Ctrl-C during a bake; .path is the file saved (None before any step), .complete its state."""
 
-    def __init__(self, path):
+    def __init__(self, path, complete=False):
         super().__init__(path)
-        self.path = path
+        self.path, self.complete = path, complete
 
     def message(self, rest=""):
         """What to tell the user."""
-        saved = (f"the stages learned so far are saved to {self.path} (marked incomplete)"
-                 if self.path else "no meta step had finished, so nothing was saved")
+        if self.complete:
+            saved = f"the bake is complete and saved to {self.path}; its preview image was not written"
+        elif self.path:
+            saved = f"the stages learned so far are saved to {self.path} (marked incomplete)"
+        else:
+            saved = "no meta step had finished, so nothing was saved"
         return f"interrupted: {saved}{rest}"
 
 
@@ -917,12 +961,19 @@ def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
     optimizer = torch.optim.AdamW([stages], lr=args.meta_lr)
     run = start_wandb(args.wandb, args.wandb_project, prompt.text[:64],
                       {**cfg, "prompt": prompt.text, "clip_model": args.clip_model})
+    if run is None:
+        args.wandb = "disabled"  # after one failed start, later bakes of a batch do not wait again
     control = None
     if run is not None:  # plain optimization toward the prompt, same total steps
         with rng_aside(model.device):  # a seed bakes the same stages with or without logging
             control = rollout(model, random_start(args.size, model.device), (prompt.embed + shift)[None],
                               args.steps * args.stages, args.lr, args.cutn)
     history = []
+
+    def save(complete):
+        save_baked(path, stages=stages, prompt=prompt, clip_model=args.clip_model, config=cfg,
+                   history=history, complete=complete)
+
     bar = tqdm(range(args.meta_steps), desc=prompt.text[:30], position=position, leave=position == 0,
                dynamic_ncols=True)
     try:
@@ -938,17 +989,24 @@ def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
                 run.log(record, step=step)
     except KeyboardInterrupt:
         if history:
-            save_baked(path, stages=stages, prompt=prompt, clip_model=args.clip_model, config=cfg,
-                       history=history, complete=False)
+            save(complete=False)
         raise BakeInterrupted(path if history else None) from None
+    except UserError as e:  # a NaN loss: the stages from before it are still worth keeping
+        if history:
+            save(complete=False)
+            raise UserError(f"{e} (the {len(history)} meta step(s) before it are saved to {path}, "
+                            f"marked incomplete)") from None
+        raise
     finally:
         bar.close()
         if run is not None:
             run.finish()
-    save_baked(path, stages=stages, prompt=prompt, clip_model=args.clip_model, config=cfg,
-               history=history, complete=True)
-    z = rollout(model, random_start(args.size, model.device), shape_targets(stages, shift),
-                args.steps, args.lr, args.cutn)
+    save(complete=True)
+    try:
+        z = rollout(model, random_start(args.size, model.device), shape_targets(stages, shift),
+                    args.steps, args.lr, args.cutn)
+    except KeyboardInterrupt:
+        raise BakeInterrupted(path, complete=True) from None
     save_image(out, z, args.save_size, run_info("bake.py", args, seed, prompt=prompt.text,
                                                   baked_file=str(path)))
     return history

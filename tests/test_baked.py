@@ -132,7 +132,7 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
 
     with monkeypatch.context() as patch:
         patch.setattr(torch, "save", broken_save)
-        with pytest.raises(OSError):
+        with pytest.raises(common.UserError, match="disk full"):
             write_bake(path, torch.zeros(2, 32))
     assert [p.name for p in tmp_path.iterdir()] == ["b.pt"]
     assert torch.equal(common.load_baked(path)["stages"], torch.ones(2, 32))

@@ -35,8 +35,10 @@ def fails(script, argv, expect, capsys):
         assert message.startswith("error: ") and "\n" not in message, message
     else:  # argparse: usage, then one line naming the flag
         assert code == 2
-        message = capsys.readouterr().err.strip().splitlines()[-1]
-        assert ": error: " in message, message
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        message = lines[0]
+        assert ": error: " in message and "--help" in message, message
     assert expect in message, message
     assert files_under(".") == before, "a failed run left files behind"
     return message
@@ -222,3 +224,19 @@ def test_wandb_mode_online_in_the_environment_without_login_does_not_prompt(monk
 def test_prompts_that_share_a_file_name_are_refused_up_front(tiny_ckpt, capsys):
     Path("list.txt").write_text("a red apple\nA red apple!\n")
     fails(batch_bake, ["list.txt", *bake_args(tiny_ckpt)], "would both be baked to", capsys)
+
+
+def test_image_prompt_too_large_or_same_as_out(tiny_ckpt, monkeypatch, capsys):
+    from PIL import Image
+    Image.new("RGB", (40, 30), (200, 20, 20)).save("red.png")
+    fails(normal, ["red.png", *render_args(tiny_ckpt), "--out", "red.png"], "is the image prompt", capsys)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    fails(normal, ["red.png", *render_args(tiny_ckpt)], "cannot read image", capsys)
+
+
+def test_save_size_is_capped(capsys):
+    fails(normal, ["a cat", "--save-size", "100000"], "--save-size", capsys)
+
+
+def test_name_cannot_hide_a_file(tiny_ckpt, capsys):
+    fails(bake, ["a cat", *bake_args(tiny_ckpt), "--name", ".pt"], "plain file name", capsys)

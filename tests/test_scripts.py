@@ -204,3 +204,62 @@ def test_ctrl_c_before_any_meta_step_saves_nothing(tiny_ckpt, monkeypatch):
         bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")])
     assert "nothing was saved" in str(info.value.code)
     assert not Path("baked").exists() and not Path("b.png").exists()
+
+
+def test_a_nan_mid_bake_keeps_the_steps_before_it(tiny_ckpt, monkeypatch):
+    real = common.meta_step
+    calls = []
+
+    def nan_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise common.UserError("the meta loss became NaN: lower --meta-lr or --lr")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "meta_step", nan_on_second)
+    with pytest.raises(SystemExit) as info:
+        bake.main(["a red apple", *bake_args(tiny_ckpt, "--meta-steps", "4", "--out", "b.png")])
+    assert "NaN" in info.value.code and "saved to baked/a_red_apple.pt" in info.value.code
+    baked = common.load_baked("baked/a_red_apple.pt")
+    assert baked["complete"] is False and len(baked["history"]) == 1
+    assert not Path("b.png").exists()
+
+
+def test_sigterm_saves_like_ctrl_c(tiny_ckpt, monkeypatch):
+    import os
+    import signal
+    real = common.meta_step
+    calls = []
+
+    def terminated_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "meta_step", terminated_on_second)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        bake.main(["a red apple", *bake_args(tiny_ckpt, "--meta-steps", "4", "--out", "b.png")])
+    assert "marked incomplete" in info.value.code
+    assert common.load_baked("baked/a_red_apple.pt")["complete"] is False
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+
+
+def test_outputs_are_ordinary_files(tiny_ckpt):
+    import os
+    import stat
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")])
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in ["b.png", "baked/a_red_apple.pt"]:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+
+
+def test_a_batch_bake_repeats_the_single_bake_of_its_seed(tiny_ckpt):
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--seed", "5", "--name", "single", "--out", "b.png")])
+    Path("list.txt").write_bytes("\ufeffa red apple\n".encode("utf-8"))  # a byte-order mark is not text
+    batch_bake.main(["list.txt", *bake_args(tiny_ckpt, "--seed", "5", "--baked-dir", "bk")])
+    single, batched = common.load_baked("baked/single.pt"), common.load_baked("bk/a_red_apple.pt")
+    assert batched["prompt"] == "a red apple"
+    assert torch.equal(single["stages"], batched["stages"]) and single["history"] == batched["history"]
