@@ -748,8 +748,7 @@ def load_baked(path, embed_dim=None):
         raise UserError(f"{path} is not a readable baked file ({reason}): bake it again with bake.py") from None
     if isinstance(obj, torch.Tensor):
         obj = {"format": "legacy", "version": 0, "prompt": path.stem.replace("_", " "),
-               "prompt_type": "text", "clip_model": None, "stages": obj, "config": {}, "history": [],
-               "complete": True, "created": None}
+               "prompt_type": "text", "stages": obj}
     elif not (isinstance(obj, dict) and obj.get("format") == BAKED_FORMAT):
         raise UserError(f"{path} is not a baked file: bake it with bake.py")
     problem = _baked_problem(obj)
