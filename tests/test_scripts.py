@@ -99,17 +99,26 @@ def test_bake_an_image_prompt(tiny_ckpt):
     assert baked["prompt_type"] == "image" and baked["prompt"] == "red.png"
 
 
-def test_ctrl_c_saves_an_incomplete_bake(tiny_ckpt, monkeypatch):
+def on_second_meta_step(monkeypatch, action):
+    """Make the bake's second meta step call action() first."""
     real = common.meta_step
     calls = []
 
-    def interrupted(*args, **kwargs):
+    def patched(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(common, "meta_step", interrupted)
+    monkeypatch.setattr(common, "meta_step", patched)
+
+
+def raise_(error):
+    raise error
+
+
+def test_ctrl_c_saves_an_incomplete_bake(tiny_ckpt, monkeypatch):
+    on_second_meta_step(monkeypatch, lambda: raise_(KeyboardInterrupt))
     with pytest.raises(SystemExit) as info:
         bake.main(["a red apple", *bake_args(tiny_ckpt, "--meta-steps", "5", "--out", "b.png")])
     assert info.value.code not in (0, None) and "incomplete" in str(info.value.code)
@@ -207,16 +216,7 @@ def test_ctrl_c_before_any_meta_step_saves_nothing(tiny_ckpt, monkeypatch):
 
 
 def test_a_nan_mid_bake_keeps_the_steps_before_it(tiny_ckpt, monkeypatch):
-    real = common.meta_step
-    calls = []
-
-    def nan_on_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise common.UserError("the meta loss became NaN: lower --meta-lr or --lr")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(common, "meta_step", nan_on_second)
+    on_second_meta_step(monkeypatch, lambda: raise_(common.UserError("the meta loss became NaN: lower --lr")))
     with pytest.raises(SystemExit) as info:
         bake.main(["a red apple", *bake_args(tiny_ckpt, "--meta-steps", "4", "--out", "b.png")])
     assert "NaN" in info.value.code and "saved to baked/a_red_apple.pt" in info.value.code
@@ -228,16 +228,7 @@ def test_a_nan_mid_bake_keeps_the_steps_before_it(tiny_ckpt, monkeypatch):
 def test_sigterm_saves_like_ctrl_c(tiny_ckpt, monkeypatch):
     import os
     import signal
-    real = common.meta_step
-    calls = []
-
-    def terminated_on_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(common, "meta_step", terminated_on_second)
+    on_second_meta_step(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as info:
         bake.main(["a red apple", *bake_args(tiny_ckpt, "--meta-steps", "4", "--out", "b.png")])
