@@ -573,19 +573,15 @@ def rollout(model, z, targets, steps, lr, cutn, create_graph=False, callback=Non
         targets = targets.detach()
     elif not z.requires_grad:
         z = z.detach().requires_grad_()
-    with torch.enable_grad():  # the inner loop needs gradients even under a caller's no_grad
-        return _rollout(model, z, targets, steps, lr, cutn, create_graph, callback)
-
-
-def _rollout(model, z, targets, steps, lr, cutn, create_graph, callback):
     for i, target in enumerate(targets):
         m = torch.zeros_like(z)
         v = torch.zeros_like(z)
         for t in range(1, steps + 1):
-            if not create_graph:
-                z = z.detach().requires_grad_()
-            loss = image_loss(model, z, target, cutn)
-            (grad,) = torch.autograd.grad(loss, z, create_graph=create_graph)
+            with torch.enable_grad():  # the inner loop needs gradients even under a caller's no_grad
+                if not create_graph:
+                    z = z.detach().requires_grad_()
+                loss = image_loss(model, z, target, cutn)
+                (grad,) = torch.autograd.grad(loss, z, create_graph=create_graph)
             with torch.set_grad_enabled(create_graph):
                 z, m, v = adamw_step(z, grad, m, v, t, lr)
             if callback is not None:
