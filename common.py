@@ -61,6 +61,8 @@ RANDOM_ARCHS = {
     "ViT-B/16": (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
     "ViT-L/14": (768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
 }
+# Small CLIPs trained on a drawn world of coloured shapes (toy_clip.py), shipped for offline use.
+TOY_MODELS = {name: Path(__file__).resolve().parent / "models" / f"{name}.pt" for name in ("toy", "toy-scorer")}
 
 
 class UserError(Exception):
@@ -148,6 +150,7 @@ def add_common_args(parser, *, size, steps, cutn, out="output.png"):
     g = parser.add_argument_group("common options")
     g.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
                    help="CLIP model name (downloaded once), a local checkpoint path, "
+                        "toy or toy-scorer (small offline models of drawn shapes, shipped here), "
                         "or random:ARCH (random weights, for timing)")
     g.add_argument("--device", default=None,
                    help="torch device (default: cuda if available, else cpu)")
@@ -258,7 +261,7 @@ def _offline_hint(name):
     untrained = f", or random:{name} for untrained weights" if name in RANDOM_ARCHS else ""
     return (f"could not download CLIP model {name!r} (no network?): pass --clip-model with the path "
             f"of a local checkpoint (e.g. a copy of ~/.cache/clip/*.pt from a machine with a network)"
-            f"{untrained}")
+            f"{untrained}, or toy (a small offline model of drawn shapes)")
 
 
 def _state_dict_from_file(path):
@@ -298,7 +301,12 @@ def load_clip(name=DEFAULT_CLIP_MODEL, device="cpu"):
             torch.manual_seed(0)  # the same random model every time
             model = CLIP(*RANDOM_ARCHS[arch])
         return Clip(model, name, device)
-    if os.path.isfile(name):
+    if name in TOY_MODELS:
+        path = TOY_MODELS[name]
+        if not path.is_file():
+            raise UserError(f"the shipped model {path} is missing: restore it with "
+                            f"'git checkout -- models' or train it with toy_clip.py")
+    elif os.path.isfile(name):
         path = name
     elif name in clip.available_models():
         root = os.path.expanduser("~/.cache/clip")
@@ -317,7 +325,7 @@ def load_clip(name=DEFAULT_CLIP_MODEL, device="cpu"):
             socket.setdefaulttimeout(old_timeout)
     else:
         raise UserError(f"unknown CLIP model {name!r}: use a path to a checkpoint file, one of "
-                        f"{', '.join(clip.available_models())}, or random:ARCH")
+                        f"{', '.join(clip.available_models())}, toy, toy-scorer, or random:ARCH")
     state = {k: v.float() for k, v in _state_dict_from_file(path).items()}
     try:
         model = build_model(dict(state)).float()
@@ -561,19 +569,41 @@ def adamw_step(z, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=
     return z - (lr / (1 - b1**t)) * m / denom, m, v
 
 
-def rollout(model, z, targets, steps, lr, cutn, create_graph=False, callback=None):
+class _Renormalize(torch.autograd.Function):
+    """The identity, whose backward divides the incoming gradient by its norm."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        norm = grad.norm()
+        return grad / torch.where(norm > 0, norm, torch.ones_like(norm))
+
+
+def rollout(model, z, targets, steps, lr, cutn, create_graph=False, callback=None, renormalize=False):
     """Optimize images z [B, 3, H, W] through the stages, one target [D] (or [B, D]) each.
 
     A fresh AdamW starts every stage (the reference makes a new optimizer per stage);
     z carries over. With create_graph the whole optimization stays differentiable, so a
     loss on the returned z reaches the targets (and what they were made from).
     callback(stage, step, loss, z) is called after every step with tensors.
+
+    renormalize (with create_graph): the gradient flowing back into each stage from the
+    next is divided by its norm. The exact meta-gradient grows about 100-fold per stage
+    going backwards (each fresh Adam's first steps are nearly sign steps, whose
+    derivative is huge where a pixel's gradient is near zero) and overflows float32
+    within ten stages; renormalized, every stage's gradient keeps its exact direction,
+    only its length changes.
     """
     if not create_graph:
         targets = targets.detach()
     elif not z.requires_grad:
         z = z.detach().requires_grad_()
     for i, target in enumerate(targets):
+        if create_graph and renormalize and i > 0:
+            z = _Renormalize.apply(z)
         m = torch.zeros_like(z)
         v = torch.zeros_like(z)
         for t in range(1, steps + 1):
@@ -648,7 +678,8 @@ def meta_step(model, stages, optimizer, prompt, shift, cfg, progress):
     unrolled = cfg["meta_grad"] == "unrolled"
     with math_attention():
         targets = shape_targets(stages, shift)
-        z = rollout(model, z, targets, cfg["steps"], cfg["lr"], cfg["cutn"], create_graph=unrolled)
+        z = rollout(model, z, targets, cfg["steps"], cfg["lr"], cfg["cutn"], create_graph=unrolled,
+                    renormalize=True)
         with torch.set_grad_enabled(unrolled):
             loss = bake_loss(model, z, prompt, cfg["cutn"])
         if cfg["stage_reg"]:
@@ -659,6 +690,12 @@ def meta_step(model, stages, optimizer, prompt, shift, cfg, progress):
     value = loss.item()
     if not math.isfinite(value):
         raise UserError("the meta loss became NaN: lower --meta-lr or --lr")
+    if stages.grad is not None:
+        overflowed = ~stages.grad.isfinite().all(1)
+        if overflowed.any():  # a stage whose gradient overflowed sits this step out
+            stages.grad[overflowed] = 0
+            log(f"meta-gradient overflowed for stage(s) {(overflowed.nonzero()[:, 0] + 1).tolist()}: "
+                f"not updated this step (fewer --steps per stage avoids it)")
     optimizer.step()
     return value, z.detach()
 

@@ -100,3 +100,37 @@ def test_rollout_with_and_without_graph_agree(tiny):
             results.append(common.rollout(tiny, z0, targets, 3, 0.12, 4, create_graph=create_graph).detach())
     assert torch.allclose(results[0], results[1], atol=1e-5)
     assert not torch.allclose(results[0], z0)
+
+
+def test_renormalized_meta_gradient_keeps_each_stage_direction(tiny):
+    """Renormalizing across stage boundaries rescales each stage's gradient, nothing more."""
+    prompt = common.load_prompt(tiny, "a red apple")
+    torch.manual_seed(0)
+    z0 = torch.randn(1, 3, 8, 8)
+    stages = torch.randn(4, tiny.dim)
+    grads = []
+    for renormalize in (False, True):
+        s = stages.clone().requires_grad_()
+        random.seed(0)
+        with common.math_attention():
+            z = common.rollout(tiny, z0.clone(), common.shape_targets(s, common.style_shift(tiny)), 3, 0.12, 1,
+                               create_graph=True, renormalize=renormalize)
+            common.bake_loss(tiny, z, prompt, 1).backward()
+        grads.append(s.grad)
+    exact, renormalized = grads
+    assert torch.allclose(F.cosine_similarity(exact, renormalized, dim=1), torch.ones(4), atol=1e-4)
+    assert torch.allclose(exact[-1], renormalized[-1])  # nothing after the last stage to rescale
+    assert not torch.allclose(exact[0].norm(), renormalized[0].norm(), rtol=1e-3)
+
+
+def test_an_overflowed_stage_gradient_skips_only_that_stage(tiny, capsys):
+    torch.manual_seed(0)
+    stages = torch.randn(3, tiny.dim).requires_grad_()
+    stages.register_hook(lambda g: torch.cat([torch.full_like(g[:1], float("inf")), g[1:]]))
+    before = stages.detach().clone()
+    opt = torch.optim.AdamW([stages], lr=0.12)
+    prompt = common.load_prompt(tiny, "a red apple")
+    common.meta_step(tiny, stages, opt, prompt, common.style_shift(tiny), {**CFG, "meta_grad": "unrolled"}, 0.0)
+    assert stages.detach()[1:].isfinite().all() and not torch.allclose(stages.detach()[1:], before[1:])
+    assert torch.allclose(stages.detach()[0], before[0] * (1 - 0.12 * 0.01))  # weight decay only
+    assert "stage(s) [1]" in capsys.readouterr().err
