@@ -8,6 +8,7 @@ image output and the command-line flags every script has.
 import argparse
 import datetime
 import functools
+import hashlib
 import json
 import math
 import netrc
@@ -84,19 +85,26 @@ def cli(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
-        except torch.cuda.OutOfMemoryError:
-            raise SystemExit("error: out of GPU memory: lower --size or --cutn "
-                             "(or --steps for an unrolled bake), or use --device cpu") from None
         except (MemoryError, RuntimeError) as e:
-            if not isinstance(e, MemoryError) and "DefaultCPUAllocator" not in str(e):
+            message = out_of_memory_message(e)
+            if message is None:
                 raise
-            raise SystemExit("error: out of memory: lower --size, --cutn or --save-size "
-                             "(or --steps for an unrolled bake)") from None
+            raise SystemExit(f"error: {message}") from None
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def out_of_memory_message(error):
+    """What to tell the user about an out-of-memory error, or None for any other error."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return ("out of GPU memory: lower --size or --cutn (or --steps for an unrolled bake), "
+                "or use --device cpu")
+    if isinstance(error, MemoryError) or "DefaultCPUAllocator" in str(error):
+        return "out of memory: lower --size, --cutn or --save-size (or --steps for an unrolled bake)"
+    return None
 
 
 def _terminate(signum, frame):
@@ -710,13 +718,20 @@ def slugify(text, limit=80):
 
 
 def baked_path(baked_dir, prompt, name=None):
-    """Where a prompt's bake goes: <baked_dir>/<slug>.pt; --name must be a plain name."""
+    """Where a prompt's bake goes: <baked_dir>/<slug>.pt; --name must be a plain name.
+
+    A prompt that its slug does not spell out exactly ("A cat / dog" -> "a_cat_dog")
+    gets a short hash of the prompt appended, so two such prompts never share a file.
+    The prompt itself is always read from the file's metadata, never from its name.
+    """
     if name is not None:
         stem = name[:-3] if name.endswith(".pt") else name
         if not stem or stem.startswith(".") or "/" in stem or "\\" in stem or "\0" in stem:
             raise UserError(f"--name {name!r} must be a plain file name, without folders")
     else:
         stem = slugify(Path(prompt).stem if is_image_path(prompt) else prompt)
+        if stem.replace("_", " ") != prompt:  # the slug lost something (case, punctuation, a folder)
+            stem += "-" + hashlib.sha1(prompt.encode()).hexdigest()[:8]  # so names stay apart
     return Path(baked_dir) / f"{stem}.pt"
 
 

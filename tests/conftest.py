@@ -53,6 +53,9 @@ def isolated(tmp_path, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+                 "SLURM_ARRAY_TASK_MIN"):  # a test run under torchrun or Slurm must not shard the tests
+        monkeypatch.delenv(name, raising=False)
 
 
 def bake_args(ckpt, *extra):

@@ -129,11 +129,6 @@ def test_missing_or_empty_prompts_file(tiny_ckpt, capsys):
     fails(batch_bake, ["blank.txt", *bake_args(tiny_ckpt)], "no prompts", capsys)
 
 
-def test_bad_prompt_in_a_list_stops_before_any_bake(tiny_ckpt, capsys):
-    Path("list.txt").write_text("a red apple\n" + "word " * 100 + "\n")
-    fails(batch_bake, ["list.txt", *bake_args(tiny_ckpt)], "too long", capsys)
-
-
 @pytest.mark.parametrize("flag,value", [("--steps", "0"), ("--size", "-4"), ("--stages", "0"),
                                         ("--meta-steps", "-1"), ("--lr", "0"), ("--cutn", "x")])
 def test_zero_or_negative_settings(tiny_ckpt, flag, value, capsys):
@@ -150,8 +145,8 @@ def test_prompt_cannot_write_outside_the_baked_dir(tiny_ckpt, tmp_path, capsys):
     os.mkdir("work")
     os.chdir("work")
     bake.main(["../../x", *bake_args(tiny_ckpt, "--out", "b.png")])
-    assert Path("baked/x.pt").is_file()
-    assert files_under(tmp_path) == {"work", "work/baked", "work/baked/x.pt", "work/b.png"}
+    (baked,) = Path("baked").glob("x-*.pt")  # a hash marks what the slug dropped
+    assert files_under(tmp_path) == {"work", "work/baked", f"work/baked/{baked.name}", "work/b.png"}
     fails(bake, ["a cat", *bake_args(tiny_ckpt), "--name", "../x"], "plain file name", capsys)
 
 
@@ -219,11 +214,6 @@ def test_wandb_mode_online_in_the_environment_without_login_does_not_prompt(monk
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_MODE", "online")
     assert common.wandb_mode("auto") == "online"
-
-
-def test_prompts_that_share_a_file_name_are_refused_up_front(tiny_ckpt, capsys):
-    Path("list.txt").write_text("a red apple\nA red apple!\n")
-    fails(batch_bake, ["list.txt", *bake_args(tiny_ckpt)], "would both be baked to", capsys)
 
 
 def test_image_prompt_too_large_or_same_as_out(tiny_ckpt, monkeypatch, capsys):
