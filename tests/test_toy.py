@@ -1,0 +1,153 @@
+"""The drawn world, the shipped offline models (toy, toy-scorer) and what they guide."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import common
+import normal
+import toy_clip as toy
+
+
+def labels_of(*names):
+    """Label rows [n, 3] from (colour, shape, place) names."""
+    return torch.tensor([(toy.COLOUR_NAMES.index(c), toy.SHAPES.index(s), toy.PLACE_NAMES.index(p))
+                         for c, s, p in names])
+
+
+# --- the world
+
+def test_drawn_shape_has_its_colour_and_place():
+    gen = torch.Generator().manual_seed(0)
+    names = [("red", "circle", "left"), ("blue", "square", "right"), ("yellow", "triangle", "top"),
+             ("green", "circle", "bottom")]
+    images = toy.draw(labels_of(*names), gen)
+    for image, (colour, _, place) in zip(images, names):
+        centre = toy.colour_centre(image, colour, min_chroma=0.5)  # the shape, not a greyed background
+        assert toy.on_side(centre, place), (colour, place, centre)
+
+
+def test_shapes_differ():
+    # one draw, three shapes: the triangle covers least; circle and square differ at the corners
+    masks = []
+    for shape in toy.SHAPES:
+        gen = torch.Generator().manual_seed(3)
+        image = toy.draw(labels_of(("white", shape, "center")), gen)[0]
+        masks.append(image.min(0).values > 0.9)
+    circle, square, triangle = masks
+    assert triangle.sum() < 0.7 * min(circle.sum(), square.sum())
+    assert (circle ^ square).sum() > 0.15 * circle.sum()
+
+
+def test_flip_swaps_left_and_right_and_grayscale_hides_colour():
+    gen = torch.Generator().manual_seed(0)
+    labels = labels_of(*[("red", "circle", "left")] * 64)
+    images, seen = toy.augment(toy.draw(labels, gen), labels, gen)
+    left, right = toy.PLACE_NAMES.index("left"), toy.PLACE_NAMES.index("right")
+    assert (seen[:, 2] == left).any() and (seen[:, 2] == right).any()
+    for image, label in zip(images, seen):
+        x = toy.colour_centre(image, "red", min_chroma=0.3)
+        if label[0] >= 0 and x is not None:  # grayscale images have no red to find
+            assert (x[0] < 0.5) == (label[2] == left)
+    gray = seen[:, 0] < 0
+    assert torch.allclose(images[gray][:, 0], images[gray][:, 1])
+
+
+def test_captions_and_compatibility():
+    texts, attrs = toy.all_captions()
+    assert len(set(texts)) == len(texts)
+    assert "an orange circle on the left" in texts and "a picture of a red square" in texts
+    image = labels_of(("red", "square", "top"))
+    ok = dict(zip(texts, toy.compatible(image, attrs)[0].tolist()))
+    assert ok["a red square at the top"] and ok["a red square"] and ok["a square at the top"]
+    assert not ok["a red circle at the top"] and not ok["a blue square"] and not ok["a red shape on the left"]
+    pink = torch.tensor([[len(toy.COLOURS), toy.SHAPES.index("square"), toy.PLACE_NAMES.index("top")]])
+    ok = dict(zip(texts, toy.compatible(pink, attrs)[0].tolist()))  # a colour no caption names
+    assert ok["a square at the top"] and not any(ok[f"a {c} square"] for c in ("red", "white", "black"))
+
+
+def test_hue_measures():
+    image = torch.full((3, 10, 10), 0.5)
+    image[:, :, :3] = torch.tensor([0.1, 0.2, 0.9]).view(3, 1, 1)  # a blue stripe on the left
+    assert toy.commonest_hue(image) == "blue"
+    x, y = toy.colour_centre(image, "blue")
+    assert x == pytest.approx(0.15) and y == pytest.approx(0.5)
+    assert toy.colour_centre(image, "red") is None and not toy.on_side(None, "left")
+
+
+def test_training_runs_and_saves_a_small_loadable_checkpoint(tmp_path):
+    out = tmp_path / "m.pt"
+    toy.main(["train", "--steps", "2", "--batch", "16", "--eval-n", "16", "--out", str(out)])
+    state = torch.load(out, weights_only=True)
+    assert state["token_embedding.weight"].dtype == torch.float16
+    used = (state["token_embedding.weight"] != 0).any(1).sum()
+    assert 20 < used < 200  # only the world's words (and the style texts) keep their rows
+    model = common.load_clip(str(out))
+    assert model.size == toy.SIDE and model.dim == toy.ARCH["embed_dim"]
+
+
+# --- the shipped models
+
+@pytest.fixture(scope="module", params=["toy", "toy-scorer"])
+def shipped(request):
+    return common.load_clip(request.param)
+
+
+def test_shipped_files_are_small_fp16_state_dicts():
+    for path in common.TOY_MODELS.values():
+        assert path.stat().st_size <= 20 * 2**20
+        state = torch.load(path, weights_only=True)
+        assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+
+
+# (colour, shape, place) accuracy each shipped model must keep on fresh drawings of the
+# training pairs and of the held-out pairs (chance: 1/8, 1/3, 1/5); shape on held-out pairs
+# is the models' known weakness (see the README), so it is not held to a floor
+FLOORS = {"toy": ((0.9, 0.75, 0.9), (0.75, 0.0, 0.9)), "toy-scorer": ((0.9, 0.6, 0.9), (0.75, 0.0, 0.9))}
+
+
+def test_shipped_models_classify_fresh_drawings(shipped):
+    for pairs, floors in zip((toy.TRAIN_PAIRS, toy.TEST_PAIRS), FLOORS[shipped.name]):
+        accuracy = toy.accuracy(shipped, pairs, n=120, seed=99)
+        assert all(a >= f for a, f in zip(accuracy, floors)), (shipped.name, accuracy)
+
+
+def test_toy_name_is_the_shipped_file():
+    by_name = common.load_clip("toy").model.state_dict()
+    by_path = common.load_clip(str(common.TOY_MODELS["toy"])).model.state_dict()
+    assert all(torch.equal(by_name[k], by_path[k]) for k in by_name)
+
+
+def test_missing_shipped_file_says_how_to_restore(monkeypatch, tmp_path):
+    monkeypatch.setitem(common.TOY_MODELS, "toy", tmp_path / "gone.pt")
+    with pytest.raises(common.UserError, match="missing.*git checkout"):
+        common.load_clip("toy")
+
+
+# --- what the toy model guides (normal.py's defaults, one seed)
+
+def guided(prompt, name):
+    normal.main([prompt, "--clip-model", "toy", "--seed", "0", "--out", name])
+    return torch.from_numpy(np.array(Image.open(name).convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def test_guided_colour_follows_the_prompt():
+    red, blue = guided("a red circle", "red.png"), guided("a blue circle", "blue.png")
+    redness = lambda im: float((im[0] - (im[1] + im[2]) / 2).mean())  # noqa: E731
+    blueness = lambda im: float((im[2] - (im[0] + im[1]) / 2).mean())  # noqa: E731
+    assert redness(red) > redness(blue)
+    assert blueness(blue) > blueness(red)
+
+
+def test_guided_place_follows_the_prompt():
+    left = toy.colour_centre(guided("a red circle on the left", "left.png"), "red")
+    right = toy.colour_centre(guided("a red circle on the right", "right.png"), "red")
+    assert left is not None and right is not None
+    assert left[0] < right[0]
+
+
+def test_style_shaping_is_neutral_for_the_guide():
+    # the guide was taught that the two style texts mean the same: shaping adds ~nothing
+    model = common.load_clip("toy")
+    assert common.style_shift(model).norm() < 0.05

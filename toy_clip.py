@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""Train and measure the small offline CLIP ("toy") on a drawn world of captioned shapes.
+
+The world: one shape (circle, square, triangle) in one colour at one place (left,
+right, top, bottom, center) on a background of another colour, with captions such as
+"a red circle on the left". The model is OpenAI's clip.model.CLIP with its tokenizer,
+only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
+
+  python toy_clip.py train --seed 0 --out models/toy.pt            # about 10 min, 2 cores
+  python toy_clip.py zero-shot models/toy.pt                       # accuracy on held-out images
+  python toy_clip.py guided --clip-model toy --scorer toy-scorer   # what normal.py draws with it
+"""
+
+import math
+import re
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import common
+import normal
+
+COLOURS = {  # name: RGB in [0, 1]
+    "red": (0.90, 0.10, 0.10), "green": (0.10, 0.75, 0.15), "blue": (0.10, 0.20, 0.90),
+    "yellow": (0.95, 0.90, 0.10), "purple": (0.55, 0.15, 0.75), "orange": (1.00, 0.55, 0.05),
+    "white": (0.97, 0.97, 0.97), "black": (0.05, 0.05, 0.05),
+}
+# colours no caption names: shapes drawn in them teach shape apart from the named colours
+UNNAMED = {"pink": (1.00, 0.55, 0.75), "cyan": (0.10, 0.80, 0.85), "brown": (0.50, 0.30, 0.10),
+           "grey": (0.50, 0.50, 0.50)}
+CHROMATIC = ("red", "green", "blue", "yellow", "purple", "orange")
+SHAPES = ("circle", "square", "triangle")
+PLACES = {  # name: (centre x, centre y, words)
+    "left": (0.27, 0.5, "on the left"), "right": (0.73, 0.5, "on the right"),
+    "top": (0.5, 0.27, "at the top"), "bottom": (0.5, 0.73, "at the bottom"),
+    "center": (0.5, 0.5, "in the center"),
+}
+COLOUR_NAMES, PLACE_NAMES = list(COLOURS), list(PLACES)
+HELD_OUT = {("green", "triangle"), ("purple", "circle"), ("orange", "square"), ("white", "triangle")}
+TRAIN_PAIRS = [(c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES))
+               if (COLOUR_NAMES[c], SHAPES[s]) not in HELD_OUT]
+TEST_PAIRS = [(COLOUR_NAMES.index(c), SHAPES.index(s)) for c, s in sorted(HELD_OUT)]
+# caption templates: {c} colour, {s} shape, {p} place words
+TEMPLATES = ("a {c} {s} {p}", "a picture of a {c} {s} {p}", "a {c} {s}", "a picture of a {c} {s}",
+             "a {s} {p}", "a {c} shape {p}", "a {c} shape", "a {s}")
+SIDE = 64
+ARCH = dict(embed_dim=128, image_resolution=SIDE, vision_layers=(1, 1, 1, 1), vision_width=16,
+            vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=128,
+            transformer_heads=2, transformer_layers=2)
+HUE_CENTRES = {"red": 0, "orange": 32, "yellow": 56, "green": 125, "blue": 232, "purple": 283}
+
+
+def caption(c, s, p, template="a {c} {s} {p}"):
+    """A caption of the world; c, s, p are indices (or None where the template omits them)."""
+    text = template.format(c=COLOUR_NAMES[c] if c is not None else "",
+                           s=SHAPES[s] if s is not None else "",
+                           p=PLACES[PLACE_NAMES[p]][2] if p is not None else "")
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)  # "an orange circle"
+
+
+def all_captions():
+    """Every caption of the world with its attributes (-1 where the caption is silent)."""
+    texts, attrs = [], []
+    for template in TEMPLATES:
+        for c in range(len(COLOURS)) if "{c}" in template else [None]:
+            for s in range(len(SHAPES)) if "{s}" in template else [None]:
+                for p in range(len(PLACES)) if "{p}" in template else [None]:
+                    texts.append(caption(c, s, p, template))
+                    attrs.append([-1 if x is None else x for x in (c, s, p)])
+    return texts, torch.tensor(attrs)
+
+
+# --- drawing
+
+def draw(labels, gen, side=SIDE):
+    """Images [n, 3, side, side] in [0, 1] of (colour, shape, place) labels [n, 3]."""
+    n = len(labels)
+    rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    palette = torch.tensor([*COLOURS.values(), *UNNAMED.values()])
+    centres = torch.tensor([(x, y) for x, y, _ in PLACES.values()])
+    pos = (torch.arange(side) + 0.5) / side
+    ys, xs = pos.view(1, side, 1), pos.view(1, 1, side)
+    centre = centres[labels[:, 2]] + (rand(n, 2) - 0.5) * 0.12
+    r = (0.14 + 0.10 * rand(n)).view(n, 1, 1)
+    dx = xs - centre[:, 0].view(n, 1, 1)
+    dy = ys - centre[:, 1].view(n, 1, 1)
+    circle = (dx.pow(2) + dy.pow(2)).sqrt() - r
+    square = torch.maximum(dx.abs(), dy.abs()) - 0.88 * r
+    # an upward triangle: apex at -r, base at 0.75 r, half-width r at the base
+    edge = (dx.abs() * 1.75 - (dy + r)) / math.hypot(1.75, 1.0)
+    triangle = torch.maximum(dy - 0.75 * r, edge)
+    dist = torch.stack([circle, square, triangle], 1)[torch.arange(n), labels[:, 1]]
+    mask = (0.5 - dist * side).clamp(0, 1).unsqueeze(1)  # anti-aliased edge, one pixel wide
+    # background: another colour, often greyed, plain or with a faint low-frequency texture
+    bg_index = (labels[:, 0] + 1 + (rand(n) * (len(COLOURS) - 1)).long()) % len(COLOURS)
+    grey = 0.6 * rand(n, 1)
+    bg = palette[bg_index] * (1 - grey) + 0.5 * grey
+    bg = bg.view(n, 3, 1, 1).expand(n, 3, side, side)
+    texture = F.interpolate(torch.randn(n, 3, 4, 4, generator=gen), size=(side, side), mode="bilinear",
+                            align_corners=False)
+    bg = bg + (rand(n, 1, 1, 1) < 0.5) * 0.08 * texture
+    # or noisy, like the renderer's random start: blocky noise at a random resolution
+    k = int(torch.randint(8, side + 1, (1,), generator=gen))
+    noise = F.interpolate(torch.randn(n, 3, k, k, generator=gen), size=(side, side), mode="nearest")
+    bg = bg + (rand(n, 1, 1, 1) < 0.3) * 0.3 * rand(n, 1, 1, 1) * noise
+    fg = (palette[labels[:, 0]] + 0.04 * torch.randn(n, 3, generator=gen)).view(n, 3, 1, 1)
+    return (bg * (1 - mask) + fg * mask).clamp(0, 1)
+
+
+def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0):
+    """Labels [n, 3] in groups of `group` that share a colour (hard negatives for each other).
+
+    A share `unnamed` of the groups get a colour that no caption names (index 8 and up),
+    in any shape.
+    """
+    out = []
+    while len(out) < n:
+        if float(torch.rand(1, generator=gen)) < unnamed:
+            colour = len(COLOURS) + int(torch.randint(len(UNNAMED), (1,), generator=gen))
+            shapes = range(len(SHAPES))
+        else:
+            colour = pairs[int(torch.randint(len(pairs), (1,), generator=gen))][0]
+            shapes = [s for c, s in pairs if c == colour]
+        for _ in range(group):
+            s = shapes[int(torch.randint(len(shapes), (1,), generator=gen))]
+            out.append((colour, s, int(torch.randint(len(PLACES), (1,), generator=gen))))
+    return torch.tensor(out[:n])
+
+
+def augment(images, labels, gen, gray=0.1):
+    """What the renderer may do to an image, with labels fixed to match.
+
+    Flips swap left and right; grayscale hides the colour (label -1). Also crops, small
+    rotations, noise, blur, quantization, and low-resolution pixels upscaled (nearest
+    or bilinear) as when a 32 px image is fed to a 64 px model.
+    """
+    n, _, side, _ = images.shape
+    rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    labels = labels.clone()
+    flip = rand(n) < 0.5
+    left, right = PLACE_NAMES.index("left"), PLACE_NAMES.index("right")
+    was = labels[:, 2].clone()
+    labels[:, 2] = torch.where(flip & (was == left), right, torch.where(flip & (was == right), left, was))
+    scale = 0.8 + 0.2 * rand(n)
+    angle = (rand(n) * 2 - 1) * 10 * math.pi / 180
+    shift = (rand(2, n) * 2 - 1) * (1 - scale + 0.08)
+    sign = torch.where(flip, -1.0, 1.0)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([torch.stack([cos * sign, -sin, shift[0]], 1),
+                         torch.stack([sin * sign, cos, shift[1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    low = rand(n) < 0.4  # low-resolution pixels, upscaled
+    if low.any():
+        k = int(torch.randint(12, 40, (1,), generator=gen))
+        small = F.interpolate(images[low], size=(k, k), mode="area")
+        mode = "nearest" if rand(1) < 0.5 else "bilinear"
+        images[low] = F.interpolate(small, size=(side, side), mode=mode,
+                                    **({} if mode == "nearest" else {"align_corners": False}))
+    blur = rand(n) < 0.2
+    if blur.any():
+        images[blur] = F.avg_pool2d(F.pad(images[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    quant = rand(n) < 0.2
+    if quant.any():
+        images[quant] = common.quantize(images[quant])
+    images = images + (rand(n, 1, 1, 1) * 0.1) * torch.randn(images.shape, generator=gen)
+    k = int(torch.randint(8, side + 1, (1,), generator=gen))  # blocky noise, as on a 32 px image
+    blocky = F.interpolate(torch.randn(n, 3, k, k, generator=gen), size=(side, side), mode="nearest")
+    images = images + (rand(n, 1, 1, 1) < 0.3) * (rand(n, 1, 1, 1) * 0.15) * blocky
+    images = images.clamp(0, 1)
+    gray = rand(n) < gray
+    luma = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    images = torch.where(gray.view(n, 1, 1, 1), luma.expand_as(images), images)
+    labels[gray, 0] = -1
+    return images, labels
+
+
+def normalize(images):
+    """CLIP's input normalization, as the renderer applies it."""
+    mean = torch.tensor(common.CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(common.CLIP_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def compatible(image_labels, caption_attrs):
+    """[n_images, n_captions] bool: the caption is true of the image (-1 matches anything)."""
+    a = image_labels.unsqueeze(1)
+    b = caption_attrs.unsqueeze(0)
+    return ((a == b) | (a < 0) | (b < 0)).all(-1)
+
+
+# --- training
+
+def build(seed):
+    """A freshly initialised toy CLIP (seeded)."""
+    from clip.model import CLIP
+    torch.manual_seed(seed)
+    return CLIP(**ARCH)
+
+
+def contrastive_loss(model, images, labels, tokens, attrs):
+    """CLIP's symmetric loss with every caption of the world as a candidate.
+
+    Every caption true of an image is a positive for it (and the image for the caption),
+    so a batch teaches colour, shape and place at once, partial captions included.
+    """
+    image_f = F.normalize(model.encode_image(normalize(images)), dim=-1)
+    text_f = F.normalize(encode_short(model, tokens), dim=-1)
+    logits = model.logit_scale.exp().clamp(max=100) * image_f @ text_f.t()  # [B, T]
+    positive = compatible(labels, attrs)
+
+    def side(logits, positive):
+        has = positive.any(1)  # captions of nothing in the batch are left out
+        logits, positive = logits[has], positive[has]
+        return (logits.logsumexp(1) - logits.masked_fill(~positive, -1e4).logsumexp(1)).mean()
+
+    return (side(logits, positive) + side(logits.t(), positive.t())) / 2
+
+
+def train(args):
+    import clip
+    common.check_folder(Path(args.out).parent, "--out")  # before the work, not after
+    torch.set_num_threads(args.threads)
+    model = build(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    texts, attrs = all_captions()
+    # captions of the held-out pairs are left out: as candidates that never match they
+    # would teach the model that such pairs do not exist
+    held = torch.tensor([[c, s] for c, s in TEST_PAIRS])
+    seen_pair = ~((attrs[:, None, :2] == held[None]).all(-1).any(1))
+    tokens, attrs = clip.tokenize(texts)[seen_pair], attrs[seen_pair]
+    # the renderer's two style texts are taught to mean the same, so that with this model
+    # style shaping (+ 0.5 style - 0.5 negative) adds nothing to a target
+    style_tokens = clip.tokenize([common.STYLE_TEXT, common.NEGATIVE_TEXT])
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                                   {"params": rest, "weight_decay": 0.0}], lr=args.lr)
+    warmup = max(1, args.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps)))
+    model.train()
+    began = time.time()
+    for step in range(args.steps):
+        labels = random_labels(args.batch, gen, unnamed=args.unnamed)
+        images, seen = augment(draw(labels, gen), labels, gen, gray=args.gray)
+        style, negative = F.normalize(encode_short(model, style_tokens), dim=-1)
+        loss = contrastive_loss(model, images, seen, tokens, attrs) + (1 - style @ negative)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {loss.item():.4f}  scale {model.logit_scale.exp().item():.1f}  "
+                  f"{time.time() - began:.0f}s", flush=True)
+    model.eval()
+    report(model, seed=args.seed + 1000, n=args.eval_n)
+    save(model, args.out)
+
+
+def encode_short(model, tokens):
+    """model.encode_text on tokens cut after the longest text: the same result, much cheaper.
+
+    The text tower is causal and reads its output at the end token, so the padding after
+    it changes nothing.
+    """
+    n = int((tokens != 0).sum(1).max())
+    blocks = model.transformer.resblocks
+    masks = [block.attn_mask for block in blocks]
+    try:
+        for block, mask in zip(blocks, masks):
+            block.attn_mask = mask[:n, :n]
+        x = model.token_embedding(tokens[:, :n]) + model.positional_embedding[:n]
+        x = model.ln_final(model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2))
+    finally:
+        for block, mask in zip(blocks, masks):
+            block.attn_mask = mask
+    return x[torch.arange(len(tokens)), tokens.argmax(-1)] @ model.text_projection
+
+
+def save(model, path):
+    """Save an fp16 state dict; token rows that no caption of the world uses are zeroed."""
+    import clip
+    texts, _ = all_captions()
+    used = torch.unique(clip.tokenize(texts + [common.STYLE_TEXT, common.NEGATIVE_TEXT]))
+    state = model.state_dict()
+    keep = torch.zeros(state["token_embedding.weight"].shape[0], dtype=torch.bool)
+    keep[used] = True
+    state["token_embedding.weight"] = state["token_embedding.weight"] * keep.unsqueeze(1)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    common.atomic_write(path, lambda tmp: torch.save(state, tmp))
+    print(f"saved {path}")
+
+
+# --- measuring
+
+def _best(model, image_f, template, **choices):
+    """For each image, the attribute values of the best caption of `template` [n, len(choices)]."""
+    keys = list(choices)
+    combos = torch.cartesian_prod(*[torch.arange(choices[k]) for k in keys]).view(-1, len(keys))
+    texts = [caption(**{"c": None, "s": None, "p": None, **{k: int(v) for k, v in zip(keys, row)}}, template=template)
+             for row in combos]
+    return combos[(image_f @ common.embed_texts(model, texts).t()).argmax(1).cpu()]
+
+
+@torch.no_grad()
+def classify(model, images, protocol="joint"):
+    """Zero-shot (colour, shape, place) [n, 3] of images [n, 3, S, S] in [0, 1].
+
+    joint: the best of the 120 captions "a {colour} {shape} {place}".
+    attribute: each attribute from captions that name it without the others where the
+    world has them: colour from "a {colour} shape", shape from "a {shape}", place from
+    "a {colour} shape {place}" (the place alone is never a caption).
+    """
+    if images.shape[-1] != model.size:
+        images = F.interpolate(images, size=(model.size, model.size), mode="bilinear", align_corners=False)
+    image_f = common.embed_images(model, images.to(model.device))
+    c, s, p = len(COLOURS), len(SHAPES), len(PLACES)
+    if protocol == "joint":
+        return _best(model, image_f, "a {c} {s} {p}", c=c, s=s, p=p)
+    return torch.stack([_best(model, image_f, "a {c} shape", c=c)[:, 0], _best(model, image_f, "a {s}", s=s)[:, 0],
+                        _best(model, image_f, "a {c} shape {p}", c=c, p=p)[:, 1]], 1)
+
+
+def accuracy(model, pairs, n, seed, protocol="joint"):
+    """Per-attribute zero-shot accuracy on n fresh images of the given (colour, shape) pairs."""
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(pairs), (n,), generator=gen)
+    labels = torch.tensor([(*pairs[i], int(torch.randint(len(PLACES), (1,), generator=gen))) for i in pick])
+    predicted = torch.cat([classify(model, draw(labels[i:i + 256], gen), protocol) for i in range(0, n, 256)])
+    return (predicted == labels).float().mean(0).tolist()
+
+
+def report(model, seed, n=600):
+    """Print zero-shot accuracy on fresh images of training pairs and of the held-out pairs."""
+    if not isinstance(model, common.Clip):
+        model = common.Clip(model, "trained", "cpu")
+    for protocol in ("joint", "attribute"):
+        for name, pairs in (("held-out images", TRAIN_PAIRS), ("held-out pairs", TEST_PAIRS)):
+            colour, shape, place = accuracy(model, pairs, n, seed, protocol)
+            print(f"{protocol:9s} {name:15s}  colour {colour:6.1%}  shape {shape:6.1%}  position {place:6.1%}"
+                  f"  (n={n})")
+
+
+def hue_names(pixels):
+    """The named hue nearest to each pixel's hue: [N] indices into CHROMATIC, pixels [N, 3]."""
+    r, g, b = pixels.unbind(1)
+    top = pixels.max(1).values
+    spread = (top - pixels.min(1).values).clamp_min(1e-8)
+    hues = 60 * torch.where(top == r, ((g - b) / spread) % 6,
+                            torch.where(top == g, (b - r) / spread + 2, (r - g) / spread + 4))
+    centres = torch.tensor([HUE_CENTRES[c] for c in CHROMATIC], dtype=torch.float)
+    gap = (hues.view(-1, 1) - centres.view(1, -1)).abs()
+    return torch.minimum(gap, 360 - gap).argmin(1)
+
+
+def commonest_hue(image, top=0.05):
+    """The commonest named hue among the most saturated `top` of an image's pixels [3, H, W]."""
+    pixels = image.flatten(1).t()  # [N, 3]
+    chroma = pixels.max(1).values - pixels.min(1).values
+    keep = chroma.topk(max(1, round(top * len(pixels)))).indices
+    return CHROMATIC[int(hue_names(pixels[keep]).bincount(minlength=len(CHROMATIC)).argmax())]
+
+
+def colour_centre(image, colour, min_chroma=0.2):
+    """(x, y) in [0, 1] of the chroma-weighted centre of the pixels of hue `colour`, or None."""
+    _, h, w = image.shape
+    pixels = image.flatten(1).t()
+    chroma = pixels.max(1).values - pixels.min(1).values
+    weight = chroma * (hue_names(pixels) == CHROMATIC.index(colour)) * (chroma >= min_chroma)
+    if weight.sum() == 0:
+        return None
+    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+    return (float((xs.flatten() * weight).sum() / weight.sum()), float((ys.flatten() * weight).sum() / weight.sum()))
+
+
+def on_side(centre, place):
+    """Whether a point (x, y) in [0, 1] lies on the named side of the image."""
+    if centre is None:
+        return False
+    x, y = centre
+    return {"left": x < 0.5, "right": x > 0.5, "top": y < 0.5, "bottom": y > 0.5}[place]
+
+
+def guided_prompts():
+    """(colour, shape, place) names: every chromatic colour at every side, shapes in turn."""
+    sides = ("left", "right", "top", "bottom")
+    return [(c, SHAPES[(i + j) % len(SHAPES)], p) for i, c in enumerate(CHROMATIC) for j, p in enumerate(sides)]
+
+
+def guide(model, text, seed, args):
+    """What `normal.py TEXT --seed SEED` makes with these settings: the image in [0, 1], [3, H, W]."""
+    shift = common.style_shift(model, not args.no_style)
+    target = (common.embed_texts(model, [text])[0] + shift)[None]
+    common.seed_everything(seed, announce=False)
+    z = common.rollout(model, common.random_start(args.size, model.device), target, args.steps,
+                       common.LR, args.cutn)
+    return common.quantize(common.to_image(z))[0].cpu()
+
+
+def guided(args):
+    """Measure what normal.py draws with a toy model: colour, side and (by a scorer) shape."""
+    if args.grid:
+        common.check_output(args.grid)
+    torch.set_num_threads(args.threads)
+    model = common.load_clip(args.clip_model)
+    scorer = common.load_clip(args.scorer) if args.scorer else None
+    runs = {"colour": [], "side": [], "shape": []}
+    images = []
+    began = time.time()
+    for seed in range(args.seeds):
+        for colour, shape, place in guided_prompts():
+            text = caption(COLOUR_NAMES.index(colour), SHAPES.index(shape), PLACE_NAMES.index(place))
+            image = guide(model, text, seed, args)
+            images.append(image)
+            hue = commonest_hue(image)
+            side = on_side(colour_centre(image, colour), place)
+            runs["colour"].append(hue == colour)
+            runs["side"].append(side)
+            line = f"seed {seed}  {text:32s} hue {hue:7s} side {'yes' if side else 'no ':3s}"
+            if scorer is not None:
+                c, p = COLOUR_NAMES.index(colour), PLACE_NAMES.index(place)
+                texts = [caption(c, s, p) for s in range(len(SHAPES))]
+                big = F.interpolate(image[None], size=(scorer.size,) * 2, mode="bilinear", align_corners=False)
+                judged = SHAPES[int((common.embed_images(scorer, big) @ common.embed_texts(scorer, texts).t()).argmax())]
+                runs["shape"].append(judged == shape)
+                line += f" shape judged {judged}"
+            print(line, flush=True)
+    n = len(runs["colour"])
+    print(f"\n{args.clip_model}, normal.py defaults ({args.size} px, {args.steps} steps, cutn {args.cutn}), "
+          f"{n} runs in {time.time() - began:.0f} s:")
+    print(f"  named colour is the commonest hue of the most saturated 5%: {sum(runs['colour'])}/{n}")
+    print(f"  coloured mass on the named side:                          {sum(runs['side'])}/{n}")
+    if scorer is not None:
+        print(f"  shape as judged by {args.scorer} (chance 1/3):               {sum(runs['shape'])}/{n}")
+    if args.grid:
+        from torchvision.utils import make_grid
+        from PIL import Image
+        # rows: colours; columns: left, right, top, bottom, each once per seed
+        per_seed = len(guided_prompts())
+        order = [seed * per_seed + i * 4 + j for i in range(len(CHROMATIC)) for j in range(4)
+                 for seed in range(args.seeds)]
+        big = F.interpolate(torch.stack(images)[order], scale_factor=3, mode="nearest")
+        grid = make_grid(big, nrow=4 * args.seeds, padding=2, pad_value=1)
+        array = grid.permute(1, 2, 0).mul(255).round().byte().numpy()
+        common.atomic_write(args.grid, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+        print(f"saved {args.grid}")
+
+
+@common.cli
+def main(argv=None):
+    p = common.make_parser(__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a toy CLIP from scratch and save it")
+    t.add_argument("--seed", type=common.seed_int, default=0, help="seed of the weights and of the drawings")
+    t.add_argument("--steps", type=common.positive_int, default=1500, help="training steps")
+    t.add_argument("--batch", type=common.positive_int, default=128, help="images per step")
+    t.add_argument("--lr", type=common.positive_float, default=1e-3, help="peak AdamW learning rate (cosine decay)")
+    t.add_argument("--unnamed", type=common.unit_float, default=0.0,
+                   help="share of colour groups drawn in colours no caption names (shape apart from colour)")
+    t.add_argument("--gray", type=common.unit_float, default=0.1, help="share of images turned grayscale")
+    t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
+    t.add_argument("--out", default="models/toy.pt", help="where to save the fp16 state dict")
+    t.add_argument("--eval-n", type=common.positive_int, default=600, help="fresh images per zero-shot test")
+    z = sub.add_parser("zero-shot", help="zero-shot accuracy of a checkpoint on freshly drawn images")
+    z.add_argument("clip_model", help="toy, toy-scorer or a checkpoint path")
+    z.add_argument("--seed", type=common.seed_int, default=1234, help="seed of the drawings")
+    z.add_argument("-n", type=common.positive_int, default=600, help="fresh images per test")
+    g = sub.add_parser("guided", help="measure the images normal.py draws with a toy model")
+    g.add_argument("--clip-model", default="toy", help="the guiding model")
+    g.add_argument("--scorer", default="toy-scorer", help="model that judges the shape ('' for none)")
+    g.add_argument("--seeds", type=common.positive_int, default=2, help="seeds 0..N-1 for each of the 24 prompts")
+    plain = normal.parse_args(["-"])  # normal.py's defaults
+    g.add_argument("--size", type=common.positive_int, default=plain.size)
+    g.add_argument("--steps", type=common.positive_int, default=plain.steps)
+    g.add_argument("--cutn", type=common.positive_int, default=plain.cutn)
+    g.add_argument("--no-style", action="store_true", help="turn off target shaping, as normal.py --no-style")
+    g.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
+    g.add_argument("--grid", help="save every image in one PNG (rows: colours; columns: places x seeds)")
+    args = p.parse_args(argv)
+    if args.command == "guided":
+        guided(args)
+    elif args.command == "train":
+        train(args)
+    elif args.command == "zero-shot":
+        report(common.load_clip(args.clip_model), args.seed, args.n)
+
+
+if __name__ == "__main__":
+    main()
