@@ -146,12 +146,12 @@ def main(argv=None):
     for i in bar:
         text, path = prompts[i], paths[i]
         bar.set_postfix_str(text[:40])
+        for stale in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.stem}.png.*.tmp")]:
+            stale.unlink(missing_ok=True)  # left by a run killed mid-write (this shard alone writes path)
         config = common.bake_config(args, seed + i)
         if not args.force and already_baked(path, text, config, args.clip_model):
             skipped.append(text)
             continue
-        for stale in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.stem}.png.*.tmp")]:
-            stale.unlink(missing_ok=True)  # left by a run killed mid-write (this shard alone writes path)
         common.seed_everything(seed + i, announce=False)  # recorded in the baked file
         began = time.time()
         try:

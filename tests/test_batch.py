@@ -159,7 +159,8 @@ def test_an_incomplete_bake_is_redone_not_skipped(monkeypatch, run):
 def test_a_run_killed_with_sigkill_resumes_and_leaves_no_partial_file(tiny_ckpt):
     write_list(PROMPTS[:3])
     Path("bk").mkdir()
-    Path("bk/.a_blue_car.pt.x1y2.tmp").write_bytes(b"half a file")  # as a kill mid-write leaves it
+    Path("bk/.a_blue_car.pt.x1y2.tmp").write_bytes(b"half a file")  # as a kill mid-write leaves them
+    Path("bk/.a_red_apple.png.x1y2.tmp").write_bytes(b"half an image")  # (beside a bake that gets skipped)
     command = [sys.executable, str(ROOT / "batch_bake.py"), "list.txt",
                *bake_args(tiny_ckpt, "--baked-dir", "bk", "--seed", "0", "--meta-steps", "40")]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
