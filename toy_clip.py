@@ -391,9 +391,11 @@ def guided_prompts():
     return [(c, SHAPES[(i + j) % len(SHAPES)], p) for i, c in enumerate(CHROMATIC) for j, p in enumerate(sides)]
 
 
-def guide(model, text, seed, args):
-    """What `normal.py TEXT --seed SEED` makes with these settings: the image in [0, 1], [3, H, W]."""
-    shift = common.style_shift(model, not args.no_style)
+def guide(model, text, seed, args, shift):
+    """What `normal.py TEXT --seed SEED` makes with these settings: the image in [0, 1], [3, H, W].
+
+    shift: common.style_shift(model, ...) as normal.py computes it.
+    """
     target = (common.embed_texts(model, [text])[0] + shift)[None]
     common.seed_everything(seed, announce=False)
     z = common.rollout(model, common.random_start(args.size, model.device), target, args.steps,
@@ -408,13 +410,14 @@ def guided(args):
     torch.set_num_threads(args.threads)
     model = common.load_clip(args.clip_model)
     scorer = common.load_clip(args.scorer) if args.scorer else None
+    shift = common.style_shift(model, not args.no_style)
     runs = {"colour": [], "side": [], "shape": []}
     images = []
     began = time.time()
     for seed in range(args.seeds):
         for colour, shape, place in guided_prompts():
             text = caption(COLOUR_NAMES.index(colour), SHAPES.index(shape), PLACE_NAMES.index(place))
-            image = guide(model, text, seed, args)
+            image = guide(model, text, seed, args, shift)
             images.append(image)
             hue = commonest_hue(image)
             side = on_side(colour_centre(image, colour), place)
@@ -430,7 +433,7 @@ def guided(args):
                 line += f" shape judged {judged}"
             print(line, flush=True)
     n = len(runs["colour"])
-    print(f"\n{args.clip_model}, normal.py defaults ({args.size} px, {args.steps} steps, cutn {args.cutn}), "
+    print(f"\n{args.clip_model}, normal.py with {args.size} px, {args.steps} steps, cutn {args.cutn}), "
           f"{n} runs in {time.time() - began:.0f} s:")
     print(f"  named colour is the commonest hue of the most saturated 5%: {sum(runs['colour'])}/{n}")
     print(f"  coloured mass on the named side:                          {sum(runs['side'])}/{n}")
