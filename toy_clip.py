@@ -433,7 +433,7 @@ def guided(args):
                 line += f" shape judged {judged}"
             print(line, flush=True)
     n = len(runs["colour"])
-    print(f"\n{args.clip_model}, normal.py with {args.size} px, {args.steps} steps, cutn {args.cutn}), "
+    print(f"\n{args.clip_model}, normal.py with {args.size} px, {args.steps} steps, cutn {args.cutn}, "
           f"{n} runs in {time.time() - began:.0f} s:")
     print(f"  named colour is the commonest hue of the most saturated 5%: {sum(runs['colour'])}/{n}")
     print(f"  coloured mass on the named side:                          {sum(runs['side'])}/{n}")
