@@ -131,10 +131,11 @@ def main(argv=None):
     index, count, source = pick_shard(args.shard)
     args.device = pick_device(args.device)
     paths = [common.baked_path(args.baked_dir, text) for text in prompts]
-    for i, path in enumerate(paths):
-        if path in paths[:i]:  # only if two prompts hash alike: never seen, but never overwrite
-            raise common.UserError(f"{prompts[paths.index(path)]!r} and {prompts[i]!r} would both be "
-                                   f"baked to {path}: reword one of them")
+    owner = {}
+    for text, path in zip(prompts, paths):
+        other = owner.setdefault(path, text)
+        if other != text:  # only if two prompts hash alike: never seen, but never overwrite
+            raise common.UserError(f"{other!r} and {text!r} would both be baked to {path}: reword one of them")
     mine = list(range(index, len(prompts), count))  # list positions: seeds follow the whole list
     if source is not None or count > 1:
         print(f"shard {index}/{count}{f' (from {source})' if source != '--shard' else ''}: "

@@ -411,6 +411,11 @@ def guided(args):
     model = common.load_clip(args.clip_model)
     scorer = common.load_clip(args.scorer) if args.scorer else None
     shift = common.style_shift(model, not args.no_style)
+    # the scorer's captions of each (colour, place) in the three shapes, encoded once
+    options = {} if scorer is None else {
+        (colour, place): common.embed_texts(scorer, [caption(COLOUR_NAMES.index(colour), s, PLACE_NAMES.index(place))
+                                                     for s in range(len(SHAPES))])
+        for colour, _, place in guided_prompts()}
     runs = {"colour": [], "side": [], "shape": []}
     images = []
     began = time.time()
@@ -425,10 +430,8 @@ def guided(args):
             runs["side"].append(side)
             line = f"seed {seed}  {text:32s} hue {hue:7s} side {'yes' if side else 'no ':3s}"
             if scorer is not None:
-                c, p = COLOUR_NAMES.index(colour), PLACE_NAMES.index(place)
-                texts = [caption(c, s, p) for s in range(len(SHAPES))]
                 big = F.interpolate(image[None], size=(scorer.size,) * 2, mode="bilinear", align_corners=False)
-                judged = SHAPES[int((common.embed_images(scorer, big) @ common.embed_texts(scorer, texts).t()).argmax())]
+                judged = SHAPES[int((common.embed_images(scorer, big) @ options[colour, place].t()).argmax())]
                 runs["shape"].append(judged == shape)
                 line += f" shape judged {judged}"
             print(line, flush=True)
