@@ -22,7 +22,9 @@ import common
 
 # settings that make two bakes of a prompt the same bake (the seed is not one of them)
 SAME_BAKE = ("size", "steps", "lr", "cutn", "stages", "meta_steps", "meta_lr", "stage_reg", "meta_grad",
-             "style", "style_text", "negative_text")
+             "batch", "style", "style_text", "negative_text")
+# settings that older bakes do not record, and the value they were made with
+SAME_BAKE_DEFAULTS = {"batch": 1}
 
 
 def shard_arg(text):
@@ -112,7 +114,7 @@ def already_baked(path, text, config, clip_model):
     except common.UserError:
         return False  # unreadable: bake it again (the write replaces it atomically)
     return (baked["complete"] and baked["prompt"] == text and baked["clip_model"] == clip_model
-            and all(baked["config"].get(key) == config[key] for key in SAME_BAKE))
+            and all(baked["config"].get(key, SAME_BAKE_DEFAULTS.get(key)) == config[key] for key in SAME_BAKE))
 
 
 def failure_reason(error):

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import unicodedata
 import warnings
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,6 +63,7 @@ RANDOM_ARCHS = {
     "ViT-B/16": (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
     "ViT-L/14": (768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
 }
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Small CLIPs trained on a drawn world of coloured shapes (toy_clip.py), shipped for offline use.
 TOY_MODELS = {name: Path(__file__).resolve().parent / "models" / f"{name}.pt" for name in ("toy", "toy-scorer")}
 
@@ -176,6 +178,11 @@ def add_common_args(parser, *, size, steps, cutn, out="output.png"):
                    help="turn off target shaping (style and negative texts)")
     g.add_argument("--style-text", default=STYLE_TEXT, help="text added to every target")
     g.add_argument("--negative-text", default=NEGATIVE_TEXT, help="text subtracted from every target")
+    g.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="precision of CLIP's image tower (autocast; fp16/bf16 are faster on a GPU)")
+    g.add_argument("--compile", action="store_true",
+                   help="compile the renderer's loss with torch.compile (slow to start, faster "
+                        "per step; falls back to eager if compiling fails)")
     return g
 
 
@@ -190,6 +197,12 @@ def add_bake_args(parser):
     g.add_argument("--meta-grad", choices=["unrolled", "none"], default="unrolled",
                    help="unrolled: back-propagate the final image loss through the inner "
                         "optimization; none: the reference's behaviour (no image gradient)")
+    g.add_argument("--batch", type=positive_int, default=1,
+                   help="random starts rolled out together per meta step; the meta-gradient "
+                        "is their mean")
+    g.add_argument("--checkpoint", action="store_true",
+                   help="per-stage gradient checkpointing of the unrolled rollout: far less "
+                        "memory, about a third more time")
     g.add_argument("--baked-dir", default="baked", help="folder of baked files")
     g.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto",
                    help="wandb logging; auto logs online when a wandb login is configured")
@@ -237,6 +250,9 @@ def start(args, writes_baked=False):
         check_folder(args.baked_dir, "--baked-dir")
     device = pick_device(args.device)
     model = load_clip(args.clip_model, device)
+    model.set_precision(getattr(args, "precision", "fp32"))
+    if getattr(args, "compile", False):
+        model.use_compile()
     return model, seed_everything(args.seed)
 
 
@@ -252,7 +268,12 @@ def seed_everything(seed=None, announce=True):
 
 
 class Clip:
-    """A frozen CLIP model with what the renderer needs to know about it."""
+    """A frozen CLIP model with what the renderer needs to know about it.
+
+    precision ("fp32", "fp16" or "bf16") runs CLIP's image tower under autocast; losses
+    and the optimized image stay in float32. compile (set by use_compile) is the
+    torch.compile'd loss of the plain renderer, or None for eager.
+    """
 
     def __init__(self, model, name, device):
         self.model = model.float().eval().requires_grad_(False).to(device)
@@ -263,6 +284,31 @@ class Clip:
         self.context_length = model.context_length
         self.mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+        self.precision = "fp32"
+        self.compiled_loss = None
+
+    def set_precision(self, name):
+        """Run the image tower in fp32, fp16 or bf16 (a UserError where the device cannot)."""
+        if name != "fp32":
+            try:
+                with torch.autocast(self.device.type, dtype=PRECISIONS[name]):
+                    torch.ones(2, 2, device=self.device) @ torch.ones(2, 2, device=self.device)
+            except (RuntimeError, ValueError, AssertionError) as e:
+                raise UserError(f"--precision {name} is not supported on {self.device.type} "
+                                f"({str(e).splitlines()[0][:60]}): use --precision fp32") from None
+        self.precision = name
+
+    def autocast(self):
+        """The autocast context of the image tower (does nothing at fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def use_compile(self):
+        """Compile the plain renderer's loss with torch.compile (eager again if that fails)."""
+        import logging  # on a machine without CUDA, torch's C++ builder warns that it found none
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        self.compiled_loss = torch.compile(_image_loss, dynamic=False)
 
 
 def _offline_hint(name):
@@ -378,7 +424,9 @@ def embed_texts(model, texts):
 
 def embed_images(model, images):
     """Unit CLIP embeddings of images in [0, 1] at CLIP's input side: [n, D]."""
-    return F.normalize(model.model.encode_image((images - model.mean) / model.std).float(), dim=-1)
+    with model.autocast():
+        embeds = model.model.encode_image((images - model.mean) / model.std)
+    return F.normalize(embeds.float(), dim=-1)
 
 
 def is_image_path(text):
@@ -507,25 +555,19 @@ def _affine(scale, angle, shift_x, shift_y, flip):
     return torch.stack([row0, row1], dim=1)
 
 
-def make_cutouts(images, side, cutn):
-    """What CLIP sees of a batch of images in [0, 1]: [B * cutn, 3, side, side].
+def draw_cutouts(batch, cutn, height, side, device):
+    """The random choices of one make_cutouts call, drawn on the device: a dict of tensors.
 
-    cutn = 1: the whole image, resized to `side` half of the time, then average-pooled
-    to `side`. cutn > 1: about 80% random square crops (side between min(H, side) and H)
-    with flips, noise, affine jitter (15 degrees, 10% shift) and grayscale; the rest the
-    whole image rotated by up to 10 degrees; about 20% of each group grayscale. All
-    cutouts come from one grid_sample call.
+    Drawn apart from the maths that uses them, so that a compiled loss sees the same
+    randomness as the eager one, and nothing is decided on the host (no device sync).
     """
-    b, _, h, _ = images.shape  # square images
-    dev = images.device
+    dev = torch.device(device)
     if cutn == 1:
-        if random.random() < 0.5:
-            images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
-        return F.adaptive_avg_pool2d(images, side)
+        return {"resize": torch.rand(batch, device=dev) < 0.5}
     n_crop = round(cutn * 0.8)
-    n = b * cutn
-    crop = torch.arange(cutn, device=dev).repeat(b) < n_crop  # [n]: crop or whole image
-    lo = min(h, side) / h
+    n = batch * cutn
+    crop = torch.arange(cutn, device=dev).repeat(batch) < n_crop  # [n]: crop or whole image
+    lo = min(height, side) / height
     scale = torch.where(crop, lo + (1 - lo) * torch.rand(n, device=dev), torch.ones(n, device=dev))
     max_angle = torch.where(crop, torch.full((n,), 15.0, device=dev), torch.full((n,), 10.0, device=dev))
     angle = (torch.rand(n, device=dev) * 2 - 1) * max_angle * math.pi / 180
@@ -534,32 +576,78 @@ def make_cutouts(images, side, cutn):
     jitter = crop.float() * 0.2
     shift = (torch.rand(2, n, device=dev) * 2 - 1) * ((1 - scale) + jitter)
     flip = torch.where(crop & (torch.rand(n, device=dev) < 0.5), -1.0, 1.0)
-    theta = _affine(scale, angle, shift[0], shift[1], flip)  # [n, 2, 3]
+    noise = (crop.float() * 0.05 * torch.rand(n, device=dev)).view(n, 1, 1, 1)
+    return {"theta": _affine(scale, angle, shift[0], shift[1], flip),  # [n, 2, 3]
+            "noise": noise * torch.randn(n, 3, side, side, device=dev),
+            "gray": (torch.rand(n, device=dev) < 0.2).view(n, 1, 1, 1)}
+
+
+def make_cutouts(images, side, cutn, draws=None):
+    """What CLIP sees of a batch of images in [0, 1]: [B * cutn, 3, side, side].
+
+    cutn = 1: the whole image, resized to `side` half of the time, then average-pooled
+    to `side`. cutn > 1: about 80% random square crops (side between min(H, side) and H)
+    with flips, noise, affine jitter (15 degrees, 10% shift) and grayscale; the rest the
+    whole image rotated by up to 10 degrees; about 20% of each group grayscale. All
+    cutouts come from one grid_sample call. draws: the random choices (draw_cutouts),
+    drawn here when not given.
+    """
+    b, _, h, _ = images.shape  # square images
+    if draws is None:
+        draws = draw_cutouts(b, cutn, h, side, images.device)
+    if cutn == 1:
+        pooled = F.adaptive_avg_pool2d(images, side)
+        if h == side:
+            return pooled
+        resized = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+        return torch.where(draws["resize"].view(b, 1, 1, 1), resized, pooled)
+    n = b * cutn
     source = images.repeat_interleave(cutn, dim=0)  # [n, 3, H, W]
-    grid = F.affine_grid(theta, [n, 3, side, side], align_corners=False)
+    grid = F.affine_grid(draws["theta"], [n, 3, side, side], align_corners=False)
     cuts = F.grid_sample(source, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    noise = crop.float() * 0.05 * torch.rand(n, device=dev)
-    cuts = cuts + noise.view(n, 1, 1, 1) * torch.randn_like(cuts)
-    gray = (torch.rand(n, device=dev) < 0.2).view(n, 1, 1, 1)
-    luma = (cuts * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return torch.where(gray, luma.expand_as(cuts), cuts)
+    cuts = cuts + draws["noise"]
+    luma = (cuts * torch.tensor([0.299, 0.587, 0.114], device=cuts.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return torch.where(draws["gray"], luma.expand_as(cuts), cuts)
 
 
 # --- the renderer
 
-def image_loss(model, z, target, cutn):
-    """The reference's loss of a batch of images z toward target(s), summed over the batch.
-
-    Per image: spherical distance of CLIP's cutout embeddings to the target, + the
-    out-of-range penalty, + 1.4 * total variation, + 0.05 * (std(z) - 1)^2.
-    """
+def _image_loss(model, z, target, cutn, draws):
     b = z.shape[0]
-    cuts = make_cutouts(to_image(z), model.size, cutn)  # [B * cutn, 3, R, R]
+    cuts = make_cutouts(to_image(z), model.size, cutn, draws)  # [B * cutn, 3, R, R]
     embeds = embed_images(model, cuts).view(b, cutn, -1)  # [B, cutn, D]
     clip_loss = spherical_distance(embeds, target.view(-1, 1, embeds.shape[-1])).mean(1)
     out_of_range = (z - z.clamp(-1, 1)).pow(2).mean((1, 2, 3))
     spread = (z.flatten(1).std(1) - 1).pow(2)
     return (clip_loss + out_of_range + TV_WEIGHT * total_variation(z) + STD_WEIGHT * spread).sum()
+
+
+def image_loss(model, z, target, cutn, draws=None):
+    """The reference's loss of a batch of images z toward target(s), summed over the batch.
+
+    Per image: spherical distance of CLIP's cutout embeddings to the target, + the
+    out-of-range penalty, + 1.4 * total variation, + 0.05 * (std(z) - 1)^2.
+    """
+    if draws is None:
+        draws = draw_cutouts(z.shape[0], cutn, z.shape[-1], model.size, z.device)
+    return _image_loss(model, z, target, cutn, draws)
+
+
+def _loss_and_grad(model, z, target, cutn):
+    """The loss of a leaf z and its gradient, through the compiled loss when there is one."""
+    draws = draw_cutouts(z.shape[0], cutn, z.shape[-1], model.size, z.device)
+    if model.compiled_loss is not None:
+        try:
+            loss = model.compiled_loss(model, z, target, cutn, draws)
+            return loss, torch.autograd.grad(loss, z)[0]
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
+            if isinstance(e, (KeyboardInterrupt, torch.OutOfMemoryError)):
+                raise
+            log(f"--compile failed ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "
+                f"running eager")
+            model.compiled_loss = None
+    loss = _image_loss(model, z, target, cutn, draws)
+    return loss, torch.autograd.grad(loss, z)[0]
 
 
 def adamw_step(z, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
@@ -577,8 +665,15 @@ def adamw_step(z, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=
     return z - (lr / (1 - b1**t)) * m / denom, m, v
 
 
+def fast_adamw(params, lr):
+    """torch's AdamW with its defaults, fused on CUDA, foreach elsewhere: one launch a step."""
+    if params[0].device.type == "cuda":
+        return torch.optim.AdamW(params, lr=lr, fused=True)
+    return torch.optim.AdamW(params, lr=lr, foreach=True)
+
+
 class _Renormalize(torch.autograd.Function):
-    """The identity, whose backward divides the incoming gradient by its norm."""
+    """The identity, whose backward divides each image's incoming gradient by its norm."""
 
     @staticmethod
     def forward(ctx, z):
@@ -586,45 +681,118 @@ class _Renormalize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        norm = grad.norm()
+        norm = grad.flatten(1).norm(dim=1).view(-1, *[1] * (grad.dim() - 1))  # per image
         return grad / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
-def rollout(model, z, targets, steps, lr, cutn, create_graph=False, callback=None, renormalize=False):
+def _stage_plain(model, z, target, steps, lr, cutn, stage, callback):
+    """One stage of the renderer, nothing kept for a meta-gradient: a fresh fast AdamW on z."""
+    z = z.detach().clone().requires_grad_()
+    optimizer = fast_adamw([z], lr)
+    for t in range(1, steps + 1):
+        with torch.enable_grad():  # the inner loop needs gradients even under a caller's no_grad
+            loss, z.grad = _loss_and_grad(model, z, target, cutn)
+        optimizer.step()
+        if callback is not None:
+            callback(stage, t, loss.detach(), z.detach())
+    return z.detach()
+
+
+def _stage_unrolled(model, z, target, steps, lr, cutn, create_graph, stage=0, callback=None):
+    """One stage with AdamW as plain tensor maths; with create_graph it stays differentiable."""
+    m = torch.zeros_like(z)
+    v = torch.zeros_like(z)
+    for t in range(1, steps + 1):
+        with torch.enable_grad():
+            if not create_graph:
+                z = z.detach().requires_grad_()
+            loss = image_loss(model, z, target, cutn)
+            (grad,) = torch.autograd.grad(loss, z, create_graph=create_graph)
+        with torch.set_grad_enabled(create_graph):
+            z, m, v = adamw_step(z, grad, m, v, t, lr)
+        if callback is not None:
+            callback(stage, t, loss.detach(), z.detach())
+    return z if create_graph else z.detach()
+
+
+class _CheckpointedStage(torch.autograd.Function):
+    """A differentiable stage that keeps only its input: the backward runs it again.
+
+    The forward runs the stage without a graph; the backward restores the random state
+    the forward started from, reruns the stage with its graph and back-propagates through
+    it. Memory: one stage's graph at a time instead of every stage's.
+    """
+
+    @staticmethod
+    def forward(ctx, z, target, run, callback):
+        ctx.run = run
+        ctx.rng = _rng_state(z.device)
+        ctx.save_for_backward(z, target)
+        return run(z, target, False, callback)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, target = ctx.saved_tensors
+        with torch.random.fork_rng(devices=_cuda_devices(z.device)), torch.enable_grad():
+            _set_rng_state(z.device, ctx.rng)
+            z_in, target_in = z.detach().requires_grad_(), target.detach().requires_grad_()
+            out = ctx.run(z_in, target_in, True, None)
+            grad_z, grad_target = torch.autograd.grad(out, (z_in, target_in), grad)
+        return grad_z, grad_target, None, None
+
+
+def _cuda_devices(device):
+    return [device] if device.type == "cuda" else []
+
+
+def _rng_state(device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(device, state):
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def rollout(model, z, targets, steps, lr, cutn, create_graph=False, callback=None, renormalize=False,
+            checkpoint=False):
     """Optimize images z [B, 3, H, W] through the stages, one target [D] (or [B, D]) each.
 
     A fresh AdamW starts every stage (the reference makes a new optimizer per stage);
     z carries over. With create_graph the whole optimization stays differentiable, so a
     loss on the returned z reaches the targets (and what they were made from).
-    callback(stage, step, loss, z) is called after every step with tensors.
+    callback(stage, step, loss, z) is called after every step with detached tensors.
+    Without create_graph the fast path runs: torch's fused (or foreach) AdamW and the
+    compiled loss when the model has one.
 
     renormalize (with create_graph): the gradient flowing back into each stage from the
-    next is divided by its norm. The exact meta-gradient grows about 100-fold per stage
-    going backwards (each fresh Adam's first steps are nearly sign steps, whose
-    derivative is huge where a pixel's gradient is near zero) and overflows float32
-    within ten stages; renormalized, every stage's gradient keeps its exact direction,
-    only its length changes.
+    next is divided by its norm, image by image. The exact meta-gradient grows about
+    100-fold per stage going backwards (each fresh Adam's first steps are nearly sign
+    steps, whose derivative is huge where a pixel's gradient is near zero) and overflows
+    float32 within ten stages; renormalized, every stage's gradient keeps its exact
+    direction, only its length changes.
+
+    checkpoint (with create_graph): keep only each stage's input and rerun the stage
+    during the backward (the same random draws), so memory holds one stage's graph.
     """
     if not create_graph:
         targets = targets.detach()
-    elif not z.requires_grad:
+        for i, target in enumerate(targets):
+            z = _stage_plain(model, z, target, steps, lr, cutn, i, callback)
+        return z
+    if not z.requires_grad:
         z = z.detach().requires_grad_()
     for i, target in enumerate(targets):
-        if create_graph and renormalize and i > 0:
+        if renormalize and i > 0:
             z = _Renormalize.apply(z)
-        m = torch.zeros_like(z)
-        v = torch.zeros_like(z)
-        for t in range(1, steps + 1):
-            with torch.enable_grad():  # the inner loop needs gradients even under a caller's no_grad
-                if not create_graph:
-                    z = z.detach().requires_grad_()
-                loss = image_loss(model, z, target, cutn)
-                (grad,) = torch.autograd.grad(loss, z, create_graph=create_graph)
-            with torch.set_grad_enabled(create_graph):
-                z, m, v = adamw_step(z, grad, m, v, t, lr)
-            if callback is not None:
-                callback(i, t, loss.detach(), z)
-    return z if create_graph else z.detach()
+        if checkpoint:
+            def run(z_in, target_in, graph, report, i=i):
+                return _stage_unrolled(model, z_in, target_in, steps, lr, cutn, graph, i, report)
+            z = _CheckpointedStage.apply(z, target, run, callback)
+        else:
+            z = _stage_unrolled(model, z, target, steps, lr, cutn, True, i, callback)
+    return z
 
 
 def render(model, targets, args, desc):
@@ -659,13 +827,14 @@ def random_start(size, device, batch=1):
 # --- baking (meta-optimization of the stage embeddings)
 
 def bake_loss(model, z, prompt, cutn):
-    """How far the final image z is from the prompt (plus pixel MSE for an image prompt)."""
+    """How far each final image z is from the prompt (plus pixel MSE for an image prompt): [B]."""
+    b = z.shape[0]
     image = to_image(z)
-    embeds = embed_images(model, make_cutouts(image, model.size, cutn))  # [B * cutn, D]
-    loss = spherical_distance(embeds, prompt.embed).mean()
+    embeds = embed_images(model, make_cutouts(image, model.size, cutn)).view(b, cutn, -1)
+    loss = spherical_distance(embeds, prompt.embed).mean(1)
     if prompt.image is not None:
         resized = F.interpolate(image, size=prompt.image.shape[-2:], mode="bilinear", align_corners=False)
-        loss = loss + F.mse_loss(resized, prompt.image.expand_as(resized))
+        loss = loss + (resized - prompt.image).pow(2).mean((1, 2, 3))
     return loss
 
 
@@ -677,24 +846,34 @@ def stage_regularizer(stages, prompt_embed, progress):
 
 
 def meta_step(model, stages, optimizer, prompt, shift, cfg, progress):
-    """One meta step: roll out the stages from a fresh start, score the final image, update.
+    """One meta step: roll out the stages from fresh starts, score the final images, update.
 
-    cfg holds size, steps, lr, cutn, stage_reg and meta_grad ("unrolled" or "none").
-    Returns (meta loss as a float, final z).
+    cfg holds size, steps, lr, cutn, stage_reg, meta_grad ("unrolled" or "none") and
+    optionally batch (random starts rolled out together; the meta-gradient is the mean
+    of theirs) and checkpoint (rerun each stage in the backward instead of keeping it).
+    Returns (meta loss as a float, final z [batch, 3, size, size]).
     """
-    z = random_start(cfg["size"], model.device)
+    batch = cfg.get("batch", 1)
+    z = random_start(cfg["size"], model.device, batch)
     unrolled = cfg["meta_grad"] == "unrolled"
     with math_attention():
         targets = shape_targets(stages, shift)
         z = rollout(model, z, targets, cfg["steps"], cfg["lr"], cfg["cutn"], create_graph=unrolled,
-                    renormalize=True)
+                    renormalize=True, checkpoint=cfg.get("checkpoint", False))
         with torch.set_grad_enabled(unrolled):
-            loss = bake_loss(model, z, prompt, cfg["cutn"])
+            image_losses = bake_loss(model, z, prompt, cfg["cutn"])  # [batch]
+        regularizer = 0.0
         if cfg["stage_reg"]:
-            loss = loss + cfg["stage_reg"] * stage_regularizer(stages, prompt.embed, progress)
+            regularizer = cfg["stage_reg"] * stage_regularizer(stages, prompt.embed, progress)
+        loss = image_losses.mean() + regularizer
         optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
+        # Summed, each start's gradient reaches its stage boundaries exactly as if it were
+        # rolled out alone (renormalize works image by image); the mean is taken after.
+        total = image_losses.sum() + batch * regularizer
+        if total.requires_grad:
+            total.backward()
+            if batch > 1:
+                stages.grad.div_(batch)
     value = loss.item()
     if not math.isfinite(value):
         raise UserError("the meta loss became NaN: lower --meta-lr or --lr")
@@ -991,7 +1170,8 @@ def bake_config(args, seed):
     """The settings a baked file records."""
     return {"size": args.size, "steps": args.steps, "lr": args.lr, "cutn": args.cutn,
             "stages": args.stages, "meta_steps": args.meta_steps, "meta_lr": args.meta_lr,
-            "stage_reg": args.stage_reg, "meta_grad": args.meta_grad, "seed": seed,
+            "stage_reg": args.stage_reg, "meta_grad": args.meta_grad, "batch": args.batch,
+            "checkpoint": args.checkpoint, "precision": args.precision, "seed": seed,
             "style": args.style, "style_text": args.style_text, "negative_text": args.negative_text}
 
 

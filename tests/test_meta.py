@@ -1,6 +1,5 @@
 """The meta-gradient: the unrolled bake moves the stages by the image loss; 'none' cannot."""
 
-import random
 import types
 
 import pytest
@@ -15,7 +14,6 @@ CFG = {"size": 8, "steps": 2, "lr": 0.12, "cutn": 1, "stage_reg": 0.0}
 
 def one_meta_step(model, meta_grad, seed=0, stages=None):
     torch.manual_seed(seed)
-    random.seed(seed)
     stages = torch.randn(3, model.dim) if stages is None else stages
     stages = stages.clone().requires_grad_()
     before = stages.detach().clone()
@@ -72,7 +70,7 @@ def test_unrolled_gradient_matches_finite_differences(monkeypatch):
     direction = torch.randn_like(stages)
 
     def final_loss(s, create_graph):
-        random.seed(0)  # the same cutout choices every call
+        torch.manual_seed(0)  # the same cutout choices every call
         with common.math_attention():
             z = common.rollout(model, z0.clone(), common.shape_targets(s, shift), 3, 0.12, 1,
                                create_graph=create_graph)
@@ -95,7 +93,6 @@ def test_rollout_with_and_without_graph_agree(tiny):
     results = []
     for create_graph in (False, True):
         torch.manual_seed(5)
-        random.seed(5)
         with common.math_attention():
             results.append(common.rollout(tiny, z0, targets, 3, 0.12, 4, create_graph=create_graph).detach())
     assert torch.allclose(results[0], results[1], atol=1e-5)
@@ -111,7 +108,7 @@ def test_renormalized_meta_gradient_keeps_each_stage_direction(tiny):
     grads = []
     for renormalize in (False, True):
         s = stages.clone().requires_grad_()
-        random.seed(0)
+        torch.manual_seed(0)
         with common.math_attention():
             z = common.rollout(tiny, z0.clone(), common.shape_targets(s, common.style_shift(tiny)), 3, 0.12, 1,
                                create_graph=True, renormalize=renormalize)

@@ -1,0 +1,243 @@
+"""The fast paths compute what the plain maths computes: batches, fused Adam, checkpoints, compile."""
+
+import json
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import auto_microwave
+import bake
+import bench
+import common
+import microwave
+import normal
+from conftest import bake_args, render_args
+
+CFG = {"size": 8, "steps": 2, "lr": 0.12, "cutn": 4, "stage_reg": 0.5, "meta_grad": "unrolled"}
+
+
+def targets_for(model, n, seed=1):
+    torch.manual_seed(seed)
+    return F.normalize(torch.randn(n, model.dim), dim=-1)
+
+
+def plain_loop(model, z, targets, steps, lr, cutn):
+    """The renderer as the reference writes it: torch's own AdamW, one step at a time."""
+    losses = []
+    for target in targets:
+        z = z.detach().clone().requires_grad_()
+        optimizer = torch.optim.AdamW([z], lr=lr, foreach=False)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = common.image_loss(model, z, target, cutn)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return z.detach(), losses
+
+
+def test_the_fast_renderer_matches_a_plain_loop(tiny):
+    z0 = torch.randn(1, 3, 16, 16)
+    targets = targets_for(tiny, 2)
+    torch.manual_seed(3)
+    expected, expected_losses = plain_loop(tiny, z0, targets, 4, 0.12, 4)
+    torch.manual_seed(3)
+    losses = []
+    z = common.rollout(tiny, z0, targets, 4, 0.12, 4, callback=lambda s, t, loss, z: losses.append(loss.item()))
+    assert losses == pytest.approx(expected_losses, rel=1e-5)
+    assert torch.allclose(z, expected, atol=1e-5)
+    assert not torch.allclose(z, z0, atol=1e-2)
+
+
+def test_a_batch_of_two_starts_equals_two_single_rollouts(tiny):
+    """At CLIP's own input side with one cutout no randomness enters, so they must agree."""
+    side = tiny.size
+    z0 = torch.randn(2, 3, side, side)
+    targets = targets_for(tiny, 2)
+    together = common.rollout(tiny, z0, targets, 3, 0.12, 1)
+    alone = torch.cat([common.rollout(tiny, z0[i:i + 1], targets, 3, 0.12, 1) for i in range(2)])
+    # float rounding differs between a batch and one image, and Adam's first, nearly sign,
+    # steps magnify it where a pixel's gradient is near zero: a few pixels differ by 1e-4
+    assert (together - alone).abs().mean() < 1e-6 and torch.allclose(together, alone, atol=1e-3)
+    assert not torch.allclose(together[0], together[1], atol=1e-2)
+
+
+def meta_gradient(model, starts, cfg, stages):
+    """stages.grad after one meta step whose random starts are `starts`."""
+    s = stages.clone().requires_grad_()
+    optimizer = torch.optim.AdamW([s], lr=0.12)
+    prompt = common.load_prompt(model, "a red apple")
+    original = common.random_start
+    common.random_start = lambda size, device, batch=1: starts.clone()
+    try:
+        loss, z = common.meta_step(model, s, optimizer, prompt, common.style_shift(model), cfg, 0.25)
+    finally:
+        common.random_start = original
+    assert z.shape[0] == starts.shape[0]
+    return s.grad.clone(), loss
+
+
+def test_a_batched_meta_gradient_is_the_mean_of_the_single_ones(tiny):
+    side = tiny.size
+    starts = torch.randn(2, 3, side, side)
+    stages = targets_for(tiny, 3)
+    cfg = {**CFG, "size": side, "cutn": 1}
+    together, loss = meta_gradient(tiny, starts, {**cfg, "batch": 2}, stages)
+    singles = [meta_gradient(tiny, starts[i:i + 1], cfg, stages) for i in range(2)]
+    mean = (singles[0][0] + singles[1][0]) / 2
+    # equal up to float rounding, which Adam's first steps magnify (see the test above)
+    assert ((together - mean).norm(dim=1) < 1e-3 * mean.norm(dim=1)).all()
+    assert loss == pytest.approx((singles[0][1] + singles[1][1]) / 2, rel=1e-5)
+    assert not torch.allclose(singles[0][0], singles[1][0], rtol=1e-2)  # the starts differ
+
+
+def test_checkpointed_and_plain_meta_gradients_agree(tiny):
+    """With cutouts drawn at random: the rerun in the backward must draw the same ones."""
+    starts = torch.randn(2, 3, 8, 8)
+    stages = targets_for(tiny, 3)
+    grads = []
+    for checkpoint in (False, True):
+        torch.manual_seed(11)
+        grads.append(meta_gradient(tiny, starts, {**CFG, "batch": 2, "checkpoint": checkpoint}, stages)[0])
+    plain, checkpointed = grads
+    assert (plain.norm(dim=1) > 0).all()
+    assert ((plain - checkpointed).norm(dim=1) < 1e-4 * plain.norm(dim=1)).all()
+
+
+def test_checkpointing_keeps_less_for_the_backward(tiny):
+    """What autograd holds between the forward and the backward of a 4-stage rollout."""
+    def held(checkpoint):
+        saved = []
+
+        def pack(t):
+            saved.append(weakref.ref(t))
+            return t
+
+        stages = targets_for(tiny, 4).requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), common.math_attention():
+            z = common.rollout(tiny, torch.randn(1, 3, 16, 16), stages, 3, 0.12, 2, create_graph=True,
+                               checkpoint=checkpoint)
+        alive = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                 for t in (ref() for ref in saved) if t is not None}
+        return sum(alive.values()), z
+
+    plain, z_plain = held(False)
+    checkpointed, z_checkpointed = held(True)
+    assert checkpointed * 10 < plain
+
+
+@pytest.fixture(scope="module")
+def compiled_tiny(tiny_ckpt):
+    model = common.load_clip(tiny_ckpt, "cpu")
+    model.use_compile()
+    return model
+
+
+def test_the_compiled_loss_gives_the_eager_losses(tiny, compiled_tiny):
+    z0 = torch.randn(1, 3, 16, 16)
+    targets = targets_for(tiny, 2)
+    runs = []
+    for model in (tiny, compiled_tiny):
+        torch.manual_seed(4)
+        losses = []
+        z = common.rollout(model, z0, targets, 3, 0.12, 4, callback=lambda s, t, loss, z: losses.append(loss.item()))
+        runs.append((z, losses))
+    assert compiled_tiny.compiled_loss is not None  # it compiled, and was not dropped for eager
+    assert runs[1][1] == pytest.approx(runs[0][1], rel=1e-5)
+    assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5)
+
+
+def test_a_compile_failure_falls_back_to_eager_with_a_note(tiny_ckpt, monkeypatch, capsys):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    normal.main(["a red apple", *render_args(tiny_ckpt, "--compile", "--seed", "1", "--out", "c.png")])
+    normal.main(["a red apple", *render_args(tiny_ckpt, "--seed", "1", "--out", "e.png")])
+    err = capsys.readouterr().err
+    assert err.count("--compile failed (RuntimeError: no compiler here); running eager") == 1
+    assert open("c.png", "rb").read() != b"" and _pixels("c.png") == _pixels("e.png")
+
+
+def _pixels(path):
+    from PIL import Image
+    with Image.open(path) as im:
+        return im.convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_lower_precision_runs_the_tower_in_it_and_stays_close(tiny_ckpt, precision):
+    model = common.load_clip(tiny_ckpt, "cpu")
+    images = torch.rand(2, 3, model.size, model.size)
+    exact = common.embed_images(model, images)
+    model.set_precision(precision)
+    seen = []
+    hook = model.model.visual.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    low = common.embed_images(model, images)
+    hook.remove()
+    assert seen == [common.PRECISIONS[precision]] and low.dtype == torch.float32
+    assert F.cosine_similarity(exact, low).min() > 0.99
+
+
+def test_a_precision_the_device_lacks_is_one_line(tiny_ckpt, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("User specified an unsupported autocast device_type 'cpu'\nmore")
+
+    monkeypatch.setattr(torch, "autocast", refuse)
+    with pytest.raises(SystemExit) as info:
+        normal.main(["a red apple", *render_args(tiny_ckpt, "--precision", "bf16")])
+    message = info.value.code
+    assert len(message.splitlines()) == 1 and "--precision bf16 is not supported on cpu" in message
+    assert "use --precision fp32" in message
+
+
+def test_bake_with_a_batch_and_checkpoints_records_them(tiny_ckpt, capsys):
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--batch", "2", "--checkpoint", "--out", "b.png")])
+    baked = common.load_baked("baked/a_red_apple.pt")
+    assert baked["config"]["batch"] == 2 and baked["config"]["checkpoint"] is True
+    assert len(baked["history"]) == 2 and baked["complete"]
+
+
+def test_every_script_takes_random_vit_b_32(tmp_path, capsys):
+    model = ["--clip-model", "random:ViT-B/32", "--device", "cpu", "--size", "8", "--steps", "1",
+             "--cutn", "1", "--save-size", "8"]
+    bake.main(["a red apple", *model, "--stages", "1", "--meta-steps", "1", "--wandb", "disabled",
+               "--out", "b.png"])
+    microwave.main(["baked/a_red_apple.pt", *model, "--out", "m.png"])
+    auto_microwave.main(["a green apple", *model, "--k", "1", "--out", "a.png"])
+    normal.main(["a red apple", *model, "--out", "n.png"])
+    assert common.load_baked("baked/a_red_apple.pt")["stages"].shape == (1, 512)
+    assert all((tmp_path / name).is_file() for name in ["b.png", "m.png", "a.png", "n.png"])
+
+
+def test_bench_prints_its_table_and_writes_json(tiny_ckpt, capsys):
+    bench.main(["--clip-model", tiny_ckpt, "--device", "cpu", "--repeat", "1", "--warmup", "1",
+                "--stages", "2", "--steps", "2", "--batch", "2", "--reference-design", "--json", "b.json"])
+    out = capsys.readouterr().out
+    result = json.load(open("b.json"))
+    whats = [r["what"] for r in result["rows"]]
+    for script in ["normal.py", "microwave.py", "auto_microwave.py", "bake.py"]:
+        row = next(r for r in result["rows"] if f"inner step, {script}" in r["what"])
+        assert row["ms"] > 0 and row["reference_ms"] > 0 and row["speedup"] == pytest.approx(
+            row["reference_ms"] / row["ms"])
+    assert any(w.startswith("unrolled inner step") for w in whats)
+    assert any(w.startswith("meta step, 2 x 2") for w in whats)
+    assert any("projected" in w and w.startswith("bake, 100 meta steps") for w in whats)
+    assert any("batch 2" in w and w.startswith("inner step, 128 px") for w in whats)
+    assert result["device_type"] == "cpu" and "inner step, bake.py" in out
+
+
+def test_timing_the_reference_design_leaves_clip_frozen(tiny):
+    args = bench.parse_args(["--repeat", "1", "--warmup", "1"])
+    assert bench.time_reference_step(tiny, bench.Clock(tiny.device), args, 16, 4) > 0
+    assert all(p.grad is None and not p.requires_grad for p in tiny.model.parameters())
+
+
+def test_bench_refuses_a_json_path_it_cannot_write_before_any_work(capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--clip-model", "random:ViT-B/32", "--json", "no/such/folder/b.json"])
+    assert "--json no/such/folder/b.json" in info.value.code
