@@ -17,6 +17,7 @@ import json
 import math
 import platform
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def parse_args(argv=None):
                    help="meta steps of the projected bake")
     p.add_argument("--size", type=common.positive_int, default=128, help="bake's image side")
     p.add_argument("--cutn", type=common.positive_int, default=1, help="bake's cutouts per step")
-    p.add_argument("--repeat", type=common.positive_int, default=20, help="timed inner steps per row")
+    p.add_argument("--repeat", type=common.positive_int, default=20,
+                   help="timed inner steps per row (their median is shown)")
     p.add_argument("--warmup", type=common.positive_int, default=3, help="untimed inner steps before each row")
     p.add_argument("--reference-design", action="store_true",
                    help="also time the reference's inner step, side by side")
@@ -96,6 +98,21 @@ class Memory:
         return _proc_status("VmHWM") - before
 
 
+def _return_freed_memory():
+    """Make glibc hand large freed blocks back to the system, so resident size tracks use.
+
+    By default glibc raises its mmap threshold as blocks are freed and then keeps freed
+    tensors' memory in its heap: a peak measured by resident size would miss new use.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD: fixed, 256 KiB
+        libc.malloc_trim(0)  # and give back what the heap holds free now
+    except (OSError, AttributeError):
+        pass
+
+
 def _proc_status(field):
     try:
         with open("/proc/self/status") as f:
@@ -122,12 +139,27 @@ def target_for(model):
                                     common.style_shift(model))[0]
 
 
+def median_step(clock, run, steps):
+    """The median seconds per step of run(steps, tick), where tick() is called after each step."""
+    marks = []
+
+    def tick(*_):
+        clock.sync()
+        marks.append(time.perf_counter())
+
+    clock.sync()
+    marks.append(time.perf_counter())
+    run(steps, tick)
+    return statistics.median(b - a for a, b in zip(marks, marks[1:]))
+
+
 def time_inner_step(model, clock, args, size, cutn, batch=1):
     """Seconds per step of the plain renderer (the fast path every script uses)."""
-    target = target_for(model)
+    target = target_for(model)[None]
     z = common.random_start(size, model.device, batch)
-    z = common.rollout(model, z, target[None], args.warmup, common.LR, cutn)  # warm caches, compile
-    return clock.time(lambda: common.rollout(model, z, target[None], args.repeat, common.LR, cutn)) / args.repeat
+    z = common.rollout(model, z, target, args.warmup, common.LR, cutn)  # warm caches, compile
+    return median_step(clock, lambda n, tick: common.rollout(model, z, target, n, common.LR, cutn, callback=tick),
+                       args.repeat)
 
 
 def reference_cutouts(image, side, cutn):
@@ -168,7 +200,7 @@ def time_reference_step(model, clock, args, size, cutn):
     z = common.random_start(size, model.device).requires_grad_()
     optimizer = torch.optim.AdamW([z], lr=common.LR)  # only z: CLIP's gradients pile up, as there
 
-    def steps(n):
+    def steps(n, tick=None):
         for _ in range(n):
             optimizer.zero_grad()
             cuts = reference_cutouts(z, model.size, cutn)  # the reference feeds raw z to CLIP
@@ -179,10 +211,12 @@ def time_reference_step(model, clock, args, size, cutn):
             loss.backward()
             optimizer.step()
             loss.item()  # the reference shows the loss every step
+            if tick is not None:
+                tick()
 
     try:
         steps(args.warmup)
-        return clock.time(lambda: steps(args.repeat)) / args.repeat
+        return median_step(clock, steps, args.repeat)
     finally:
         net.requires_grad_(False)
         for p in net.parameters():
@@ -213,15 +247,26 @@ def meta_cfg(args):
 
 
 def time_meta_step(model, clock, memory, args):
-    """Seconds of one meta step, and its peak memory in bytes (None where unmeasurable)."""
+    """Seconds of one meta step, and its peak memory in bytes (None where unmeasurable).
+
+    On a CPU the peak comes from a second meta step, run after every timing: measuring
+    resident size needs glibc to return freed memory at once, which slows allocation.
+    """
     prompt = common.Prompt("", "text", F.normalize(torch.randn(model.dim, device=model.device), dim=-1))
     stages = torch.randn(args.stages, model.dim, device=model.device, requires_grad=True)
     optimizer = torch.optim.AdamW([stages], lr=common.LR)
     shift = common.style_shift(model)
-    seconds = []
-    peak = memory.measure(lambda: seconds.append(clock.time(
-        lambda: common.meta_step(model, stages, optimizer, prompt, shift, meta_cfg(args), 0.0))))
-    return seconds[0], peak
+
+    def step():
+        common.meta_step(model, stages, optimizer, prompt, shift, meta_cfg(args), 0.0)
+
+    if model.device.type == "cuda":
+        seconds = []
+        peak = memory.measure(lambda: seconds.append(clock.time(step)))
+        return seconds[0], peak
+    seconds = clock.time(step)
+    _return_freed_memory()
+    return seconds, memory.measure(step)
 
 
 def device_name(device):
@@ -299,6 +344,11 @@ def main(argv=None):
     row(f"bake, {args.meta_steps} meta steps of {DEFAULT_STAGES} x {DEFAULT_STEPS}"
         + (" (projected)" if scale != 1 else ""), projected,
         f"= meta step x {scale:g} x {args.meta_steps}" if scale != 1 else f"= meta step x {args.meta_steps}")
+    if peak is not None and scale != 1:  # the graph grows with the steps it holds at once
+        held = DEFAULT_STEPS / args.steps if args.checkpoint else scale
+        rows[-1]["peak_gib_projected"] = gib(peak) * held
+        print(f"  {'peak memory of that bake (projected)':<66} {gib(peak) * held:>8.2f} GiB  "
+              f"= meta step's peak x {held:g} (the steps held at once; an upper bound)", flush=True)
     if args.json:
         result = {"device": name, "device_type": device.type, "clip_model": args.clip_model,
                   "precision": args.precision, "compile": args.compile, "batch": args.batch,

@@ -201,8 +201,8 @@ def add_bake_args(parser):
                    help="random starts rolled out together per meta step; the meta-gradient "
                         "is their mean")
     g.add_argument("--checkpoint", action="store_true",
-                   help="per-stage gradient checkpointing of the unrolled rollout: far less "
-                        "memory, about a third more time")
+                   help="per-stage gradient checkpointing of the unrolled rollout: memory for "
+                        "one stage instead of all, for one more forward pass of each stage")
     g.add_argument("--baked-dir", default="baked", help="folder of baked files")
     g.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto",
                    help="wandb logging; auto logs online when a wandb login is configured")
