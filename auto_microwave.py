@@ -43,22 +43,31 @@ def compose_path(paths, mode):
     return paths[pick, torch.arange(paths.shape[1])]
 
 
+def nearest_bakes(model, prompt_embed, bakes, k, where="the baked folder"):
+    """The k bakes whose prompts lie nearest to prompt_embed: [(distance, bake)].
+
+    All of one stage count (that of the nearest), so their paths can be composed.
+    """
+    candidates = []
+    for bake in bakes:
+        embed = baked_prompt_embed(model, bake)
+        if embed is not None:
+            candidates.append((common.spherical_distance(prompt_embed, embed).item(), bake))
+    if not candidates:
+        raise common.UserError(f"no usable baked files in {where}: bake some with bake.py")
+    candidates.sort(key=lambda c: c[0])
+    n_stages = len(candidates[0][1]["stages"])
+    return [c for c in candidates if len(c[1]["stages"]) == n_stages][:k]
+
+
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
     bakes = common.load_baked_dir(args.baked_dir)  # a missing folder fails before CLIP loads
     model, seed = common.start(args)
     prompt = common.load_prompt(model, args.prompt)
-    candidates = []
-    for bake in bakes:
-        embed = baked_prompt_embed(model, bake)
-        if embed is not None:
-            candidates.append((common.spherical_distance(prompt.embed, embed).item(), bake))
-    if not candidates:
-        raise common.UserError(f"no usable baked files in {args.baked_dir}: bake some with bake.py")
-    candidates.sort(key=lambda c: c[0])
-    n_stages = len(candidates[0][1]["stages"])
-    chosen = [c for c in candidates if len(c[1]["stages"]) == n_stages][:args.k]
+    chosen = nearest_bakes(model, prompt.embed, bakes, args.k, args.baked_dir)
+    n_stages = len(chosen[0][1]["stages"])
     print(f"nearest baked prompts ({args.mode}):")
     for dist, bake in chosen:
         print(f"  {dist:.4f}  {bake['prompt']!r}  ({bake['path']})")

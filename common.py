@@ -137,6 +137,7 @@ def _number(cast, accept, requirement):
 
 
 positive_int = _number(int, lambda v: v >= 1, "must be a whole number of at least 1")
+nonnegative_int = _number(int, lambda v: v >= 0, "must be a whole number of at least 0")
 positive_float = _number(float, lambda v: 0 < v < math.inf, "must be a positive number")
 unit_float = _number(float, lambda v: 0 <= v <= 1, "must lie between 0 and 1")
 save_side = _number(int, lambda v: 1 <= v <= 8192, "must be a whole number from 1 to 8192")
@@ -178,6 +179,10 @@ def add_common_args(parser, *, size, steps, cutn, out="output.png"):
                    help="turn off target shaping (style and negative texts)")
     g.add_argument("--style-text", default=STYLE_TEXT, help="text added to every target")
     g.add_argument("--negative-text", default=NEGATIVE_TEXT, help="text subtracted from every target")
+    if out is not None:
+        g.add_argument("--save-progress", type=nonnegative_int, nargs="?", const=0, default=None, metavar="N",
+                       help="also save the image every N steps (alone: after every stage; for one "
+                            "stage, ten times) as frames in OUT_progress/ and an animated OUT_progress.gif")
     g.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                    help="precision of CLIP's image tower (autocast; fp16/bf16 are faster on a GPU)")
     g.add_argument("--compile", action="store_true",
@@ -186,17 +191,19 @@ def add_common_args(parser, *, size, steps, cutn, out="output.png"):
     return g
 
 
-def add_bake_args(parser):
-    """Add the meta-optimization flags shared by bake.py and batch_bake.py."""
+def add_bake_args(parser, meta_grad=True):
+    """Add the meta-optimization flags shared by bake.py, batch_bake.py (and evaluate.py,
+    which bakes both ways and so has no --meta-grad)."""
     g = parser.add_argument_group("bake options")
     g.add_argument("--stages", type=positive_int, default=10, help="number of stages")
     g.add_argument("--meta-steps", type=positive_int, default=100, help="meta-optimization steps")
     g.add_argument("--meta-lr", type=positive_float, default=LR, help="learning rate of the stage embeddings")
     g.add_argument("--stage-reg", type=float, default=1.0,
                    help="weight of the fading 'stay near the prompt' term on the stages")
-    g.add_argument("--meta-grad", choices=["unrolled", "none"], default="unrolled",
-                   help="unrolled: back-propagate the final image loss through the inner "
-                        "optimization; none: the reference's behaviour (no image gradient)")
+    if meta_grad:
+        g.add_argument("--meta-grad", choices=["unrolled", "none"], default="unrolled",
+                       help="unrolled: back-propagate the final image loss through the inner "
+                            "optimization; none: the reference's behaviour (no image gradient)")
     g.add_argument("--batch", type=positive_int, default=1,
                    help="random starts rolled out together per meta step; the meta-gradient "
                         "is their mean")
@@ -803,12 +810,15 @@ def render(model, targets, args, desc):
     from tqdm import tqdm
     latest = [random_start(args.size, model.device)]
     bar = tqdm(total=len(targets) * args.steps, desc=desc, dynamic_ncols=True)
+    progress = Progress.of(args, len(targets), latest[0])
 
     def report(stage, step, loss, z):
         latest[0] = z
         bar.update(1)
         if step % 10 == 0 or step == args.steps:  # .item() waits for the device: not every step
             bar.set_postfix(stage=f"{stage + 1}/{len(targets)}", loss=f"{loss.item():.4f}")
+        if progress is not None:
+            progress.step(stage, step, z)
 
     try:
         return rollout(model, latest[0], targets, args.steps, args.lr, args.cutn, callback=report)
@@ -817,6 +827,46 @@ def render(model, targets, args, desc):
         return latest[0].detach()
     finally:
         bar.close()
+        if progress is not None:
+            progress.save(args.out)
+
+
+class Progress:
+    """The frames of a run for --save-progress: the start, then every N steps or each stage's end."""
+
+    def __init__(self, every, stages, steps, save_size, start):
+        if every == 0:  # after every stage; a single stage is cut into ten
+            every = steps if stages > 1 else max(1, steps // 10)
+        self.every, self.steps, self.save_size = every, steps, save_size
+        self.frames = [to_pixels(start, save_size)]
+
+    @classmethod
+    def of(cls, args, stages, start):
+        """The Progress a script's args ask for, or None."""
+        if getattr(args, "save_progress", None) is None:
+            return None
+        return cls(args.save_progress, stages, args.steps, args.save_size, start)
+
+    def step(self, stage, step, z):
+        done = stage * self.steps + step
+        if done % self.every == 0:
+            self.frames.append(to_pixels(z, self.save_size))
+
+    def paths(self, out):
+        out = Path(out)
+        return out.with_name(out.stem + "_progress"), out.with_name(out.stem + "_progress.gif")
+
+    def save(self, out):
+        """Write OUT_progress/NNNN.png and OUT_progress.gif; returns the GIF's path."""
+        from PIL import Image
+        folder, gif = self.paths(out)
+        images = [Image.fromarray(frame) for frame in self.frames]
+        for i, image in enumerate(images):
+            atomic_write(folder / f"{i:04d}.png", lambda tmp, image=image: image.save(tmp, format="PNG"))
+        atomic_write(gif, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                     duration=200, loop=0))
+        log(f"progress: {len(images)} frames in {folder}/ and {gif}")
+        return gif
 
 
 def random_start(size, device, batch=1):
@@ -1229,11 +1279,15 @@ def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
         if run is not None:
             run.finish()
     save(complete=True)
+    start = random_start(args.size, model.device)
+    progress = Progress.of(args, args.stages, start) if out is not None else None
     try:
-        z = rollout(model, random_start(args.size, model.device), shape_targets(stages, shift),
-                    args.steps, args.lr, args.cutn)
+        z = rollout(model, start, shape_targets(stages, shift), args.steps, args.lr, args.cutn,
+                    callback=progress and (lambda stage, step, loss, z: progress.step(stage, step, z)))
     except KeyboardInterrupt:
         raise BakeInterrupted(path, complete=True) from None
+    if progress is not None:
+        progress.save(out)
     save_image(out, z, args.save_size, run_info("bake.py", args, seed, prompt=prompt.text,
                                                   baked_file=str(path)))
     return history
