@@ -34,7 +34,7 @@ import common
 METHODS = ["normal", "microwave_unrolled", "microwave_none", "auto_mean", "auto_splice"]
 SCORERS = ["guide", "scorer"]
 START_SEED = 2**40  # the evaluation's starts come from seeds no bake uses (bakes: --seed + i < 2**63)
-CELL = 128  # side of one image in the grid
+CELL, GAP = 128, 4  # side of one image in the grid, and the white space after it
 
 
 def parse_args(argv=None):
@@ -174,7 +174,17 @@ def summarize(scores):
     return summary
 
 
-def markdown_table(summary, n_prompts, n_starts, guide_name, scorer_name):
+def stage_distances(bakes, guide_prompts):
+    """Mean spherical distance of each kind of bake's stages to its prompt (guide model)."""
+    result = {}
+    for mode in ("unrolled", "none"):
+        values = [common.spherical_distance(bakes[i, mode]["stages"].to(p.embed.device), p.embed).mean().item()
+                  for i, p in enumerate(guide_prompts)]
+        result[mode] = statistics.fmean(values)
+    return result
+
+
+def markdown_table(summary, distances, n_prompts, n_starts, guide_name, scorer_name):
     lines = [f"Spherical distance of the final image to its prompt (lower is better), {n_prompts} prompts "
              f"x {n_starts} starts; mean ± standard deviation, and how often a method beats normal "
              f"optimization on the same start. Guide: {guide_name}; scorer: {scorer_name}.", "",
@@ -190,6 +200,9 @@ def markdown_table(summary, n_prompts, n_starts, guide_name, scorer_name):
     lines += ["", f"microwave_unrolled beats microwave_none on {u['guide']['win_rate_vs_microwave_none']:.0%} "
                   f"of paired starts under the guide and {u['scorer']['win_rate_vs_microwave_none']:.0%} "
                   f"under the scorer."]
+    d = distances
+    lines += ["", f"Mean distance of the baked stages to their prompt: unrolled {d['unrolled']:.4f}, "
+                  f"none {d['none']:.4f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -197,10 +210,11 @@ def make_grid(prompts, images):
     """A PIL image: one row per prompt, one column per method (images[i][method]: [H, W, 3] uint8)."""
     from PIL import Image, ImageDraw
     label_w, head_h = 200, 24
-    grid = Image.new("RGB", (label_w + CELL * len(METHODS), head_h + CELL * len(prompts)), "white")
+    step = CELL + GAP
+    grid = Image.new("RGB", (label_w + step * len(METHODS), head_h + step * len(prompts)), "white")
     draw = ImageDraw.Draw(grid)
     for c, method in enumerate(METHODS):
-        draw.text((label_w + c * CELL + 4, 6), method, fill="black")
+        draw.text((label_w + c * step + 4, 6), method, fill="black")
     for r, text in enumerate(prompts):
         words, line, lines = text.split(), "", []
         for word in words:  # wrap the prompt into the label column
@@ -211,10 +225,10 @@ def make_grid(prompts, images):
                 line = f"{line} {word}".strip()
         lines.append(line)
         for n, part in enumerate(lines[:8]):
-            draw.text((4, head_h + r * CELL + 4 + 14 * n), part, fill="black")
+            draw.text((4, head_h + r * step + 4 + 14 * n), part, fill="black")
         for c, method in enumerate(METHODS):
             cell = Image.fromarray(images[r][method]).resize((CELL, CELL), Image.NEAREST)
-            grid.paste(cell, (label_w + c * CELL, head_h + r * CELL))
+            grid.paste(cell, (label_w + c * step, head_h + r * step))
     return grid
 
 
@@ -262,14 +276,15 @@ def main(argv=None):
         grid_images.append({m: common.to_pixels(finals[m][0]) for m in METHODS})
     bar.close()
     summary = summarize(scores)
-    table = markdown_table(summary, len(prompts), args.seeds, args.clip_model, args.score_model)
+    distances = stage_distances(bakes, guide_prompts)
+    table = markdown_table(summary, distances, len(prompts), args.seeds, args.clip_model, args.score_model)
     result = {"prompts": prompts, "clip_model": args.clip_model, "score_model": args.score_model,
               "seeds": args.seeds, "seed": seed,
               "bake_config": {k: v for k, v in bakes[0, "unrolled"]["config"].items() if k != "seed"},
               "bakes": {text: {mode: str(bakes[i, mode]["path"]) for mode in ("unrolled", "none")}
                         for i, text in enumerate(prompts)},
               "leave_one_out": {text: [str(b["path"]) for _, b in chosen[i]] for i, text in enumerate(prompts)},
-              "scores": scores, "summary": summary}
+              "stage_distance": distances, "scores": scores, "summary": summary}
     if any(not math.isfinite(s[k]) for s in scores for k in SCORERS):
         common.log("note: some scores are not finite")
     common.atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))

@@ -28,7 +28,6 @@ def run_evaluate(tiny_ckpt, wide_ckpt, *extra):
 def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt, wide_ckpt, capsys):
     result = run_evaluate(tiny_ckpt, wide_ckpt)
     out = capsys.readouterr().out
-    assert set(result["summary"]) >= set(evaluate.METHODS)
     for method in evaluate.METHODS:
         for scorer in evaluate.SCORERS:
             entry = result["summary"][method][scorer]
@@ -36,10 +35,13 @@ def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt
             assert len(values) == len(PROMPTS) * 2 and entry["mean"] == pytest.approx(sum(values) / len(values))
             assert 0 <= entry["win_rate_vs_normal"] <= 1
     assert result["summary"]["normal"]["guide"]["win_rate_vs_normal"] == 0.5  # ties with itself
+    assert set(result["summary"]) == set(evaluate.METHODS)
+    assert set(result["stage_distance"]) == {"unrolled", "none"}
     table = Path("e.md").read_text()
     assert table in out and all(f"| {m} |" in table for m in evaluate.METHODS)
     with Image.open("grid.png") as grid:
-        assert grid.size == (200 + evaluate.CELL * len(evaluate.METHODS), 24 + evaluate.CELL * len(PROMPTS))
+        step = evaluate.CELL + evaluate.GAP
+        assert grid.size == (200 + step * len(evaluate.METHODS), 24 + step * len(PROMPTS))
     for text in PROMPTS:  # both bakes of every prompt, made with the settings asked for
         for mode in ("unrolled", "none"):
             baked = common.load_baked(result["bakes"][text][mode])
