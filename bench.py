@@ -33,7 +33,6 @@ DEFAULT_STAGES, DEFAULT_STEPS, DEFAULT_META_STEPS = 10, 30, 100
 
 def parse_args(argv=None):
     p = common.make_parser(__doc__)
-    p.formatter_class = common.argparse.RawDescriptionHelpFormatter
     p.add_argument("--clip-model", default="random:ViT-B/32",
                    help="CLIP model (name, checkpoint path, toy, or random:ARCH)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

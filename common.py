@@ -151,9 +151,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the docstring's lines (its examples); show every default not already told."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def make_parser(doc):
     """An ArgumentParser that shows the script's docstring and every default."""
-    return Parser(description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return Parser(description=doc, formatter_class=Formatter)
 
 
 def add_common_args(parser, *, size, steps, cutn, out="output.png"):

@@ -39,7 +39,6 @@ CELL, GAP = 128, 4  # side of one image in the grid, and the white space after i
 
 def parse_args(argv=None):
     p = common.make_parser(__doc__)
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("prompts_file", nargs="?", default="prompts.txt", help="file of prompts, one a line")
     common.add_common_args(p, size=128, steps=30, cutn=1, out="evaluation.png")
     common.add_bake_args(p, meta_grad=False)

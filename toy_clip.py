@@ -11,7 +11,6 @@ only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
   python toy_clip.py guided --clip-model toy --scorer toy-scorer   # what normal.py draws with it
 """
 
-import argparse
 import math
 import re
 import time
@@ -456,16 +455,11 @@ def guided(args):
         print(f"saved {args.grid}")
 
 
-class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the docstring's lines; show every default."""
-
-
 @common.cli
 def main(argv=None):
     p = common.make_parser(__doc__)
-    p.formatter_class = Formatter
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", formatter_class=Formatter, help="train a toy CLIP from scratch and save it")
+    t = sub.add_parser("train", formatter_class=common.Formatter, help="train a toy CLIP from scratch and save it")
     t.add_argument("--seed", type=common.seed_int, default=0, help="seed of the weights and of the drawings")
     t.add_argument("--steps", type=common.positive_int, default=1500, help="training steps")
     t.add_argument("--batch", type=common.positive_int, default=128, help="images per step")
@@ -476,11 +470,11 @@ def main(argv=None):
     t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
     t.add_argument("--out", default="models/toy.pt", help="where to save the fp16 state dict")
     t.add_argument("--eval-n", type=common.positive_int, default=600, help="fresh images per zero-shot test")
-    z = sub.add_parser("zero-shot", formatter_class=Formatter, help="zero-shot accuracy of a checkpoint on freshly drawn images")
+    z = sub.add_parser("zero-shot", formatter_class=common.Formatter, help="zero-shot accuracy of a checkpoint on freshly drawn images")
     z.add_argument("clip_model", help="toy, toy-scorer or a checkpoint path")
     z.add_argument("--seed", type=common.seed_int, default=1234, help="seed of the drawings")
     z.add_argument("-n", type=common.positive_int, default=600, help="fresh images per test")
-    g = sub.add_parser("guided", formatter_class=Formatter, help="measure the images normal.py draws with a toy model")
+    g = sub.add_parser("guided", formatter_class=common.Formatter, help="measure the images normal.py draws with a toy model")
     g.add_argument("--clip-model", default="toy", help="the guiding model")
     g.add_argument("--scorer", default="toy-scorer", help="model that judges the shape ('' for none)")
     g.add_argument("--seeds", type=common.positive_int, default=2, help="seeds 0..N-1 for each of the 24 prompts")
