@@ -22,9 +22,9 @@ import common
 
 # settings that make two bakes of a prompt the same bake (the seed is not one of them)
 SAME_BAKE = ("size", "steps", "lr", "cutn", "stages", "meta_steps", "meta_lr", "stage_reg", "meta_grad",
-             "batch", "style", "style_text", "negative_text")
+             "batch", "precision", "style", "style_text", "negative_text")
 # settings that older bakes do not record, and the value they were made with
-SAME_BAKE_DEFAULTS = {"batch": 1}
+SAME_BAKE_DEFAULTS = {"batch": 1, "precision": "fp32"}
 
 
 def shard_arg(text):

@@ -29,6 +29,7 @@ import common
 # (script, image side, cutouts) at each script's defaults
 SCRIPTS = [("normal.py", 32, 8), ("microwave.py", 64, 8), ("auto_microwave.py", 128, 8), ("bake.py", 128, 1)]
 DEFAULT_STAGES, DEFAULT_STEPS, DEFAULT_META_STEPS = 10, 30, 100
+TUNE_MALLOC = False  # set when run as a script: the allocator setting lasts for the process
 
 
 def parse_args(argv=None):
@@ -203,7 +204,8 @@ def time_reference_step(model, clock, args, size, cutn):
         for _ in range(n):
             optimizer.zero_grad()
             cuts = reference_cutouts(z, model.size, cutn)  # the reference feeds raw z to CLIP
-            embeds = F.normalize(net.encode_image(cuts).float(), dim=-1)
+            with model.autocast():  # the same precision as ours, so only the design differs
+                embeds = F.normalize(net.encode_image(cuts).float(), dim=-1)
             loss = (common.spherical_distance(embeds, target).mean()
                     + (z - z.clamp(-1, 1)).pow(2).mean() + common.TV_WEIGHT * common.total_variation(z).sum()
                     + common.STD_WEIGHT * (z.std() - 1).pow(2))
@@ -246,9 +248,10 @@ def meta_cfg(args):
 
 
 def time_meta_step(model, clock, memory, args):
-    """Seconds of one meta step, and its peak memory in bytes (None where unmeasurable).
+    """Seconds of one meta step (after an untimed one), and its peak memory in bytes.
 
-    On a CPU the peak comes from a second meta step, run after every timing: measuring
+    The peak (None where unmeasurable) comes from a third meta step, run after the
+    timing: on a GPU it starts from an empty allocator cache; on a CPU, measuring
     resident size needs glibc to return freed memory at once, which slows allocation.
     """
     prompt = common.Prompt("", "text", F.normalize(torch.randn(model.dim, device=model.device), dim=-1))
@@ -259,12 +262,10 @@ def time_meta_step(model, clock, memory, args):
     def step():
         common.meta_step(model, stages, optimizer, prompt, shift, meta_cfg(args), 0.0)
 
-    if model.device.type == "cuda":
-        seconds = []
-        peak = memory.measure(lambda: seconds.append(clock.time(step)))
-        return seconds[0], peak
+    step()  # warm: kernels chosen, caches filled
     seconds = clock.time(step)
-    _return_freed_memory()
+    if model.device.type == "cpu" and TUNE_MALLOC:
+        _return_freed_memory()
     return seconds, memory.measure(step)
 
 
@@ -357,4 +358,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    TUNE_MALLOC = True
     main()

@@ -165,7 +165,7 @@ def make_parser(doc):
     return Parser(description=doc, formatter_class=Formatter)
 
 
-def add_common_args(parser, *, size, steps, cutn, out="output.png"):
+def add_common_args(parser, *, size, steps, cutn, out="output.png", progress=True):
     """Add the flags every script has; the per-script defaults are passed in."""
     g = parser.add_argument_group("common options")
     g.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
@@ -188,7 +188,7 @@ def add_common_args(parser, *, size, steps, cutn, out="output.png"):
                    help="turn off target shaping (style and negative texts)")
     g.add_argument("--style-text", default=STYLE_TEXT, help="text added to every target")
     g.add_argument("--negative-text", default=NEGATIVE_TEXT, help="text subtracted from every target")
-    if out is not None:
+    if out is not None and progress:
         g.add_argument("--save-progress", type=nonnegative_int, nargs="?", const=0, default=None, metavar="N",
                        help="also save the image every N steps (alone: after every stage; for one "
                             "stage, ten times) as frames in OUT_progress/ and an animated OUT_progress.gif")
@@ -307,12 +307,26 @@ class Clip:
         """Run the image tower in fp32, fp16 or bf16 (a UserError where the device cannot)."""
         if name != "fp32":
             try:
-                with torch.autocast(self.device.type, dtype=PRECISIONS[name]):
-                    torch.ones(2, 2, device=self.device) @ torch.ones(2, 2, device=self.device)
+                with warnings.catch_warnings(), torch.autocast(self.device.type, dtype=PRECISIONS[name]):
+                    warnings.simplefilter("ignore")  # autocast warns, and turns itself off, where unsupported
+                    dtype = (torch.ones(2, 2, device=self.device) @ torch.ones(2, 2, device=self.device)).dtype
             except (RuntimeError, ValueError, AssertionError) as e:
                 raise UserError(f"--precision {name} is not supported on {self.device.type} "
                                 f"({str(e).splitlines()[0][:60]}): use --precision fp32") from None
+            if dtype != PRECISIONS[name]:
+                raise UserError(f"--precision {name} is not supported on {self.device.type} "
+                                f"(autocast gave {dtype}): use --precision fp32")
         self.precision = name
+
+    @property
+    def loss_scale(self):
+        """What losses are multiplied by before a gradient is taken (and grads divided by).
+
+        fp16 gradients below about 6e-8 round to zero; a pixel's gradient through the
+        tower is often near that, so fp16 runs scale the loss up, as mixed-precision
+        training does. Exact otherwise: the factor is a power of two.
+        """
+        return 1024.0 if self.precision == "fp16" else 1.0
 
     def autocast(self):
         """The autocast context of the image tower (does nothing at fp32)."""
@@ -652,10 +666,11 @@ def image_loss(model, z, target, cutn, draws=None):
 def _loss_and_grad(model, z, target, cutn):
     """The loss of a leaf z and its gradient, through the compiled loss when there is one."""
     draws = draw_cutouts(z.shape[0], cutn, z.shape[-1], model.size, z.device)
+    scale = model.loss_scale
     if model.compiled_loss is not None:
         try:
             loss = model.compiled_loss(model, z, target, cutn, draws)
-            return loss, torch.autograd.grad(loss, z)[0]
+            return loss, torch.autograd.grad(loss * scale, z)[0] / scale
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
             if isinstance(e, (KeyboardInterrupt, torch.OutOfMemoryError)):
                 raise
@@ -663,7 +678,7 @@ def _loss_and_grad(model, z, target, cutn):
                 f"running eager")
             model.compiled_loss = None
     loss = _image_loss(model, z, target, cutn, draws)
-    return loss, torch.autograd.grad(loss, z)[0]
+    return loss, torch.autograd.grad(loss * scale, z)[0] / scale
 
 
 def adamw_step(z, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
@@ -723,7 +738,8 @@ def _stage_unrolled(model, z, target, steps, lr, cutn, create_graph, stage=0, ca
             if not create_graph:
                 z = z.detach().requires_grad_()
             loss = image_loss(model, z, target, cutn)
-            (grad,) = torch.autograd.grad(loss, z, create_graph=create_graph)
+            (grad,) = torch.autograd.grad(loss * model.loss_scale, z, create_graph=create_graph)
+            grad = grad / model.loss_scale
         with torch.set_grad_enabled(create_graph):
             z, m, v = adamw_step(z, grad, m, v, t, lr)
         if callback is not None:
@@ -819,7 +835,7 @@ def render(model, targets, args, desc):
     from tqdm import tqdm
     latest = [random_start(args.size, model.device)]
     bar = tqdm(total=len(targets) * args.steps, desc=desc, dynamic_ncols=True)
-    progress = Progress.of(args, len(targets), latest[0])
+    progress = Progress.of(args, len(targets), latest[0], args.out)
 
     def report(stage, step, loss, z):
         latest[0] = z
@@ -837,45 +853,56 @@ def render(model, targets, args, desc):
     finally:
         bar.close()
         if progress is not None:
-            progress.save(args.out)
+            progress.save()
 
 
 class Progress:
-    """The frames of a run for --save-progress: the start, then every N steps or each stage's end."""
+    """The frames of a run for --save-progress: the start, then every N steps or each stage's end.
 
-    def __init__(self, every, stages, steps, save_size, start):
+    Each frame is written as it is made (OUT_progress/NNNN.png; frames of an earlier run
+    there are removed first), and save() makes OUT_progress.gif of them.
+    """
+
+    def __init__(self, every, stages, steps, save_size, start, out):
         if every == 0:  # after every stage; a single stage is cut into ten
             every = steps if stages > 1 else max(1, steps // 10)
         self.every, self.steps, self.save_size = every, steps, save_size
-        self.frames = [to_pixels(start, save_size)]
+        out = Path(out)
+        self.folder, self.gif = out.with_name(out.stem + "_progress"), out.with_name(out.stem + "_progress.gif")
+        for old in self.folder.glob("[0-9][0-9][0-9][0-9].png"):
+            old.unlink()
+        self.count = 0
+        self.add(start)
 
     @classmethod
-    def of(cls, args, stages, start):
+    def of(cls, args, stages, start, out):
         """The Progress a script's args ask for, or None."""
         if getattr(args, "save_progress", None) is None:
             return None
-        return cls(args.save_progress, stages, args.steps, args.save_size, start)
+        return cls(args.save_progress, stages, args.steps, args.save_size, start, out)
+
+    def add(self, z):
+        from PIL import Image
+        image = Image.fromarray(to_pixels(z, self.save_size))
+        atomic_write(self.folder / f"{self.count:04d}.png", lambda tmp: image.save(tmp, format="PNG"))
+        self.count += 1
 
     def step(self, stage, step, z):
-        done = stage * self.steps + step
-        if done % self.every == 0:
-            self.frames.append(to_pixels(z, self.save_size))
+        if (stage * self.steps + step) % self.every == 0:
+            self.add(z)
 
-    def paths(self, out):
-        out = Path(out)
-        return out.with_name(out.stem + "_progress"), out.with_name(out.stem + "_progress.gif")
-
-    def save(self, out):
-        """Write OUT_progress/NNNN.png and OUT_progress.gif; returns the GIF's path."""
+    def save(self):
+        """Write OUT_progress.gif of the frames; returns its path."""
         from PIL import Image
-        folder, gif = self.paths(out)
-        images = [Image.fromarray(frame) for frame in self.frames]
-        for i, image in enumerate(images):
-            atomic_write(folder / f"{i:04d}.png", lambda tmp, image=image: image.save(tmp, format="PNG"))
-        atomic_write(gif, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                                                     duration=200, loop=0))
-        log(f"progress: {len(images)} frames in {folder}/ and {gif}")
-        return gif
+        images = [Image.open(self.folder / f"{i:04d}.png") for i in range(self.count)]
+        try:
+            atomic_write(self.gif, lambda tmp: images[0].save(tmp, format="GIF", save_all=True,
+                                                              append_images=images[1:], duration=200, loop=0))
+        finally:
+            for image in images:
+                image.close()
+        log(f"progress: {self.count} frames in {self.folder}/ and {self.gif}")
+        return self.gif
 
 
 def random_start(size, device, batch=1):
@@ -930,9 +957,9 @@ def meta_step(model, stages, optimizer, prompt, shift, cfg, progress):
         # rolled out alone (renormalize works image by image); the mean is taken after.
         total = image_losses.sum() + batch * regularizer
         if total.requires_grad:
-            total.backward()
-            if batch > 1:
-                stages.grad.div_(batch)
+            (total * model.loss_scale).backward()
+            if batch > 1 or model.loss_scale != 1:
+                stages.grad.div_(batch * model.loss_scale)
     value = loss.item()
     if not math.isfinite(value):
         raise UserError("the meta loss became NaN: lower --meta-lr or --lr")
@@ -1289,14 +1316,14 @@ def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
             run.finish()
     save(complete=True)
     start = random_start(args.size, model.device)
-    progress = Progress.of(args, args.stages, start) if out is not None else None
+    progress = Progress.of(args, args.stages, start, out)
     try:
         z = rollout(model, start, shape_targets(stages, shift), args.steps, args.lr, args.cutn,
                     callback=progress and (lambda stage, step, loss, z: progress.step(stage, step, z)))
     except KeyboardInterrupt:
         raise BakeInterrupted(path, complete=True) from None
     if progress is not None:
-        progress.save(out)
+        progress.save()
     save_image(out, z, args.save_size, run_info("bake.py", args, seed, prompt=prompt.text,
                                                   baked_file=str(path)))
     return history

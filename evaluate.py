@@ -33,21 +33,23 @@ import common
 
 METHODS = ["normal", "microwave_unrolled", "microwave_none", "auto_mean", "auto_splice"]
 SCORERS = ["guide", "scorer"]
-START_SEED = 2**40  # the evaluation's starts come from seeds no bake uses (bakes: --seed + i < 2**63)
+START_SEED = 2**62  # the evaluation's starts come from seeds no bake uses (bakes: --seed + i, below 2**62)
+MAX_STARTS = 2**20  # starts per prompt: start (i, j) has seed START_SEED + i * MAX_STARTS + j
 CELL, GAP = 128, 4  # side of one image in the grid, and the white space after it
 
 
 def parse_args(argv=None):
     p = common.make_parser(__doc__)
     p.add_argument("prompts_file", nargs="?", default="prompts.txt", help="file of prompts, one a line")
-    common.add_common_args(p, size=128, steps=30, cutn=1, out="evaluation.png")
+    common.add_common_args(p, size=128, steps=30, cutn=1, out="evaluation.png", progress=False)
     common.add_bake_args(p, meta_grad=False)
-    p.set_defaults(baked_dir="baked/evaluate", wandb="disabled")
+    p.set_defaults(baked_dir="baked/evaluate", wandb="disabled", seed=0)  # an evaluation repeats by default
     g = p.add_argument_group("evaluation options")
     g.add_argument("--score-model", default=None,
                    help="the held-out scorer: another CLIP (default: toy-scorer when guiding with toy; "
                         "otherwise required, e.g. ViT-B/16)")
-    g.add_argument("--seeds", type=common.positive_int, default=5, help="random starts per prompt")
+    g.add_argument("--seeds", type=common._number(int, lambda v: 1 <= v <= MAX_STARTS, f"must be from 1 to {MAX_STARTS}"),
+                   default=5, help="random starts per prompt")
     g.add_argument("--first", type=common.positive_int, default=None, metavar="N",
                    help="evaluate only the first N prompts of the file")
     g.add_argument("--k", type=common.positive_int, default=2, help="nearest bakes auto-microwave uses")
@@ -59,7 +61,8 @@ def parse_args(argv=None):
         if args.clip_model != "toy":
             p.error("--score-model is needed: a second CLIP model to judge the images (e.g. ViT-B/16)")
         args.score_model = "toy-scorer"
-    args.save_progress = None  # evaluate saves no progress frames
+    if args.seed >= 2**62 - 2**20:
+        p.error("--seed must be below 2**62 - 2**20 (seeds above are the evaluation's starts)")
     return args
 
 
@@ -82,7 +85,8 @@ def bake_both(model, shift, prompts, args, seed):
         for i, text in enumerate(prompts):
             path = common.baked_path(folder, text)
             config = common.bake_config(mode_args, seed + i)
-            if batch_bake.already_baked(path, text, config, args.clip_model):
+            if (batch_bake.already_baked(path, text, config, args.clip_model)
+                    and common.load_baked(path)["config"].get("seed") == seed + i):  # both bakes from one seed
                 print(f"reusing {path}")
             else:
                 common.seed_everything(seed + i, announce=False)
@@ -110,9 +114,13 @@ def leave_one_out(model, prompts, bakes, embeds, k):
 
 # --- images and scores
 
+def start_seed(i, j):
+    return START_SEED + i * MAX_STARTS + j
+
+
 def start_image(i, j, size, device):
     """Start j of prompt i: the same for every method, drawn from a seed no bake uses."""
-    generator = torch.Generator().manual_seed(START_SEED + 1000 * i + j)
+    generator = torch.Generator().manual_seed(start_seed(i, j))
     return torch.randn(1, 3, size, size, generator=generator).to(device)
 
 
@@ -260,8 +268,9 @@ def main(argv=None):
         for j in range(args.seeds):
             start = start_image(i, j, size, model.device)
             for method in METHODS:
+                torch.manual_seed(start_seed(i, j))  # the splice follows the start
                 targets, steps = method_targets(method, i, prompt, bakes, chosen, shift, args.mix)
-                torch.manual_seed(START_SEED + 1000 * i + j)  # the same cutouts (and splice) for each method
+                torch.manual_seed(start_seed(i, j))  # the same random cutouts for every method
                 z = common.rollout(model, start, targets, steps, args.lr, cutn)
                 finals.setdefault(method, []).append(z)
                 bar.update(1)
