@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import auto_microwave
 import bake
 import common
 import evaluate
@@ -136,6 +137,8 @@ def test_save_progress_writes_frames_and_a_gif(tiny_ckpt, capsys):
     microwave.main(["baked/a_red_apple.pt", *render_args(tiny_ckpt, "--steps", "4", "--save-progress", "2",
                                                          "--out", "m.png")])
     assert gif_frames("m_progress.gif") == 1 + 3 * 4 // 2  # the start, then every 2 of 12 steps
+    auto_microwave.main(["a red pear", *render_args(tiny_ckpt, "--k", "1", "--save-progress", "--out", "a.png")])
+    assert gif_frames("a_progress.gif") == 1 + 3  # the start, then after each of the 3 stages
     with Image.open("n_progress/0000.png") as first, Image.open("n_progress/0010.png") as last:
         assert first.tobytes() != last.tobytes()
     with Image.open("n_progress/0010.png") as last, Image.open("n.png") as final:
