@@ -288,8 +288,8 @@ def gib(n):
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
-    if args.json and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
-        raise common.UserError(f"--json {args.json}: not a file in an existing folder; choose another path")
+    if args.json:
+        common.check_file(args.json, "--json")
     device = common.pick_device(args.device)
     model = common.load_clip(args.clip_model, device)
     model.set_precision(args.precision)

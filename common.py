@@ -1149,6 +1149,14 @@ def check_folder(folder, flag):
         raise UserError(f"{flag}: cannot write in {existing}: choose another {flag}")
 
 
+def check_file(path, flag):
+    """Fail before any work when an output file cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder: give a file name")
+    check_folder(path.parent, flag)
+
+
 def check_output(path):
     """Fail before any work when the output PNG cannot be written."""
     path = Path(path)

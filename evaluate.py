@@ -66,14 +66,6 @@ def parse_args(argv=None):
     return args
 
 
-def check_file(path, flag):
-    """Fail before any work when an output file cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise common.UserError(f"{flag} {path} is a folder: give a file name")
-    common.check_folder(path.parent, flag)
-
-
 # --- bakes
 
 def bake_both(model, shift, prompts, args, seed):
@@ -248,7 +240,7 @@ def main(argv=None):
     if len(prompts) < 2:
         raise common.UserError(f"{args.prompts_file} holds one prompt: leave-one-out needs at least two")
     for path, flag in [(args.json, "--json"), (args.table, "--table")]:
-        check_file(path, flag)
+        common.check_file(path, flag)
     model, seed = common.start(args, writes_baked=True)
     scorer = common.load_clip(args.score_model, model.device)
     scorer.set_precision(args.precision)

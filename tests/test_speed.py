@@ -1,6 +1,7 @@
 """The fast paths compute what the plain maths computes: batches, fused Adam, checkpoints, compile."""
 
 import json
+from pathlib import Path
 import weakref
 
 import pytest
@@ -265,6 +266,8 @@ def test_timing_the_reference_design_leaves_clip_frozen(tiny):
 
 
 def test_bench_refuses_a_json_path_it_cannot_write_before_any_work(capsys):
-    with pytest.raises(SystemExit) as info:
-        bench.main(["--clip-model", "random:ViT-B/32", "--json", "no/such/folder/b.json"])
-    assert "--json no/such/folder/b.json" in info.value.code
+    Path("a_file").write_text("")
+    for bad, expect in [("a_file/b.json", "a_file is a file"), (".", "is a folder")]:
+        with pytest.raises(SystemExit) as info:
+            bench.main(["--clip-model", "random:ViT-B/32", "--json", bad])
+        assert "--json" in info.value.code and expect in info.value.code
