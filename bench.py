@@ -19,7 +19,6 @@ import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -292,15 +291,14 @@ def main(argv=None):
         common.check_file(args.json, "--json")
     device = common.pick_device(args.device)
     model = common.load_clip(args.clip_model, device)
-    model.set_precision(args.precision)
-    if args.compile:
-        model.use_compile()
+    common.use_speed_flags(model, args)
     common.seed_everything(args.seed, announce=False)
     clock, memory = Clock(device), Memory(device)
     name = device_name(device)
     print(f"device: {name}; model: {args.clip_model}; precision: {args.precision}; "
           f"compile: {args.compile}; torch {torch.__version__}", flush=True)
     rows = []
+    inner = {}  # seconds per inner step, by script
 
     def row(what, seconds, note="", **extra):
         rows.append({"what": what, "ms": seconds * 1000, "note": note, **extra})
@@ -308,7 +306,7 @@ def main(argv=None):
         print(f"  {what:<66} {shown:>10}  {note}", flush=True)
 
     for script, size, cutn in SCRIPTS:
-        ours = time_inner_step(model, clock, args, size, cutn)
+        ours = inner[script] = time_inner_step(model, clock, args, size, cutn)
         note = ""
         extra = {}
         if args.reference_design:
@@ -321,7 +319,7 @@ def main(argv=None):
         row(f"inner step, {args.size} px, cutn {args.cutn}, batch {args.batch}", seconds,
             f"{seconds * 1000 / args.batch:.1f} ms per start")
     total = args.stages * args.steps
-    step = next(r["ms"] for r in rows if r["what"].startswith("inner step, normal.py")) / 1000
+    step = inner["normal.py"]
     if step * 250 < 30:  # measured where it is quick, projected from the inner step where not
         run = clock.time(lambda: common.rollout(model, common.random_start(32, device), target_for(model)[None],
                                                 250, common.LR, 8))
@@ -353,7 +351,7 @@ def main(argv=None):
         result = {"device": name, "device_type": device.type, "clip_model": args.clip_model,
                   "precision": args.precision, "compile": args.compile, "batch": args.batch,
                   "checkpoint": args.checkpoint, "torch": torch.__version__, "rows": rows}
-        common.atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+        common.write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 

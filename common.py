@@ -266,10 +266,15 @@ def start(args, writes_baked=False):
         check_folder(args.baked_dir, "--baked-dir")
     device = pick_device(args.device)
     model = load_clip(args.clip_model, device)
+    use_speed_flags(model, args)
+    return model, seed_everything(args.seed)
+
+
+def use_speed_flags(model, args):
+    """Apply --precision and --compile to a loaded model."""
     model.set_precision(getattr(args, "precision", "fp32"))
     if getattr(args, "compile", False):
         model.use_compile()
-    return model, seed_everything(args.seed)
 
 
 def seed_everything(seed=None, announce=True):
@@ -1022,6 +1027,11 @@ def atomic_write(path, write):
             raise UserError(f"cannot write {path} ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__}): "
                             f"free some space or choose another place") from None
         raise
+
+
+def write_text(path, text):
+    """Write a text file atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_baked(path, *, stages, prompt, clip_model, config, history, complete):

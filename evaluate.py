@@ -287,8 +287,8 @@ def main(argv=None):
               "stage_distance": distances, "scores": scores, "summary": summary}
     if any(not math.isfinite(s[k]) for s in scores for k in SCORERS):
         common.log("note: some scores are not finite")
-    common.atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
-    common.atomic_write(args.table, lambda tmp: Path(tmp).write_text(table))
+    common.write_text(args.json, json.dumps(result, indent=2) + "\n")
+    common.write_text(args.table, table)
     grid = make_grid(prompts, grid_images)
     common.atomic_write(args.out, lambda tmp: grid.save(tmp, format="PNG"))
     print(table)
