@@ -30,8 +30,13 @@ COLOURS = {  # name: RGB in [0, 1]
 # colours no caption names: shapes drawn in them teach shape apart from the named colours
 UNNAMED = {"pink": (1.00, 0.55, 0.75), "cyan": (0.10, 0.80, 0.85), "brown": (0.50, 0.30, 0.10),
            "grey": (0.50, 0.50, 0.50)}
+# colour index of shapes filled with a patchwork of random colours, which no caption names
+PATCHWORK = len(COLOURS) + len(UNNAMED)
 CHROMATIC = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle")
+# shape index of outlines no caption names (an ellipse, a ring or a plus): a named colour
+# seen in more shapes teaches colour apart from shape
+OTHER_SHAPE = len(SHAPES)
 PLACES = {  # name: (centre x, centre y, words)
     "left": (0.27, 0.5, "on the left"), "right": (0.73, 0.5, "on the right"),
     "top": (0.5, 0.27, "at the top"), "bottom": (0.5, 0.73, "at the bottom"),
@@ -91,7 +96,17 @@ def draw(labels, gen, side=SIDE):
     # an upward triangle: apex at -r, base at 0.75 r, half-width r at the base
     edge = (dx.abs() * 1.75 - (dy + r)) / math.hypot(1.75, 1.0)
     triangle = torch.maximum(dy - 0.75 * r, edge)
-    dist = torch.stack([circle, square, triangle], 1)[torch.arange(n), labels[:, 1]]
+    a = r * (1.4 + 0.3 * rand(n, 1, 1))  # the unnamed shapes: an ellipse lying or standing,
+    b = r * 0.55
+    wide = rand(n, 1, 1) < 0.5
+    ax, ay = torch.where(wide, a, b), torch.where(wide, b, a)
+    ellipse = ((dx / ax).pow(2) + (dy / ay).pow(2)).sqrt().sub(1) * torch.minimum(ax, ay)
+    ring = ((dx.pow(2) + dy.pow(2)).sqrt() - 0.75 * r).abs() - 0.25 * r
+    plus = torch.minimum(torch.maximum(dx.abs() - r, dy.abs() - 0.3 * r),
+                         torch.maximum(dx.abs() - 0.3 * r, dy.abs() - r))
+    which = (rand(n) * 3).long()
+    other = torch.stack([ellipse, ring, plus], 1)[torch.arange(n), which]
+    dist = torch.stack([circle, square, triangle, other], 1)[torch.arange(n), labels[:, 1]]
     mask = (0.5 - dist * side).clamp(0, 1).unsqueeze(1)  # anti-aliased edge, one pixel wide
     # background: another colour, often greyed, plain or with a faint low-frequency texture
     bg_index = (labels[:, 0] + 1 + (rand(n) * (len(COLOURS) - 1)).long()) % len(COLOURS)
@@ -104,27 +119,42 @@ def draw(labels, gen, side=SIDE):
     # or noisy, like the renderer's random start: blocky noise at a random resolution
     k = int(torch.randint(8, side + 1, (1,), generator=gen))
     noise = F.interpolate(torch.randn(n, 3, k, k, generator=gen), size=(side, side), mode="nearest")
-    bg = bg + (rand(n, 1, 1, 1) < 0.3) * 0.3 * rand(n, 1, 1, 1) * noise
-    fg = (palette[labels[:, 0]] + 0.04 * torch.randn(n, 3, generator=gen)).view(n, 3, 1, 1)
+    plain = (labels[:, 0] == PATCHWORK).view(n, 1, 1, 1)  # a patchwork shape needs a quiet background
+    bg = bg + (rand(n, 1, 1, 1) < 0.3) * ~plain * 0.3 * rand(n, 1, 1, 1) * noise
+    fg = (palette[labels[:, 0].clamp(max=len(palette) - 1)] + 0.04 * torch.randn(n, 3, generator=gen)).view(n, 3, 1, 1)
+    patch = labels[:, 0] == PATCHWORK
+    if patch.any():  # random colours in blocks of 2 to 8 pixels
+        k = int(torch.randint(side // 8, side // 2 + 1, (1,), generator=gen))
+        cells = F.interpolate(torch.rand(int(patch.sum()), 3, k, k, generator=gen), size=(side, side), mode="nearest")
+        fg = torch.where(patch.view(n, 1, 1, 1), torch.zeros(n, 3, side, side), fg)
+        fg[patch] = cells
     return (bg * (1 - mask) + fg * mask).clamp(0, 1)
 
 
-def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0):
+def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0, patchwork=0.0, other=0.0):
     """Labels [n, 3] in groups of `group` that share a colour (hard negatives for each other).
 
     A share `unnamed` of the groups get a colour that no caption names (index 8 and up),
-    in any shape.
+    and a share `patchwork` are filled with random colours (PATCHWORK), in any shape. In
+    the named colours' groups, a share `other` of the shapes are ones no caption names
+    (OTHER_SHAPE).
     """
     out = []
     while len(out) < n:
-        if float(torch.rand(1, generator=gen)) < unnamed:
+        draw_ = float(torch.rand(1, generator=gen))
+        if draw_ < patchwork:
+            colour, shapes = PATCHWORK, range(len(SHAPES))
+        elif draw_ < patchwork + unnamed:
             colour = len(COLOURS) + int(torch.randint(len(UNNAMED), (1,), generator=gen))
             shapes = range(len(SHAPES))
         else:
             colour = pairs[int(torch.randint(len(pairs), (1,), generator=gen))][0]
             shapes = [s for c, s in pairs if c == colour]
+        named = colour < len(COLOURS)
         for _ in range(group):
             s = shapes[int(torch.randint(len(shapes), (1,), generator=gen))]
+            if named and float(torch.rand(1, generator=gen)) < other:
+                s = OTHER_SHAPE
             out.append((colour, s, int(torch.randint(len(PLACES), (1,), generator=gen))))
     return torch.tensor(out[:n])
 
@@ -201,15 +231,24 @@ def build(seed):
 
 
 def contrastive_loss(model, images, labels, tokens, attrs):
-    """CLIP's symmetric loss with every caption of the world as a candidate.
-
-    Every caption true of an image is a positive for it (and the image for the caption),
-    so a batch teaches colour, shape and place at once, partial captions included.
-    """
+    """CLIP's symmetric loss with every caption of the world as a candidate (caption_loss)."""
     image_f = F.normalize(model.encode_image(normalize(images)), dim=-1)
     text_f = F.normalize(encode_short(model, tokens), dim=-1)
-    logits = model.logit_scale.exp().clamp(max=100) * image_f @ text_f.t()  # [B, T]
-    positive = compatible(labels, attrs)
+    return caption_loss(model.logit_scale.exp().clamp(max=100) * image_f @ text_f.t(), labels, attrs)
+
+
+def caption_loss(logits, labels, attrs):
+    """The symmetric contrastive loss of logits [n_images, n_captions].
+
+    Every caption true of an image is a positive for it (and the image for the caption),
+    so a batch teaches colour, shape and place at once, partial captions included. A
+    grayscale image's colour is unknown: the captions that name a colour are left out for
+    it, neither true (that would pull every colour's text toward grey images, and the
+    colours together) nor false.
+    """
+    unknown = (labels[:, :1] < 0) & (attrs[:, 0] >= 0).unsqueeze(0)
+    logits = logits.masked_fill(unknown, -1e4)
+    positive = compatible(labels, attrs) & ~unknown
 
     def side(logits, positive):
         has = positive.any(1)  # captions of nothing in the batch are left out
@@ -244,7 +283,8 @@ def train(args):
     model.train()
     began = time.time()
     for step in range(args.steps):
-        labels = random_labels(args.batch, gen, unnamed=args.unnamed)
+        labels = random_labels(args.batch, gen, unnamed=args.unnamed, patchwork=args.patchwork,
+                               other=args.other_shapes)
         images, seen = augment(draw(labels, gen), labels, gen, gray=args.gray)
         style, negative = F.normalize(encode_short(model, style_tokens), dim=-1)
         loss = contrastive_loss(model, images, seen, tokens, attrs) + (1 - style @ negative)
@@ -466,6 +506,10 @@ def main(argv=None):
     t.add_argument("--lr", type=common.positive_float, default=1e-3, help="peak AdamW learning rate (cosine decay)")
     t.add_argument("--unnamed", type=common.unit_float, default=0.0,
                    help="share of colour groups drawn in colours no caption names (shape apart from colour)")
+    t.add_argument("--patchwork", type=common.unit_float, default=0.0,
+                   help="share of groups whose shapes are filled with a patchwork of random colours")
+    t.add_argument("--other-shapes", type=common.unit_float, default=0.0,
+                   help="share of named-colour shapes drawn as shapes no caption names (colour apart from shape)")
     t.add_argument("--gray", type=common.unit_float, default=0.1, help="share of images turned grayscale")
     t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
     t.add_argument("--out", default="models/toy.pt", help="where to save the fp16 state dict")

@@ -67,6 +67,48 @@ def test_captions_and_compatibility():
     assert ok["a square at the top"] and not any(ok[f"a {c} square"] for c in ("red", "white", "black"))
 
 
+def test_grayscale_images_say_nothing_about_colour_captions():
+    texts, attrs = toy.all_captions()
+    labels = labels_of(("red", "square", "top"), ("blue", "circle", "left"))
+    labels[1, 0] = -1  # the blue circle, turned grayscale
+    logits = torch.randn(2, len(texts), generator=torch.Generator().manual_seed(0), requires_grad=True)
+    toy.caption_loss(logits, labels, attrs).backward()
+    names_colour = attrs[:, 0] >= 0
+    assert logits.grad[1, names_colour].abs().max() == 0  # neither pulled toward nor pushed from "blue"
+    assert logits.grad[1, ~names_colour].abs().max() > 0  # "a circle on the left" still teaches
+    assert logits.grad[0, names_colour].abs().max() > 0   # a coloured image learns its colour
+
+
+def test_patchwork_shapes_have_many_colours_and_no_colour_name():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([[toy.PATCHWORK, toy.SHAPES.index("square"), toy.PLACE_NAMES.index("center")]])
+    image = toy.draw(labels, gen)[0]
+    inside = image[:, 26:38, 26:38].flatten(1).t()  # the middle of the square
+    assert len({toy.CHROMATIC[i] for i in toy.hue_names(inside).tolist()}) >= 4
+    texts, attrs = toy.all_captions()
+    ok = dict(zip(texts, toy.compatible(labels, attrs)[0].tolist()))
+    assert ok["a square in the center"] and not any(ok[toy.caption(c, 1, None, "a {c} {s}")] for c in range(len(toy.COLOURS)))
+    gen = torch.Generator().manual_seed(1)
+    groups = toy.random_labels(256, gen, patchwork=0.5)[:, 0].view(-1, 16)
+    assert (groups == groups[:, :1]).all()  # groups share their colour
+    assert 0.2 < (groups[:, 0] == toy.PATCHWORK).float().mean() < 0.8
+
+
+def test_unnamed_shapes_keep_their_colour_and_no_shape_name():
+    labels = torch.tensor([[toy.COLOUR_NAMES.index("red"), toy.OTHER_SHAPE, toy.PLACE_NAMES.index("left")]] * 8)
+    images = toy.draw(labels, torch.Generator().manual_seed(0))
+    named = toy.draw(labels_of(*[("red", s, "left") for s in toy.SHAPES]), torch.Generator().manual_seed(0))
+    masks = lambda ims: ims[:, 0] - ims[:, 1] > 0.5  # noqa: E731 - red pixels
+    for mask in masks(images):
+        assert mask.any() and all((mask ^ other).sum() > 20 for other in masks(named))
+    assert all(toy.on_side(toy.colour_centre(im, "red", min_chroma=0.5), "left") for im in images)
+    texts, attrs = toy.all_captions()
+    ok = dict(zip(texts, toy.compatible(labels[:1], attrs)[0].tolist()))
+    assert ok["a red shape on the left"] and not any(ok[f"a red {s}"] for s in toy.SHAPES)
+    shapes = toy.random_labels(512, torch.Generator().manual_seed(2), other=0.5)[:, 1]
+    assert 0.3 < (shapes == toy.OTHER_SHAPE).float().mean() < 0.7
+
+
 def test_hue_measures():
     image = torch.full((3, 10, 10), 0.5)
     image[:, :, :3] = torch.tensor([0.1, 0.2, 0.9]).view(3, 1, 1)  # a blue stripe on the left
