@@ -6,7 +6,7 @@ right, top, bottom, center) on a background of another colour, with captions suc
 "a red circle on the left". The model is OpenAI's clip.model.CLIP with its tokenizer,
 only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
 
-  python toy_clip.py train --seed 0 --out models/toy.pt            # 15 to 25 min on 2 cores
+  python toy_clip.py train --seed 0 --threads 1 --out models/toy.pt  # the shipped toy; 15 to 25 min
   python toy_clip.py zero-shot models/toy.pt                       # accuracy on held-out images
   python toy_clip.py guided --clip-model toy --scorer toy-scorer   # what normal.py draws with it
 """
@@ -504,13 +504,13 @@ def main(argv=None):
     t.add_argument("--steps", type=common.positive_int, default=1500, help="training steps")
     t.add_argument("--batch", type=common.positive_int, default=128, help="images per step")
     t.add_argument("--lr", type=common.positive_float, default=1e-3, help="peak AdamW learning rate (cosine decay)")
-    t.add_argument("--unnamed", type=common.unit_float, default=0.0,
+    t.add_argument("--unnamed", type=common.unit_float, default=0.25,
                    help="share of colour groups drawn in colours no caption names (shape apart from colour)")
     t.add_argument("--patchwork", type=common.unit_float, default=0.0,
                    help="share of groups whose shapes are filled with a patchwork of random colours")
-    t.add_argument("--other-shapes", type=common.unit_float, default=0.0,
+    t.add_argument("--other-shapes", type=common.unit_float, default=0.25,
                    help="share of named-colour shapes drawn as shapes no caption names (colour apart from shape)")
-    t.add_argument("--gray", type=common.unit_float, default=0.1, help="share of images turned grayscale")
+    t.add_argument("--gray", type=common.unit_float, default=0.2, help="share of images turned grayscale")
     t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
     t.add_argument("--out", default="models/toy.pt", help="where to save the fp16 state dict")
     t.add_argument("--eval-n", type=common.positive_int, default=600, help="fresh images per zero-shot test")

@@ -32,7 +32,7 @@ def test_shapes_differ():
     # one draw, three shapes: the triangle covers least; circle and square differ at the corners
     masks = []
     for shape in toy.SHAPES:
-        gen = torch.Generator().manual_seed(3)
+        gen = torch.Generator().manual_seed(0)
         image = toy.draw(labels_of(("white", shape, "center")), gen)[0]
         masks.append(image.min(0).values > 0.9)
     circle, square, triangle = masks
@@ -144,9 +144,9 @@ def test_shipped_files_are_small_fp16_state_dicts():
 
 
 # (colour, shape, place) accuracy each shipped model must keep on fresh drawings of the
-# training pairs and of the held-out pairs (chance: 1/8, 1/3, 1/5); shape on held-out pairs
-# is the models' known weakness (see the README), so it is not held to a floor
-FLOORS = {"toy": ((0.9, 0.75, 0.9), (0.75, 0.0, 0.9)), "toy-scorer": ((0.9, 0.6, 0.9), (0.75, 0.0, 0.9))}
+# training pairs and of the held-out pairs (chance: 1/8, 1/3, 1/5). The guide must tell
+# held-out pairs' shapes better than chance; the scorer does not (see the README)
+FLOORS = {"toy": ((0.9, 0.8, 0.9), (0.85, 0.35, 0.85)), "toy-scorer": ((0.9, 0.7, 0.9), (0.85, 0.0, 0.85))}
 
 
 def test_shipped_models_classify_fresh_drawings(shipped):
@@ -174,12 +174,20 @@ def guided(prompt, name):
     return torch.from_numpy(np.array(Image.open(name).convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
+def hue_share(image, colour, top=0.2):
+    """The share of an image's most saturated `top` of pixels whose hue is the named colour."""
+    pixels = image.flatten(1).t()
+    chroma = pixels.max(1).values - pixels.min(1).values
+    keep = chroma.topk(round(top * len(pixels))).indices
+    return float((toy.hue_names(pixels[keep]) == toy.CHROMATIC.index(colour)).float().mean())
+
+
 def test_guided_colour_follows_the_prompt():
+    # compared within one seed, by hue among the most vivid pixels: the background's tint
+    # (which varies with the model) would swamp a mean over all pixels
     red, blue = guided("a red circle", "red.png"), guided("a blue circle", "blue.png")
-    redness = lambda im: float((im[0] - (im[1] + im[2]) / 2).mean())  # noqa: E731
-    blueness = lambda im: float((im[2] - (im[0] + im[1]) / 2).mean())  # noqa: E731
-    assert redness(red) > redness(blue)
-    assert blueness(blue) > blueness(red)
+    assert hue_share(red, "red") > hue_share(blue, "red") + 0.2
+    assert hue_share(blue, "blue") > hue_share(red, "blue") + 0.2
 
 
 def test_guided_place_follows_the_prompt():
