@@ -119,15 +119,14 @@ def draw(labels, gen, side=SIDE):
     # or noisy, like the renderer's random start: blocky noise at a random resolution
     k = int(torch.randint(8, side + 1, (1,), generator=gen))
     noise = F.interpolate(torch.randn(n, 3, k, k, generator=gen), size=(side, side), mode="nearest")
-    plain = (labels[:, 0] == PATCHWORK).view(n, 1, 1, 1)  # a patchwork shape needs a quiet background
-    bg = bg + (rand(n, 1, 1, 1) < 0.3) * ~plain * 0.3 * rand(n, 1, 1, 1) * noise
+    patch = labels[:, 0] == PATCHWORK  # a patchwork shape gets a quiet background
+    bg = bg + (rand(n, 1, 1, 1) < 0.3) * ~patch.view(n, 1, 1, 1) * 0.3 * rand(n, 1, 1, 1) * noise
     fg = (palette[labels[:, 0].clamp(max=len(palette) - 1)] + 0.04 * torch.randn(n, 3, generator=gen)).view(n, 3, 1, 1)
-    patch = labels[:, 0] == PATCHWORK
     if patch.any():  # random colours in blocks of 2 to 8 pixels
         k = int(torch.randint(side // 8, side // 2 + 1, (1,), generator=gen))
-        cells = F.interpolate(torch.rand(int(patch.sum()), 3, k, k, generator=gen), size=(side, side), mode="nearest")
-        fg = torch.where(patch.view(n, 1, 1, 1), torch.zeros(n, 3, side, side), fg)
-        fg[patch] = cells
+        fg = fg.expand(n, 3, side, side).clone()
+        fg[patch] = F.interpolate(torch.rand(int(patch.sum()), 3, k, k, generator=gen), size=(side, side),
+                                  mode="nearest")
     return (bg * (1 - mask) + fg * mask).clamp(0, 1)
 
 
@@ -261,6 +260,9 @@ def caption_loss(logits, labels, attrs):
 def train(args):
     import clip
     common.check_folder(Path(args.out).parent, "--out")  # before the work, not after
+    if args.unnamed + args.patchwork > 1:
+        raise common.UserError(f"--unnamed {args.unnamed} and --patchwork {args.patchwork} add up to more "
+                               "than 1: they are shares of the same groups; lower one of them")
     torch.set_num_threads(args.threads)
     model = build(args.seed)
     gen = torch.Generator().manual_seed(args.seed)

@@ -230,3 +230,9 @@ def test_save_size_is_capped(capsys):
 
 def test_name_cannot_hide_a_file(tiny_ckpt, capsys):
     fails(bake, ["a cat", *bake_args(tiny_ckpt), "--name", ".pt"], "plain file name", capsys)
+
+
+def test_toy_training_shares_over_one(capsys):
+    import toy_clip
+    fails(toy_clip, ["train", "--unnamed", "0.6", "--patchwork", "0.6", "--steps", "1", "--out", "m.pt"],
+          "add up to more than 1", capsys)
