@@ -398,12 +398,16 @@ def hue_names(pixels):
     return torch.minimum(gap, 360 - gap).argmin(1)
 
 
-def commonest_hue(image, top=0.05):
-    """The commonest named hue among the most saturated `top` of an image's pixels [3, H, W]."""
+def vivid_hues(image, top=0.05):
+    """The named hues (indices into CHROMATIC) of the most saturated `top` of an image's pixels [3, H, W]."""
     pixels = image.flatten(1).t()  # [N, 3]
     chroma = pixels.max(1).values - pixels.min(1).values
-    keep = chroma.topk(max(1, round(top * len(pixels)))).indices
-    return CHROMATIC[int(hue_names(pixels[keep]).bincount(minlength=len(CHROMATIC)).argmax())]
+    return hue_names(pixels[chroma.topk(max(1, round(top * len(pixels)))).indices])
+
+
+def commonest_hue(image, top=0.05):
+    """The commonest named hue among the most saturated `top` of an image's pixels [3, H, W]."""
+    return CHROMATIC[int(vivid_hues(image, top).bincount(minlength=len(CHROMATIC)).argmax())]
 
 
 def colour_centre(image, colour, min_chroma=0.2):

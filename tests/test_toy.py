@@ -176,10 +176,7 @@ def guided(prompt, name):
 
 def hue_share(image, colour, top=0.2):
     """The share of an image's most saturated `top` of pixels whose hue is the named colour."""
-    pixels = image.flatten(1).t()
-    chroma = pixels.max(1).values - pixels.min(1).values
-    keep = chroma.topk(round(top * len(pixels))).indices
-    return float((toy.hue_names(pixels[keep]) == toy.CHROMATIC.index(colour)).float().mean())
+    return float((toy.vivid_hues(image, top) == toy.CHROMATIC.index(colour)).float().mean())
 
 
 def test_guided_colour_follows_the_prompt():
