@@ -26,7 +26,7 @@ def baked_prompt_embed(model, bake):
     """A bake's prompt embedding under this model, or None (saying why) where there is none."""
     try:
         common.check_stage_width(bake, model.dim)
-        if bake.get("clip_model") == model.name and bake.get("prompt_embed") is not None:
+        if model.made(bake) and bake.get("prompt_embed") is not None:
             return bake["prompt_embed"].to(model.device)
         return common.load_prompt(model, bake["prompt"]).embed  # weighted parts and images too
     except common.UserError as e:

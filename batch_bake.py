@@ -105,15 +105,15 @@ def pick_device(choice, env=None):
     return choice
 
 
-def already_baked(path, text, config, clip_model):
-    """Whether path holds a complete bake of this prompt with these settings."""
+def already_baked(path, text, config, model):
+    """Whether path holds a complete bake of this prompt with these settings and this model (a common.Clip)."""
     if not path.is_file():
         return False
     try:
         baked = common.load_baked(path)
     except common.UserError:
         return False  # unreadable: bake it again (the write replaces it atomically)
-    return (baked["complete"] and baked["prompt"] == text and baked["clip_model"] == clip_model
+    return (baked["complete"] and baked["prompt"] == text and model.made(baked)
             and all(baked["config"].get(key, SAME_BAKE_DEFAULTS.get(key)) == config[key] for key in SAME_BAKE))
 
 
@@ -152,7 +152,7 @@ def main(argv=None):
         for stale in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.stem}.png.*.tmp")]:
             stale.unlink(missing_ok=True)  # left by a run killed mid-write (this shard alone writes path)
         config = common.bake_config(args, seed + i)
-        if not args.force and already_baked(path, text, config, args.clip_model):
+        if not args.force and already_baked(path, text, config, model):
             skipped.append(text)
             continue
         common.seed_everything(seed + i, announce=False)  # recorded in the baked file

@@ -333,6 +333,23 @@ class Clip:
         """
         return 1024.0 if self.precision == "fp16" else 1.0
 
+    @functools.cached_property
+    def weights_id(self):
+        """A short fingerprint of the weights: a model retrained under the same name differs."""
+        digest = hashlib.sha256()
+        for key, value in sorted(self.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def made(self, baked):
+        """Whether a baked file was made with this model: its name, and its weights where recorded.
+
+        Files from before the fingerprint was recorded are matched by name alone.
+        """
+        return (baked.get("clip_model") == self.name
+                and baked.get("clip_weights", self.weights_id) == self.weights_id)
+
     def autocast(self):
         """The autocast context of the image tower (does nothing at fp32)."""
         if self.precision == "fp32":
@@ -1034,14 +1051,19 @@ def write_text(path, text):
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def save_baked(path, *, stages, prompt, clip_model, config, history, complete):
-    """Atomically write a baked file (a plain dict, loadable with weights_only=True)."""
+def save_baked(path, *, stages, prompt, clip_model, config, history, complete, clip_weights=None):
+    """Atomically write a baked file (a plain dict, loadable with weights_only=True).
+
+    clip_weights: the model's weights_id, so that a bake is known not to match a model
+    retrained under the same name.
+    """
     data = {
         "format": BAKED_FORMAT,
         "version": BAKED_VERSION,
         "prompt": prompt.text,
         "prompt_type": prompt.kind,
         "clip_model": clip_model,
+        **({} if clip_weights is None else {"clip_weights": clip_weights}),
         "embed_dim": int(stages.shape[1]),
         "stages": stages.detach().float().cpu().clone(),  # [S, D]
         "prompt_embed": prompt.embed.detach().float().cpu().clone(),  # [D]
@@ -1303,7 +1325,7 @@ def bake_prompt(model, prompt, shift, args, seed, path, out, position=0):
 
     def save(complete):
         save_baked(path, stages=stages, prompt=prompt, clip_model=args.clip_model, config=cfg,
-                   history=history, complete=complete)
+                   history=history, complete=complete, clip_weights=model.weights_id)
 
     bar = tqdm(range(args.meta_steps), desc=prompt.text[:30], position=position, leave=position == 0,
                dynamic_ncols=True)

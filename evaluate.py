@@ -77,7 +77,7 @@ def bake_both(model, shift, prompts, args, seed):
         for i, text in enumerate(prompts):
             path = common.baked_path(folder, text)
             config = common.bake_config(mode_args, seed + i)
-            if (batch_bake.already_baked(path, text, config, args.clip_model)
+            if (batch_bake.already_baked(path, text, config, model)
                     and common.load_baked(path)["config"].get("seed") == seed + i):  # both bakes from one seed
                 print(f"reusing {path}")
             else:

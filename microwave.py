@@ -28,6 +28,9 @@ def main(argv=None):
     baked = common.load_baked(args.baked)  # a bad file fails before CLIP loads
     model, seed = common.start(args)
     common.check_stage_width(baked, model.dim)
+    if baked["clip_model"] is not None and not model.made(baked):
+        other = "other weights of the same name" if baked["clip_model"] == model.name else baked["clip_model"]
+        common.log(f"note: {args.baked} was baked with {other}; its stages may mean little to {model.name}")
     if not baked["complete"]:
         common.log(f"note: {args.baked} is an interrupted bake; its stages may be unfinished")
     stages = baked["stages"].to(model.device)  # [S, D]

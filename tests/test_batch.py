@@ -121,6 +121,27 @@ def test_a_finished_run_skips_everything_and_force_bakes_again(monkeypatch, caps
     assert len(started) == 6
 
 
+def test_a_model_retrained_under_the_same_name_is_baked_again(monkeypatch, tiny_ckpt):
+    from conftest import tiny_clip_model
+    torch.save(tiny_clip_model(seed=0).state_dict(), "clip.pt")
+    started = count_bakes(monkeypatch)
+    write_list(PROMPTS[:1])
+    again = lambda: batch_bake.main(["list.txt", *bake_args("clip.pt", "--baked-dir", "bk", "--seed", "0")])  # noqa: E731
+    again()
+    again()
+    assert len(started) == 1  # same name, same weights: kept
+    path = Path("bk") / "a_red_apple.pt"
+    recorded = torch.load(path, weights_only=True)["clip_weights"]
+    torch.save(tiny_clip_model(seed=1).state_dict(), "clip.pt")  # retrained: same name, new weights
+    again()
+    assert len(started) == 2 and torch.load(path, weights_only=True)["clip_weights"] != recorded
+    data = torch.load(path, weights_only=True)
+    del data["clip_weights"]  # a file from before fingerprints: matched by its model's name
+    torch.save(data, path)
+    again()
+    assert len(started) == 2
+
+
 def test_an_interrupted_run_resumes_without_baking_twice(monkeypatch, capsys, run):
     started = count_bakes(monkeypatch)
     real = common.meta_step

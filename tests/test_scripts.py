@@ -139,6 +139,22 @@ def test_microwave_replays_and_mixes(tiny_ckpt, capsys):
     assert not torch.equal(plain, mixed)
 
 
+def test_microwave_notes_a_bake_of_another_model(tiny_ckpt, wide_ckpt, capsys):
+    from conftest import tiny_clip_model
+    torch.save(tiny_clip_model(seed=1).state_dict(), "other.pt")  # the same shapes, other weights
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")])
+    capsys.readouterr()
+    microwave.main(["baked/a_red_apple.pt", *render_args(tiny_ckpt, "--out", "m.png")])
+    assert "note" not in capsys.readouterr().err
+    microwave.main(["baked/a_red_apple.pt", *render_args("other.pt", "--out", "m.png")])
+    assert f"baked with {tiny_ckpt}" in capsys.readouterr().err
+    data = torch.load("baked/a_red_apple.pt", weights_only=True)
+    data["clip_model"] = "other.pt"  # as if other.pt had been retrained since
+    torch.save(data, "baked/a_red_apple.pt")
+    microwave.main(["baked/a_red_apple.pt", *render_args("other.pt", "--out", "m.png")])
+    assert "other weights of the same name" in capsys.readouterr().err
+
+
 def test_microwave_reads_a_legacy_tensor(tiny_ckpt, capsys):
     torch.save(torch.randn(3, 32), "old_apple.pt")
     microwave.main(["old_apple.pt", *render_args(tiny_ckpt, "--out", "m.png")])
@@ -158,6 +174,16 @@ def test_auto_microwave_picks_the_nearest_and_skips_other_widths(tiny_ckpt, wide
     assert "a_yellow_sun.pt" in captured.err and "width 48" in captured.err
     _, text, _ = png_info("a.png")
     assert json.loads(text["baked_prompts"])[0] == "a blue car | a road:0.5"
+
+
+def test_auto_microwave_reuses_a_prompt_embedding_only_from_the_same_weights(tiny):
+    fresh = common.load_prompt(tiny, "a red apple").embed
+    stored = torch.nn.functional.normalize(torch.randn_like(fresh), dim=-1)
+    bake = {"prompt": "a red apple", "stages": torch.zeros(2, tiny.dim), "path": "x.pt", "clip_model": tiny.name,
+            "prompt_embed": stored, "clip_weights": tiny.weights_id}
+    assert torch.equal(auto_microwave.baked_prompt_embed(tiny, bake), stored)
+    bake["clip_weights"] = "0" * 16  # the same name, retrained since
+    assert torch.allclose(auto_microwave.baked_prompt_embed(tiny, bake), fresh)
 
 
 def test_compose_path_is_per_stage(tmp_path):
