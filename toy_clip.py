@@ -32,6 +32,9 @@ UNNAMED = {"pink": (1.00, 0.55, 0.75), "cyan": (0.10, 0.80, 0.85), "brown": (0.5
            "grey": (0.50, 0.50, 0.50)}
 # colour index of shapes filled with a patchwork of random colours, which no caption names
 PATCHWORK = len(COLOURS) + len(UNNAMED)
+# colour index of shapes in a random solid colour far from every named colour, which no caption names
+RANDOM_COLOUR = PATCHWORK + 1
+FAR = 0.25  # least RGB distance of a random colour from a named one: 6 times the named colours' jitter
 CHROMATIC = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle")
 # shape index of outlines no caption names (an ellipse, a ring or a plus): a named colour
@@ -121,7 +124,11 @@ def draw(labels, gen, side=SIDE):
     noise = F.interpolate(torch.randn(n, 3, k, k, generator=gen), size=(side, side), mode="nearest")
     patch = labels[:, 0] == PATCHWORK  # a patchwork shape gets a quiet background
     bg = bg + (rand(n, 1, 1, 1) < 0.3) * ~patch.view(n, 1, 1, 1) * 0.3 * rand(n, 1, 1, 1) * noise
-    fg = (palette[labels[:, 0].clamp(max=len(palette) - 1)] + 0.04 * torch.randn(n, 3, generator=gen)).view(n, 3, 1, 1)
+    fg = palette[labels[:, 0].clamp(max=len(palette) - 1)] + 0.04 * torch.randn(n, 3, generator=gen)
+    odd = labels[:, 0] == RANDOM_COLOUR
+    if odd.any():
+        fg[odd] = far_colours(int(odd.sum()), gen)
+    fg = fg.view(n, 3, 1, 1)
     if patch.any():  # random colours in blocks of 2 to 8 pixels
         k = int(torch.randint(side // 8, side // 2 + 1, (1,), generator=gen))
         fg = fg.expand(n, 3, side, side).clone()
@@ -130,11 +137,22 @@ def draw(labels, gen, side=SIDE):
     return (bg * (1 - mask) + fg * mask).clamp(0, 1)
 
 
-def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0, patchwork=0.0, other=0.0):
+def far_colours(n, gen, far=FAR):
+    """n random RGB colours [n, 3], each at least `far` from every named colour."""
+    named = torch.tensor(list(COLOURS.values()))
+    out = torch.empty(0, 3)
+    while len(out) < n:
+        pick = torch.rand(4 * n, 3, generator=gen)
+        out = torch.cat([out, pick[torch.cdist(pick, named).min(1).values >= far]])
+    return out[:n]
+
+
+def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0, patchwork=0.0, other=0.0, random=0.0):
     """Labels [n, 3] in groups of `group` that share a colour (hard negatives for each other).
 
     A share `unnamed` of the groups get a colour that no caption names (index 8 and up),
-    and a share `patchwork` are filled with random colours (PATCHWORK), in any shape. In
+    a share `patchwork` are filled with random colours (PATCHWORK) and a share `random`
+    each have a random solid colour far from the named ones (RANDOM_COLOUR), in any shape. In
     the named colours' groups, a share `other` of the shapes are ones no caption names
     (OTHER_SHAPE).
     """
@@ -146,6 +164,8 @@ def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0, patchwork=0.
         elif draw_ < patchwork + unnamed:
             colour = len(COLOURS) + int(torch.randint(len(UNNAMED), (1,), generator=gen))
             shapes = range(len(SHAPES))
+        elif draw_ < patchwork + unnamed + random:
+            colour, shapes = RANDOM_COLOUR, range(len(SHAPES))
         else:
             colour = pairs[int(torch.randint(len(pairs), (1,), generator=gen))][0]
             shapes = [s for c, s in pairs if c == colour]
@@ -260,9 +280,10 @@ def caption_loss(logits, labels, attrs):
 def train(args):
     import clip
     common.check_folder(Path(args.out).parent, "--out")  # before the work, not after
-    if args.unnamed + args.patchwork > 1:
-        raise common.UserError(f"--unnamed {args.unnamed} and --patchwork {args.patchwork} add up to more "
-                               "than 1: they are shares of the same groups; lower one of them")
+    if args.unnamed + args.patchwork + args.random_colours > 1:
+        raise common.UserError(f"--unnamed {args.unnamed}, --patchwork {args.patchwork} and --random-colours "
+                               f"{args.random_colours} add up to more than 1: they are shares of the same "
+                               "groups; lower one of them")
     torch.set_num_threads(args.threads)
     model = build(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -286,7 +307,7 @@ def train(args):
     began = time.time()
     for step in range(args.steps):
         labels = random_labels(args.batch, gen, unnamed=args.unnamed, patchwork=args.patchwork,
-                               other=args.other_shapes)
+                               other=args.other_shapes, random=args.random_colours)
         images, seen = augment(draw(labels, gen), labels, gen, gray=args.gray)
         style, negative = F.normalize(encode_short(model, style_tokens), dim=-1)
         loss = contrastive_loss(model, images, seen, tokens, attrs) + (1 - style @ negative)
@@ -514,6 +535,9 @@ def main(argv=None):
                    help="share of colour groups drawn in colours no caption names (shape apart from colour)")
     t.add_argument("--patchwork", type=common.unit_float, default=0.0,
                    help="share of groups whose shapes are filled with a patchwork of random colours")
+    t.add_argument("--random-colours", type=common.unit_float, default=0.0,
+                   help=f"share of groups whose shapes each get a random solid colour at least {FAR} (RGB) "
+                        "from every named colour")
     t.add_argument("--other-shapes", type=common.unit_float, default=0.25,
                    help="share of named-colour shapes drawn as shapes no caption names (colour apart from shape)")
     t.add_argument("--gray", type=common.unit_float, default=0.2, help="share of images turned grayscale")

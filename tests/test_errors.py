@@ -236,3 +236,5 @@ def test_toy_training_shares_over_one(capsys):
     import toy_clip
     fails(toy_clip, ["train", "--unnamed", "0.6", "--patchwork", "0.6", "--steps", "1", "--out", "m.pt"],
           "add up to more than 1", capsys)
+    fails(toy_clip, ["train", "--unnamed", "0.5", "--random-colours", "0.6", "--steps", "1", "--out", "m.pt"],
+          "add up to more than 1", capsys)

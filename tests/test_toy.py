@@ -94,6 +94,21 @@ def test_patchwork_shapes_have_many_colours_and_no_colour_name():
     assert 0.2 < (groups[:, 0] == toy.PATCHWORK).float().mean() < 0.8
 
 
+def test_random_colour_shapes_stay_far_from_every_named_colour():
+    gen = torch.Generator().manual_seed(0)
+    labels = toy.random_labels(320, gen, random=0.5)
+    odd = labels[:, 0] == toy.RANDOM_COLOUR
+    assert 0.2 < odd.float().mean() < 0.8 and set(labels[odd, 1].tolist()) == {0, 1, 2}  # every shape
+    squares = torch.tensor([[toy.RANDOM_COLOUR, toy.SHAPES.index("square"), toy.PLACE_NAMES.index("center")]] * 64)
+    middle = toy.draw(squares, gen)[:, :, 30:34, 30:34].mean((2, 3))  # [64, 3]: each square's colour
+    named = torch.tensor(list(toy.COLOURS.values()))
+    assert torch.cdist(middle, named).min() >= toy.FAR - 0.01
+    assert middle.std(0).min() > 0.15  # spread over the colour space, not a few fixed colours
+    texts, attrs = toy.all_captions()
+    ok = dict(zip(texts, toy.compatible(squares[:1], attrs)[0].tolist()))
+    assert ok["a square in the center"] and not any(ok[toy.caption(c, 1, None, "a {c} {s}")] for c in range(len(toy.COLOURS)))
+
+
 def test_unnamed_shapes_keep_their_colour_and_no_shape_name():
     labels = torch.tensor([[toy.COLOUR_NAMES.index("red"), toy.OTHER_SHAPE, toy.PLACE_NAMES.index("left")]] * 8)
     images = toy.draw(labels, torch.Generator().manual_seed(0))
