@@ -46,6 +46,8 @@ PLACES = {  # name: (centre x, centre y, words)
     "center": (0.5, 0.5, "in the center"),
 }
 COLOUR_NAMES, PLACE_NAMES = list(COLOURS), list(PLACES)
+# place index of a shape drawn twice, on the left and mirrored on the right: no place caption is true
+MIRRORED = len(PLACES)
 HELD_OUT = {("green", "triangle"), ("purple", "circle"), ("orange", "square"), ("white", "triangle")}
 TRAIN_PAIRS = [(c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES))
                if (COLOUR_NAMES[c], SHAPES[s]) not in HELD_OUT]
@@ -82,38 +84,48 @@ def all_captions():
 
 # --- drawing
 
-def draw(labels, gen, side=SIDE):
-    """Images [n, 3, side, side] in [0, 1] of (colour, shape, place) labels [n, 3]."""
+def draw(labels, gen, side=SIDE, muted=0.0):
+    """Images [n, 3, side, side] in [0, 1] of (colour, shape, place) labels [n, 3].
+
+    muted: the least share of grey mixed into the background's colour (0 to 1).
+    """
     n = len(labels)
     rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     palette = torch.tensor([*COLOURS.values(), *UNNAMED.values()])
-    centres = torch.tensor([(x, y) for x, y, _ in PLACES.values()])
+    centres = torch.tensor([(x, y) for x, y, _ in PLACES.values()] + [PLACES["left"][:2]])  # MIRRORED last
     pos = (torch.arange(side) + 0.5) / side
     ys, xs = pos.view(1, side, 1), pos.view(1, 1, side)
     centre = centres[labels[:, 2]] + (rand(n, 2) - 0.5) * 0.12
     r = (0.14 + 0.10 * rand(n)).view(n, 1, 1)
-    dx = xs - centre[:, 0].view(n, 1, 1)
     dy = ys - centre[:, 1].view(n, 1, 1)
-    circle = (dx.pow(2) + dy.pow(2)).sqrt() - r
-    square = torch.maximum(dx.abs(), dy.abs()) - 0.88 * r
-    # an upward triangle: apex at -r, base at 0.75 r, half-width r at the base
-    edge = (dx.abs() * 1.75 - (dy + r)) / math.hypot(1.75, 1.0)
-    triangle = torch.maximum(dy - 0.75 * r, edge)
     a = r * (1.4 + 0.3 * rand(n, 1, 1))  # the unnamed shapes: an ellipse lying or standing,
     b = r * 0.55
     wide = rand(n, 1, 1) < 0.5
     ax, ay = torch.where(wide, a, b), torch.where(wide, b, a)
-    ellipse = ((dx / ax).pow(2) + (dy / ay).pow(2)).sqrt().sub(1) * torch.minimum(ax, ay)
-    ring = ((dx.pow(2) + dy.pow(2)).sqrt() - 0.75 * r).abs() - 0.25 * r
-    plus = torch.minimum(torch.maximum(dx.abs() - r, dy.abs() - 0.3 * r),
-                         torch.maximum(dx.abs() - 0.3 * r, dy.abs() - r))
     which = (rand(n) * 3).long()
-    other = torch.stack([ellipse, ring, plus], 1)[torch.arange(n), which]
-    dist = torch.stack([circle, square, triangle, other], 1)[torch.arange(n), labels[:, 1]]
+
+    def distance(dx):
+        """Signed distance [n, side, side] of each pixel, dx right of the centre, to the label's shape."""
+        circle = (dx.pow(2) + dy.pow(2)).sqrt() - r
+        square = torch.maximum(dx.abs(), dy.abs()) - 0.88 * r
+        # an upward triangle: apex at -r, base at 0.75 r, half-width r at the base
+        edge = (dx.abs() * 1.75 - (dy + r)) / math.hypot(1.75, 1.0)
+        triangle = torch.maximum(dy - 0.75 * r, edge)
+        ellipse = ((dx / ax).pow(2) + (dy / ay).pow(2)).sqrt().sub(1) * torch.minimum(ax, ay)
+        ring = ((dx.pow(2) + dy.pow(2)).sqrt() - 0.75 * r).abs() - 0.25 * r
+        plus = torch.minimum(torch.maximum(dx.abs() - r, dy.abs() - 0.3 * r),
+                             torch.maximum(dx.abs() - 0.3 * r, dy.abs() - r))
+        other = torch.stack([ellipse, ring, plus], 1)[torch.arange(n), which]
+        return torch.stack([circle, square, triangle, other], 1)[torch.arange(n), labels[:, 1]]
+
+    dist = distance(xs - centre[:, 0].view(n, 1, 1))
+    twice = labels[:, 2] == MIRRORED
+    if twice.any():  # a copy on the right as well, mirrored (each shape is symmetric left to right)
+        dist[twice] = torch.minimum(dist, distance(xs - (1 - centre[:, 0]).view(n, 1, 1)))[twice]
     mask = (0.5 - dist * side).clamp(0, 1).unsqueeze(1)  # anti-aliased edge, one pixel wide
     # background: another colour, often greyed, plain or with a faint low-frequency texture
     bg_index = (labels[:, 0] + 1 + (rand(n) * (len(COLOURS) - 1)).long()) % len(COLOURS)
-    grey = 0.6 * rand(n, 1)
+    grey = muted + (1 - muted) * 0.6 * rand(n, 1)
     bg = palette[bg_index] * (1 - grey) + 0.5 * grey
     bg = bg.view(n, 3, 1, 1).expand(n, 3, side, side)
     texture = F.interpolate(torch.randn(n, 3, 4, 4, generator=gen), size=(side, side), mode="bilinear",
@@ -147,14 +159,15 @@ def far_colours(n, gen, far=FAR):
     return out[:n]
 
 
-def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0, patchwork=0.0, other=0.0, random=0.0):
+def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0, patchwork=0.0, other=0.0, random=0.0,
+                  mirrored=0.0):
     """Labels [n, 3] in groups of `group` that share a colour (hard negatives for each other).
 
     A share `unnamed` of the groups get a colour that no caption names (index 8 and up),
     a share `patchwork` are filled with random colours (PATCHWORK) and a share `random`
     each have a random solid colour far from the named ones (RANDOM_COLOUR), in any shape. In
     the named colours' groups, a share `other` of the shapes are ones no caption names
-    (OTHER_SHAPE).
+    (OTHER_SHAPE). A share `mirrored` of all shapes are drawn on both sides (MIRRORED).
     """
     out = []
     while len(out) < n:
@@ -174,7 +187,10 @@ def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0, patchwork=0.
             s = shapes[int(torch.randint(len(shapes), (1,), generator=gen))]
             if named and float(torch.rand(1, generator=gen)) < other:
                 s = OTHER_SHAPE
-            out.append((colour, s, int(torch.randint(len(PLACES), (1,), generator=gen))))
+            place = int(torch.randint(len(PLACES), (1,), generator=gen))
+            if mirrored and float(torch.rand(1, generator=gen)) < mirrored:
+                place = MIRRORED
+            out.append((colour, s, place))
     return torch.tensor(out[:n])
 
 
@@ -307,8 +323,8 @@ def train(args):
     began = time.time()
     for step in range(args.steps):
         labels = random_labels(args.batch, gen, unnamed=args.unnamed, patchwork=args.patchwork,
-                               other=args.other_shapes, random=args.random_colours)
-        images, seen = augment(draw(labels, gen), labels, gen, gray=args.gray)
+                               other=args.other_shapes, random=args.random_colours, mirrored=args.mirrored)
+        images, seen = augment(draw(labels, gen, muted=args.muted), labels, gen, gray=args.gray)
         style, negative = F.normalize(encode_short(model, style_tokens), dim=-1)
         loss = contrastive_loss(model, images, seen, tokens, attrs) + (1 - style @ negative)
         optimizer.zero_grad(set_to_none=True)
@@ -540,6 +556,11 @@ def main(argv=None):
                         "from every named colour")
     t.add_argument("--other-shapes", type=common.unit_float, default=0.25,
                    help="share of named-colour shapes drawn as shapes no caption names (colour apart from shape)")
+    t.add_argument("--mirrored", type=common.unit_float, default=0.0,
+                   help="share of shapes drawn twice, left and mirrored right, true of no place caption "
+                        "(teaches that a symmetric image is on neither side)")
+    t.add_argument("--muted", type=common.unit_float, default=0.0,
+                   help="least share of grey in a background's colour (vivid colour then means the shape)")
     t.add_argument("--gray", type=common.unit_float, default=0.2, help="share of images turned grayscale")
     t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
     t.add_argument("--out", default="models/toy.pt", help="where to save the fp16 state dict")

@@ -109,6 +109,30 @@ def test_random_colour_shapes_stay_far_from_every_named_colour():
     assert ok["a square in the center"] and not any(ok[toy.caption(c, 1, None, "a {c} {s}")] for c in range(len(toy.COLOURS)))
 
 
+def test_mirrored_shapes_lie_on_both_sides_and_on_neither_in_captions():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([[toy.COLOUR_NAMES.index("red"), s, toy.MIRRORED] for s in range(3)] * 4)
+    images = toy.draw(labels, gen)
+    red = (images[:, 0] - images[:, 1] > 0.5).float()  # [n, H, W]
+    half = images.shape[-1] // 2
+    left, right = red[..., :half].sum((1, 2)), red[..., half:].sum((1, 2))
+    assert (left > 20).all() and ((left - right).abs() / left < 0.25).all()  # one copy a side
+    texts, attrs = toy.all_captions()
+    ok = dict(zip(texts, toy.compatible(labels[:1], attrs)[0].tolist()))
+    assert ok["a red circle"] and ok["a red shape"] and not any(ok[f"a red circle {p[2]}"] for p in toy.PLACES.values())
+    _, seen = toy.augment(images, labels, gen)
+    assert (seen[:, 2] == toy.MIRRORED).all()  # a flip leaves it on both sides
+    placed = toy.random_labels(640, torch.Generator().manual_seed(1), mirrored=0.5)[:, 2]
+    assert 0.3 < (placed == toy.MIRRORED).float().mean() < 0.7
+
+
+def test_muted_backgrounds_are_greyer():
+    labels = labels_of(*[("red", "circle", "left")] * 64)
+    corner = lambda muted: toy.draw(labels, torch.Generator().manual_seed(0), muted=muted)[:, :, :4, -4:]  # noqa: E731
+    chroma = lambda ims: (ims.max(1).values - ims.min(1).values).mean()  # noqa: E731
+    assert chroma(corner(0.7)) < 0.6 * chroma(corner(0.0))
+
+
 def test_unnamed_shapes_keep_their_colour_and_no_shape_name():
     labels = torch.tensor([[toy.COLOUR_NAMES.index("red"), toy.OTHER_SHAPE, toy.PLACE_NAMES.index("left")]] * 8)
     images = toy.draw(labels, torch.Generator().manual_seed(0))
