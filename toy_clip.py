@@ -194,10 +194,11 @@ def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0, patchwork=0.
     return torch.tensor(out[:n])
 
 
-def augment(images, labels, gen, gray=0.1):
+def augment(images, labels, gen, gray=0.1, shape_blind=0):
     """What the renderer may do to an image, with labels fixed to match.
 
-    Flips swap left and right; grayscale hides the colour (label -1). Also crops, small
+    Flips swap left and right; grayscale hides the colour (label -1), and shrinking
+    an image below shape_blind px (then upscaling it) hides the shape (label -1). Also crops, small
     rotations, noise, blur, quantization, and low-resolution pixels upscaled (nearest
     or bilinear) as when a 32 px image is fed to a 64 px model.
     """
@@ -224,6 +225,8 @@ def augment(images, labels, gen, gray=0.1):
         mode = "nearest" if rand(1) < 0.5 else "bilinear"
         images[low] = F.interpolate(small, size=(side, side), mode=mode,
                                     **({} if mode == "nearest" else {"align_corners": False}))
+        if k < shape_blind:
+            labels[low, 1] = -1
     blur = rand(n) < 0.2
     if blur.any():
         images[blur] = F.avg_pool2d(F.pad(images[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
@@ -276,12 +279,13 @@ def caption_loss(logits, labels, attrs):
     """The symmetric contrastive loss of logits [n_images, n_captions].
 
     Every caption true of an image is a positive for it (and the image for the caption),
-    so a batch teaches colour, shape and place at once, partial captions included. A
-    grayscale image's colour is unknown: the captions that name a colour are left out for
-    it, neither true (that would pull every colour's text toward grey images, and the
-    colours together) nor false.
+    so a batch teaches colour, shape and place at once, partial captions included. Where
+    an image's attribute is unknown (label -1: a grayscale image's colour, a coarse
+    image's shape), the captions that name it are left out for that image, neither true
+    (that would pull, say, every colour's text toward grey images, and the colours
+    together) nor false.
     """
-    unknown = (labels[:, :1] < 0) & (attrs[:, 0] >= 0).unsqueeze(0)
+    unknown = ((labels.unsqueeze(1) < 0) & (attrs.unsqueeze(0) >= 0)).any(-1)
     logits = logits.masked_fill(unknown, -1e4)
     positive = compatible(labels, attrs) & ~unknown
 
@@ -324,7 +328,8 @@ def train(args):
     for step in range(args.steps):
         labels = random_labels(args.batch, gen, unnamed=args.unnamed, patchwork=args.patchwork,
                                other=args.other_shapes, random=args.random_colours, mirrored=args.mirrored)
-        images, seen = augment(draw(labels, gen, muted=args.muted), labels, gen, gray=args.gray)
+        images, seen = augment(draw(labels, gen, muted=args.muted), labels, gen, gray=args.gray,
+                               shape_blind=args.shape_blind or 0)
         style, negative = F.normalize(encode_short(model, style_tokens), dim=-1)
         loss = contrastive_loss(model, images, seen, tokens, attrs) + (1 - style @ negative)
         optimizer.zero_grad(set_to_none=True)
@@ -561,6 +566,8 @@ def main(argv=None):
                         "(teaches that a symmetric image is on neither side)")
     t.add_argument("--muted", type=common.unit_float, default=0.0,
                    help="least share of grey in a background's colour (vivid colour then means the shape)")
+    t.add_argument("--shape-blind", type=common.positive_int, default=None, metavar="K",
+                   help="images shrunk below K px (then upscaled) teach nothing about shape")
     t.add_argument("--gray", type=common.unit_float, default=0.2, help="share of images turned grayscale")
     t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
     t.add_argument("--out", default="models/toy.pt", help="where to save the fp16 state dict")

@@ -79,6 +79,22 @@ def test_grayscale_images_say_nothing_about_colour_captions():
     assert logits.grad[0, names_colour].abs().max() > 0   # a coloured image learns its colour
 
 
+def test_coarse_images_say_nothing_about_shape_captions():
+    texts, attrs = toy.all_captions()
+    labels = labels_of(("red", "square", "top"), ("blue", "circle", "left"))
+    labels[1, 1] = -1  # the blue circle, shrunk too far to tell its shape
+    logits = torch.randn(2, len(texts), generator=torch.Generator().manual_seed(0), requires_grad=True)
+    toy.caption_loss(logits, labels, attrs).backward()
+    names_shape = attrs[:, 1] >= 0
+    assert logits.grad[1, names_shape].abs().max() == 0
+    assert logits.grad[1, ~names_shape].abs().max() > 0  # "a blue shape on the left" still teaches
+    images = toy.draw(labels_of(*[("red", "circle", "left")] * 64), torch.Generator().manual_seed(0))
+    kept = torch.cat([toy.augment(images, labels_of(*[("red", "circle", "left")] * 64), torch.Generator().manual_seed(s),
+                                  shape_blind=24)[1][:, 1] for s in range(12)])
+    assert 0.03 < (kept == -1).float().mean() < 0.4  # some coarse images, not all
+    assert set(kept.tolist()) == {-1, toy.SHAPES.index("circle")}
+
+
 def test_patchwork_shapes_have_many_colours_and_no_colour_name():
     gen = torch.Generator().manual_seed(0)
     labels = torch.tensor([[toy.PATCHWORK, toy.SHAPES.index("square"), toy.PLACE_NAMES.index("center")]])
