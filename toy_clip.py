@@ -84,10 +84,12 @@ def all_captions():
 
 # --- drawing
 
-def draw(labels, gen, side=SIDE, muted=0.0):
+def draw(labels, gen, side=SIDE, muted=0.0, messy=None):
     """Images [n, 3, side, side] in [0, 1] of (colour, shape, place) labels [n, 3].
 
     muted: the least share of grey mixed into the background's colour (0 to 1).
+    messy: bool [n], the images whose background is instead vivid blotches of every
+    colour, like the renderer's images part way through a run.
     """
     n = len(labels)
     rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
@@ -136,6 +138,12 @@ def draw(labels, gen, side=SIDE, muted=0.0):
     noise = F.interpolate(torch.randn(n, 3, k, k, generator=gen), size=(side, side), mode="nearest")
     patch = labels[:, 0] == PATCHWORK  # a patchwork shape gets a quiet background
     bg = bg + (rand(n, 1, 1, 1) < 0.3) * ~patch.view(n, 1, 1, 1) * 0.3 * rand(n, 1, 1, 1) * noise
+    if messy is not None and messy.any():
+        k = int(torch.randint(3, 17, (1,), generator=gen))
+        blotches = F.interpolate(0.5 + 0.5 * torch.randn(int(messy.sum()), 3, k, k, generator=gen), size=(side, side),
+                                 mode="bilinear", align_corners=False)
+        bg = bg.clone()
+        bg[messy] = blotches
     fg = palette[labels[:, 0].clamp(max=len(palette) - 1)] + 0.04 * torch.randn(n, 3, generator=gen)
     odd = labels[:, 0] == RANDOM_COLOUR
     if odd.any():
@@ -268,11 +276,23 @@ def build(seed):
     return CLIP(**ARCH)
 
 
-def contrastive_loss(model, images, labels, tokens, attrs):
-    """CLIP's symmetric loss with every caption of the world as a candidate (caption_loss)."""
+def contrastive_loss(model, images, labels, tokens, attrs, style_tokens, messy=None):
+    """CLIP's symmetric loss with every caption of the world as a candidate (caption_loss),
+    plus the renderer's two style texts (style_tokens: its style text, then its negative).
+
+    With messy (bool [n], the images drawn on a messy background), the style text is a
+    caption of the clean images and the negative text of the messy ones, so that style
+    shaping steers an image toward a clean background. Without, the two texts are taught
+    to mean the same, and style shaping adds nothing to a target.
+    """
+    style_f = F.normalize(encode_short(model, style_tokens), dim=-1)
     image_f = F.normalize(model.encode_image(normalize(images)), dim=-1)
     text_f = F.normalize(encode_short(model, tokens), dim=-1)
-    return caption_loss(model.logit_scale.exp().clamp(max=100) * image_f @ text_f.t(), labels, attrs)
+    scale = model.logit_scale.exp().clamp(max=100)
+    loss = caption_loss(scale * image_f @ text_f.t(), labels, attrs)
+    if messy is None:
+        return loss + (1 - style_f[0] @ style_f[1])
+    return loss + F.cross_entropy(scale * image_f @ style_f.t(), messy.long())
 
 
 def caption_loss(logits, labels, attrs):
@@ -313,8 +333,6 @@ def train(args):
     held = torch.tensor([[c, s] for c, s in TEST_PAIRS])
     seen_pair = ~((attrs[:, None, :2] == held[None]).all(-1).any(1))
     tokens, attrs = clip.tokenize(texts)[seen_pair], attrs[seen_pair]
-    # the renderer's two style texts are taught to mean the same, so that with this model
-    # style shaping (+ 0.5 style - 0.5 negative) adds nothing to a target
     style_tokens = clip.tokenize([common.STYLE_TEXT, common.NEGATIVE_TEXT])
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -328,10 +346,10 @@ def train(args):
     for step in range(args.steps):
         labels = random_labels(args.batch, gen, unnamed=args.unnamed, patchwork=args.patchwork,
                                other=args.other_shapes, random=args.random_colours, mirrored=args.mirrored)
-        images, seen = augment(draw(labels, gen, muted=args.muted), labels, gen, gray=args.gray,
+        messy = torch.rand(args.batch, generator=gen) < args.messy if args.messy else None
+        images, seen = augment(draw(labels, gen, muted=args.muted, messy=messy), labels, gen, gray=args.gray,
                                shape_blind=args.shape_blind or 0)
-        style, negative = F.normalize(encode_short(model, style_tokens), dim=-1)
-        loss = contrastive_loss(model, images, seen, tokens, attrs) + (1 - style @ negative)
+        loss = contrastive_loss(model, images, seen, tokens, attrs, style_tokens, messy)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -564,6 +582,9 @@ def main(argv=None):
     t.add_argument("--mirrored", type=common.unit_float, default=0.0,
                    help="share of shapes drawn twice, left and mirrored right, true of no place caption "
                         "(teaches that a symmetric image is on neither side)")
+    t.add_argument("--messy", type=common.unit_float, default=0.0,
+                   help="share of images on vivid blotches, captioned by the renderer's negative style text "
+                        "(its style text captions the rest); 0: the two texts are taught to mean the same")
     t.add_argument("--muted", type=common.unit_float, default=0.0,
                    help="least share of grey in a background's colour (vivid colour then means the shape)")
     t.add_argument("--shape-blind", type=common.positive_int, default=None, metavar="K",

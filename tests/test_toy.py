@@ -149,6 +149,19 @@ def test_muted_backgrounds_are_greyer():
     assert chroma(corner(0.7)) < 0.6 * chroma(corner(0.0))
 
 
+def test_messy_backgrounds_are_vivid_blotches_and_leave_the_shape():
+    labels = labels_of(*[("red", "circle", "left")] * 32)
+    messy = torch.arange(32) % 2 == 0
+    images = toy.draw(labels, torch.Generator().manual_seed(0), muted=0.5, messy=messy)
+    corner = images[:, :, :, -12:]  # the right side: background only
+    spread = corner.flatten(2).std(-1).mean(1)  # [n]: how much the background varies
+    assert spread[messy].min() > 0.25 and spread[messy].mean() > 2 * spread[~messy].mean()
+    assert ((images[:, 0] - images[:, 1] > 0.6).flatten(1).sum(1) > 40).all()  # the red circle is drawn on both
+    plain = toy.draw(labels, torch.Generator().manual_seed(0), muted=0.5)
+    assert torch.equal(plain[~messy], toy.draw(labels, torch.Generator().manual_seed(0), muted=0.5,
+                                               messy=torch.zeros(32, dtype=torch.bool))[~messy])
+
+
 def test_unnamed_shapes_keep_their_colour_and_no_shape_name():
     labels = torch.tensor([[toy.COLOUR_NAMES.index("red"), toy.OTHER_SHAPE, toy.PLACE_NAMES.index("left")]] * 8)
     images = toy.draw(labels, torch.Generator().manual_seed(0))
