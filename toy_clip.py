@@ -2,7 +2,7 @@
 """Train and measure the small offline CLIP ("toy") on a drawn world of captioned shapes.
 
 The world: one shape (circle, square, triangle) in one colour at one place (left,
-right, top, bottom, center) on a background of another colour, with captions such as
+right, top, bottom, center) on a muted background of another colour, with captions such as
 "a red circle on the left". The model is OpenAI's clip.model.CLIP with its tokenizer,
 only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
 
@@ -56,6 +56,7 @@ TEST_PAIRS = [(COLOUR_NAMES.index(c), SHAPES.index(s)) for c, s in sorted(HELD_O
 TEMPLATES = ("a {c} {s} {p}", "a picture of a {c} {s} {p}", "a {c} {s}", "a picture of a {c} {s}",
              "a {s} {p}", "a {c} shape {p}", "a {c} shape", "a {s}")
 SIDE = 64
+MUTED = 0.5  # backgrounds mix at least this share of grey into their colour: vivid colour is the shape's
 ARCH = dict(embed_dim=128, image_resolution=SIDE, vision_layers=(1, 1, 1, 1), vision_width=16,
             vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=128,
             transformer_heads=2, transformer_layers=2)
@@ -84,7 +85,7 @@ def all_captions():
 
 # --- drawing
 
-def draw(labels, gen, side=SIDE, muted=0.0, messy=None):
+def draw(labels, gen, side=SIDE, muted=MUTED, messy=None):
     """Images [n, 3, side, side] in [0, 1] of (colour, shape, place) labels [n, 3].
 
     muted: the least share of grey mixed into the background's colour (0 to 1).
@@ -125,7 +126,7 @@ def draw(labels, gen, side=SIDE, muted=0.0, messy=None):
     if twice.any():  # a copy on the right as well, mirrored (each shape is symmetric left to right)
         dist[twice] = torch.minimum(dist, distance(xs - (1 - centre[:, 0]).view(n, 1, 1)))[twice]
     mask = (0.5 - dist * side).clamp(0, 1).unsqueeze(1)  # anti-aliased edge, one pixel wide
-    # background: another colour, often greyed, plain or with a faint low-frequency texture
+    # background: another colour greyed by at least `muted`, plain or with a faint low-frequency texture
     bg_index = (labels[:, 0] + 1 + (rand(n) * (len(COLOURS) - 1)).long()) % len(COLOURS)
     grey = muted + (1 - muted) * 0.6 * rand(n, 1)
     bg = palette[bg_index] * (1 - grey) + 0.5 * grey
@@ -426,22 +427,23 @@ def classify(model, images, protocol="joint"):
                         _best(model, image_f, "a {c} shape {p}", c=c, p=p)[:, 1]], 1)
 
 
-def accuracy(model, pairs, n, seed, protocol="joint"):
+def accuracy(model, pairs, n, seed, protocol="joint", muted=MUTED):
     """Per-attribute zero-shot accuracy on n fresh images of the given (colour, shape) pairs."""
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randint(len(pairs), (n,), generator=gen)
     labels = torch.tensor([(*pairs[i], int(torch.randint(len(PLACES), (1,), generator=gen))) for i in pick])
-    predicted = torch.cat([classify(model, draw(labels[i:i + 256], gen), protocol) for i in range(0, n, 256)])
+    predicted = torch.cat([classify(model, draw(labels[i:i + 256], gen, muted=muted), protocol)
+                           for i in range(0, n, 256)])
     return (predicted == labels).float().mean(0).tolist()
 
 
-def report(model, seed, n=600):
+def report(model, seed, n=600, muted=MUTED):
     """Print zero-shot accuracy on fresh images of training pairs and of the held-out pairs."""
     if not isinstance(model, common.Clip):
         model = common.Clip(model, "trained", "cpu")
     for protocol in ("joint", "attribute"):
         for name, pairs in (("held-out images", TRAIN_PAIRS), ("held-out pairs", TEST_PAIRS)):
-            colour, shape, place = accuracy(model, pairs, n, seed, protocol)
+            colour, shape, place = accuracy(model, pairs, n, seed, protocol, muted)
             print(f"{protocol:9s} {name:15s}  colour {colour:6.1%}  shape {shape:6.1%}  position {place:6.1%}"
                   f"  (n={n})")
 
@@ -570,23 +572,24 @@ def main(argv=None):
     t.add_argument("--steps", type=common.positive_int, default=1500, help="training steps")
     t.add_argument("--batch", type=common.positive_int, default=128, help="images per step")
     t.add_argument("--lr", type=common.positive_float, default=1e-3, help="peak AdamW learning rate (cosine decay)")
-    t.add_argument("--unnamed", type=common.unit_float, default=0.25,
+    t.add_argument("--unnamed", type=common.unit_float, default=0.0,
                    help="share of colour groups drawn in colours no caption names (shape apart from colour)")
     t.add_argument("--patchwork", type=common.unit_float, default=0.0,
                    help="share of groups whose shapes are filled with a patchwork of random colours")
-    t.add_argument("--random-colours", type=common.unit_float, default=0.0,
+    t.add_argument("--random-colours", type=common.unit_float, default=0.25,
                    help=f"share of groups whose shapes each get a random solid colour at least {FAR} (RGB) "
                         "from every named colour")
     t.add_argument("--other-shapes", type=common.unit_float, default=0.25,
                    help="share of named-colour shapes drawn as shapes no caption names (colour apart from shape)")
-    t.add_argument("--mirrored", type=common.unit_float, default=0.0,
+    t.add_argument("--mirrored", type=common.unit_float, default=0.15,
                    help="share of shapes drawn twice, left and mirrored right, true of no place caption "
                         "(teaches that a symmetric image is on neither side)")
     t.add_argument("--messy", type=common.unit_float, default=0.0,
                    help="share of images on vivid blotches, captioned by the renderer's negative style text "
                         "(its style text captions the rest); 0: the two texts are taught to mean the same")
-    t.add_argument("--muted", type=common.unit_float, default=0.0,
-                   help="least share of grey in a background's colour (vivid colour then means the shape)")
+    t.add_argument("--muted", type=common.unit_float, default=MUTED,
+                   help="least share of grey in a background's colour (vivid colour then means the shape); "
+                        "the zero-shot test draws with the default")
     t.add_argument("--shape-blind", type=common.positive_int, default=None, metavar="K",
                    help="images shrunk below K px (then upscaled) teach nothing about shape")
     t.add_argument("--gray", type=common.unit_float, default=0.2, help="share of images turned grayscale")
@@ -597,6 +600,8 @@ def main(argv=None):
     z.add_argument("clip_model", help="toy, toy-scorer or a checkpoint path")
     z.add_argument("--seed", type=common.seed_int, default=1234, help="seed of the drawings")
     z.add_argument("-n", type=common.positive_int, default=600, help="fresh images per test")
+    z.add_argument("--muted", type=common.unit_float, default=MUTED,
+                   help="least share of grey in the drawings' backgrounds (0: as vivid as in earlier versions' world)")
     g = sub.add_parser("guided", formatter_class=common.Formatter, help="measure the images normal.py draws with a toy model")
     g.add_argument("--clip-model", default="toy", help="the guiding model")
     g.add_argument("--scorer", default="toy-scorer", help="model that judges the shape ('' for none)")
@@ -614,7 +619,7 @@ def main(argv=None):
     elif args.command == "train":
         train(args)
     elif args.command == "zero-shot":
-        report(common.load_clip(args.clip_model), args.seed, args.n)
+        report(common.load_clip(args.clip_model), args.seed, args.n, args.muted)
 
 
 if __name__ == "__main__":
