@@ -139,7 +139,7 @@ def test_microwave_replays_and_mixes(tiny_ckpt, capsys):
     assert not torch.equal(plain, mixed)
 
 
-def test_microwave_notes_a_bake_of_another_model(tiny_ckpt, wide_ckpt, capsys):
+def test_microwave_notes_a_bake_of_another_model(tiny_ckpt, capsys):
     from conftest import tiny_clip_model
     torch.save(tiny_clip_model(seed=1).state_dict(), "other.pt")  # the same shapes, other weights
     bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")])
