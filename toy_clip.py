@@ -296,6 +296,21 @@ def contrastive_loss(model, images, labels, tokens, attrs, style_tokens, messy=N
     return loss + F.cross_entropy(scale * image_f @ style_f.t(), messy.long())
 
 
+def perturb(model, images, labels, tokens, attrs, eps, gen):
+    """Images nudged by at most `eps` per channel to raise caption_loss (one signed-gradient step
+    from a random start): training on them makes the model's gradients follow what an image
+    shows rather than faint pixel patterns, which is what guiding an image follows.
+    """
+    with torch.no_grad():
+        text_f = F.normalize(encode_short(model, tokens), dim=-1)
+        scale = model.logit_scale.exp().clamp(max=100)
+    delta = ((torch.rand(images.shape, generator=gen) * 2 - 1) * eps).requires_grad_()
+    image_f = F.normalize(model.encode_image(normalize((images + delta).clamp(0, 1))), dim=-1)
+    grad, = torch.autograd.grad(caption_loss(scale * image_f @ text_f.t(), labels, attrs), delta)
+    delta = (delta + 1.25 * eps * grad.sign()).clamp(-eps, eps)
+    return (images + delta.detach()).clamp(0, 1)
+
+
 def caption_loss(logits, labels, attrs):
     """The symmetric contrastive loss of logits [n_images, n_captions].
 
@@ -350,6 +365,8 @@ def train(args):
         messy = torch.rand(args.batch, generator=gen) < args.messy if args.messy else None
         images, seen = augment(draw(labels, gen, muted=args.muted, messy=messy), labels, gen, gray=args.gray,
                                shape_blind=args.shape_blind or 0)
+        if args.adversarial:
+            images = perturb(model, images, seen, tokens, attrs, args.adversarial, gen)
         loss = contrastive_loss(model, images, seen, tokens, attrs, style_tokens, messy)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -592,6 +609,9 @@ def main(argv=None):
                         "the zero-shot test draws with the default")
     t.add_argument("--shape-blind", type=common.positive_int, default=None, metavar="K",
                    help="images shrunk below K px (then upscaled) teach nothing about shape")
+    t.add_argument("--adversarial", type=common.unit_float, default=0.0, metavar="EPS",
+                   help="train on images nudged by up to EPS per channel (0 to 1) to fool the model, one "
+                        "signed-gradient step each (about 1.6x the time); 0: off")
     t.add_argument("--gray", type=common.unit_float, default=0.2, help="share of images turned grayscale")
     t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
     t.add_argument("--out", default="models/toy.pt", help="where to save the fp16 state dict")

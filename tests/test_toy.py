@@ -162,6 +162,30 @@ def test_messy_backgrounds_are_vivid_blotches_and_leave_the_shape():
                                                messy=torch.zeros(32, dtype=torch.bool))[~messy])
 
 
+def test_adversarial_nudges_are_small_and_raise_the_loss():
+    import clip
+    model = common.load_clip("toy").model
+    gen = torch.Generator().manual_seed(0)
+    labels = toy.random_labels(32, gen)
+    images = toy.draw(labels, gen)
+    texts, attrs = toy.all_captions()
+    tokens = clip.tokenize(texts)
+
+    def loss(x):
+        with torch.no_grad():
+            image_f = torch.nn.functional.normalize(model.encode_image(toy.normalize(x)), dim=-1)
+            text_f = torch.nn.functional.normalize(toy.encode_short(model, tokens), dim=-1)
+            return float(toy.caption_loss(50 * image_f @ text_f.t(), labels, attrs))
+
+    eps = 0.01
+    nudged = toy.perturb(model, images, labels, tokens, attrs, eps, gen)
+    noisy = (images + (torch.rand(images.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
+    assert (nudged - images).abs().max() <= eps + 1e-6 and not torch.equal(nudged, images)
+    # a nudge against the model hurts it far more than random noise of the same size (a
+    # nudge the other way would not hurt it at all)
+    assert loss(nudged) > 10 * max(loss(noisy), loss(images))
+
+
 def test_unnamed_shapes_keep_their_colour_and_no_shape_name():
     labels = torch.tensor([[toy.COLOUR_NAMES.index("red"), toy.OTHER_SHAPE, toy.PLACE_NAMES.index("left")]] * 8)
     images = toy.draw(labels, torch.Generator().manual_seed(0))
