@@ -182,8 +182,9 @@ def test_adversarial_nudges_are_small_and_raise_the_loss():
     noisy = (images + (torch.rand(images.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
     assert (nudged - images).abs().max() <= eps + 1e-6 and not torch.equal(nudged, images)
     # a nudge against the model hurts it far more than random noise of the same size (a
-    # nudge the other way would not hurt it at all)
-    assert loss(nudged) > 10 * max(loss(noisy), loss(images))
+    # nudge the other way would help it)
+    clean = loss(images)
+    assert loss(nudged) - clean > max(0.01, 20 * abs(loss(noisy) - clean))
 
 
 def test_unnamed_shapes_keep_their_colour_and_no_shape_name():
@@ -238,7 +239,7 @@ def test_shipped_files_are_small_fp16_state_dicts():
 # (colour, shape, place) accuracy each shipped model must keep on fresh drawings of the
 # training pairs and of the held-out pairs (chance: 1/8, 1/3, 1/5); both tell held-out
 # pairs' shapes well above chance
-FLOORS = {"toy": ((0.95, 0.95, 0.95), (0.9, 0.7, 0.9)), "toy-scorer": ((0.95, 0.95, 0.95), (0.9, 0.6, 0.9))}
+FLOORS = {"toy": ((0.95, 0.95, 0.95), (0.95, 0.7, 0.95)), "toy-scorer": ((0.95, 0.95, 0.95), (0.9, 0.6, 0.9))}
 
 
 def test_shipped_models_classify_fresh_drawings(shipped):
@@ -284,6 +285,21 @@ def test_guided_place_follows_the_prompt():
     right = toy.colour_centre(guided("a red circle on the right", "right.png"), "red")
     assert left is not None and right is not None
     assert left[0] < right[0]
+
+
+def roughness(image):
+    """Mean absolute difference between neighbouring pixels of a saved image [3, H, W], taken
+    on the optimized tensor's grid (the PNG is that grid upscaled)."""
+    step = image.shape[-1] // normal.parse_args(["-"]).size
+    image = image[:, ::step, ::step]
+    return float((image[:, 1:] - image[:, :-1]).abs().mean() + (image[:, :, 1:] - image[:, :, :-1]).abs().mean()) / 2
+
+
+def test_guided_images_are_smooth_not_noise():
+    # a guide trained without nudged images paints vivid pixel noise (its images measured
+    # 0.045 to 0.084 here); the shipped guide paints smooth shapes (0.025 to 0.047)
+    images = [guided("a green square at the top", "green.png"), guided("a purple triangle on the right", "purple.png")]
+    assert sum(map(roughness, images)) / len(images) < 0.045
 
 
 def test_style_shaping_is_neutral_for_the_guide():
