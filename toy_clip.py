@@ -6,7 +6,7 @@ right, top, bottom, center) on a muted background of another colour, with captio
 "a red circle on the left". The model is OpenAI's clip.model.CLIP with its tokenizer,
 only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
 
-  python toy_clip.py train --seed 0 --out models/toy.pt            # the shipped toy; about 22 min on 2 cores
+  python toy_clip.py train --seed 0 --out models/toy.pt            # the shipped toy; about 21 min on 2 cores
   python toy_clip.py zero-shot models/toy.pt                       # accuracy on held-out images
   python toy_clip.py guided --clip-model toy --scorer toy-scorer   # what normal.py draws with it
 """
