@@ -277,9 +277,10 @@ def build(seed):
     return CLIP(**ARCH)
 
 
-def contrastive_loss(model, images, labels, tokens, attrs, style_tokens, messy=None):
-    """CLIP's symmetric loss with every caption of the world as a candidate (caption_loss),
-    plus the renderer's two style texts (style_tokens: its style text, then its negative).
+def contrastive_loss(model, images, labels, text_f, attrs, style_tokens, messy=None):
+    """CLIP's symmetric loss with every caption of the world as a candidate (caption_loss;
+    text_f: the captions' normalized features), plus the renderer's two style texts
+    (style_tokens: its style text, then its negative).
 
     With messy (bool [n], the images drawn on a messy background), the style text is a
     caption of the clean images and the negative text of the messy ones, so that style
@@ -288,7 +289,6 @@ def contrastive_loss(model, images, labels, tokens, attrs, style_tokens, messy=N
     """
     style_f = F.normalize(encode_short(model, style_tokens), dim=-1)
     image_f = F.normalize(model.encode_image(normalize(images)), dim=-1)
-    text_f = F.normalize(encode_short(model, tokens), dim=-1)
     scale = model.logit_scale.exp().clamp(max=100)
     loss = caption_loss(scale * image_f @ text_f.t(), labels, attrs)
     if messy is None:
@@ -296,14 +296,15 @@ def contrastive_loss(model, images, labels, tokens, attrs, style_tokens, messy=N
     return loss + F.cross_entropy(scale * image_f @ style_f.t(), messy.long())
 
 
-def perturb(model, images, labels, tokens, attrs, eps, gen):
+def perturb(model, images, labels, text_f, attrs, eps, gen):
     """Images nudged by at most `eps` per channel to raise caption_loss (one signed-gradient step
     from a random start): training on them makes the model's gradients follow what an image
     shows rather than faint pixel patterns, which is what guiding an image follows.
+
+    text_f: the captions' normalized features (taken as fixed).
     """
-    with torch.no_grad():
-        text_f = F.normalize(encode_short(model, tokens), dim=-1)
-        scale = model.logit_scale.exp().clamp(max=100)
+    text_f = text_f.detach()
+    scale = model.logit_scale.exp().clamp(max=100).detach()
     delta = ((torch.rand(images.shape, generator=gen) * 2 - 1) * eps).requires_grad_()
     image_f = F.normalize(model.encode_image(normalize((images + delta).clamp(0, 1))), dim=-1)
     grad, = torch.autograd.grad(caption_loss(scale * image_f @ text_f.t(), labels, attrs), delta)
@@ -365,9 +366,10 @@ def train(args):
         messy = torch.rand(args.batch, generator=gen) < args.messy if args.messy else None
         images, seen = augment(draw(labels, gen, muted=args.muted, messy=messy), labels, gen, gray=args.gray,
                                shape_blind=args.shape_blind or 0)
+        text_f = F.normalize(encode_short(model, tokens), dim=-1)  # once: the nudges use it too
         if args.adversarial:
-            images = perturb(model, images, seen, tokens, attrs, args.adversarial, gen)
-        loss = contrastive_loss(model, images, seen, tokens, attrs, style_tokens, messy)
+            images = perturb(model, images, seen, text_f, attrs, args.adversarial, gen)
+        loss = contrastive_loss(model, images, seen, text_f, attrs, style_tokens, messy)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -178,7 +178,9 @@ def test_adversarial_nudges_are_small_and_raise_the_loss():
             return float(toy.caption_loss(50 * image_f @ text_f.t(), labels, attrs))
 
     eps = 0.01
-    nudged = toy.perturb(model, images, labels, tokens, attrs, eps, gen)
+    with torch.no_grad():
+        text_f = torch.nn.functional.normalize(toy.encode_short(model, tokens), dim=-1)
+    nudged = toy.perturb(model, images, labels, text_f, attrs, eps, gen)
     noisy = (images + (torch.rand(images.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
     assert (nudged - images).abs().max() <= eps + 1e-6 and not torch.equal(nudged, images)
     # a nudge against the model hurts it far more than random noise of the same size (a
