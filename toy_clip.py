@@ -6,7 +6,7 @@ right, top, bottom, center) on a muted background of another colour, with captio
 "a red circle on the left". The model is OpenAI's clip.model.CLIP with its tokenizer,
 only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
 
-  python toy_clip.py train --seed 0 --out models/toy.pt            # the shipped toy; about 21 min on 2 cores
+  python toy_clip.py train --seed 0 --out models/toy.pt            # the shipped toy; about 20 min on 2 cores
   python toy_clip.py zero-shot models/toy.pt                       # accuracy on held-out images
   python toy_clip.py guided --clip-model toy --scorer toy-scorer   # what normal.py draws with it
 """
@@ -85,12 +85,15 @@ def all_captions():
 
 # --- drawing
 
-def draw(labels, gen, side=SIDE, muted=MUTED, messy=None):
+def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, saturate=0.0):
     """Images [n, 3, side, side] in [0, 1] of (colour, shape, place) labels [n, 3].
 
     muted: the least share of grey mixed into the background's colour (0 to 1).
     messy: bool [n], the images whose background is instead vivid blotches of every
     colour, like the renderer's images part way through a run.
+    with_mask: also return the shapes' coverage [n, 1, side, side] in [0, 1].
+    saturate: a named colour's distance from its grey is stretched by a random factor
+    from 1 to 1 + saturate (clipped to [0, 1]): a purer red is still red.
     """
     n = len(labels)
     rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
@@ -146,6 +149,10 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None):
         bg = bg.clone()
         bg[messy] = blotches
     fg = palette[labels[:, 0].clamp(max=len(palette) - 1)] + 0.04 * torch.randn(n, 3, generator=gen)
+    if saturate:
+        grey_of = fg.mean(1, keepdim=True)
+        stretch = torch.where(labels[:, :1] < len(COLOURS), 1 + saturate * rand(n, 1), torch.ones(n, 1))
+        fg = (grey_of + stretch * (fg - grey_of)).clamp(0, 1)
     odd = labels[:, 0] == RANDOM_COLOUR
     if odd.any():
         fg[odd] = far_colours(int(odd.sum()), gen)
@@ -155,7 +162,17 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None):
         fg = fg.expand(n, 3, side, side).clone()
         fg[patch] = F.interpolate(torch.rand(int(patch.sum()), 3, k, k, generator=gen), size=(side, side),
                                   mode="nearest")
-    return (bg * (1 - mask) + fg * mask).clamp(0, 1)
+    images = (bg * (1 - mask) + fg * mask).clamp(0, 1)
+    return (images, mask) if with_mask else images
+
+
+def vivid_backgrounds(images, mask, gen):
+    """The images with their backgrounds replaced by vivid blotches of every colour (the shapes kept)."""
+    n, _, side, _ = images.shape
+    k = int(torch.randint(3, 17, (1,), generator=gen))
+    blotches = F.interpolate(0.5 + 0.5 * torch.randn(n, 3, k, k, generator=gen), size=(side, side),
+                             mode="bilinear", align_corners=False).clamp(0, 1)
+    return images * mask + blotches * (1 - mask)
 
 
 def far_colours(n, gen, far=FAR):
@@ -277,7 +294,7 @@ def build(seed):
     return CLIP(**ARCH)
 
 
-def contrastive_loss(model, images, labels, text_f, attrs, style_tokens, messy=None):
+def contrastive_loss(model, images, labels, text_f, attrs, style_tokens, messy=None, unseen=None, twins=None):
     """CLIP's symmetric loss with every caption of the world as a candidate (caption_loss;
     text_f: the captions' normalized features), plus the renderer's two style texts
     (style_tokens: its style text, then its negative).
@@ -285,34 +302,44 @@ def contrastive_loss(model, images, labels, text_f, attrs, style_tokens, messy=N
     With messy (bool [n], the images drawn on a messy background), the style text is a
     caption of the clean images and the negative text of the messy ones, so that style
     shaping steers an image toward a clean background. Without, the two texts are taught
-    to mean the same, and style shaping adds nothing to a target.
+    to mean the same, and style shaping adds nothing to a target. unseen: as for caption_loss.
+
+    twins: the first len(twins) images again, on vivid backgrounds: each caption true of
+    an image is taught to fit it better than its twin, so that guiding an image toward a
+    caption also quiets its background.
     """
     style_f = F.normalize(encode_short(model, style_tokens), dim=-1)
-    image_f = F.normalize(model.encode_image(normalize(images)), dim=-1)
+    n = len(images)
+    image_f = F.normalize(model.encode_image(normalize(images if twins is None else torch.cat([images, twins]))), dim=-1)
+    image_f, twin_f = image_f[:n], image_f[n:]
     scale = model.logit_scale.exp().clamp(max=100)
-    loss = caption_loss(scale * image_f @ text_f.t(), labels, attrs)
+    loss = caption_loss(scale * image_f @ text_f.t(), labels, attrs, unseen)
+    if twins is not None:
+        k = len(twins)
+        _, positive = caption_masks(labels[:k], attrs, unseen)
+        loss = loss + F.softplus(scale * (twin_f - image_f[:k]) @ text_f.t())[positive].mean()
     if messy is None:
         return loss + (1 - style_f[0] @ style_f[1])
     return loss + F.cross_entropy(scale * image_f @ style_f.t(), messy.long())
 
 
-def perturb(model, images, labels, text_f, attrs, eps, gen):
+def perturb(model, images, labels, text_f, attrs, eps, gen, unseen=None):
     """Images nudged by at most `eps` per channel to raise caption_loss (one signed-gradient step
     from a random start): training on them makes the model's gradients follow what an image
     shows rather than faint pixel patterns, which is what guiding an image follows.
 
-    text_f: the captions' normalized features (taken as fixed).
+    text_f: the captions' normalized features (taken as fixed); unseen: as for caption_loss.
     """
     text_f = text_f.detach()
     scale = model.logit_scale.exp().clamp(max=100).detach()
     delta = ((torch.rand(images.shape, generator=gen) * 2 - 1) * eps).requires_grad_()
     image_f = F.normalize(model.encode_image(normalize((images + delta).clamp(0, 1))), dim=-1)
-    grad, = torch.autograd.grad(caption_loss(scale * image_f @ text_f.t(), labels, attrs), delta)
+    grad, = torch.autograd.grad(caption_loss(scale * image_f @ text_f.t(), labels, attrs, unseen), delta)
     delta = (delta + 1.25 * eps * grad.sign()).clamp(-eps, eps)
     return (images + delta.detach()).clamp(0, 1)
 
 
-def caption_loss(logits, labels, attrs):
+def caption_loss(logits, labels, attrs, unseen=None):
     """The symmetric contrastive loss of logits [n_images, n_captions].
 
     Every caption true of an image is a positive for it (and the image for the caption),
@@ -321,10 +348,17 @@ def caption_loss(logits, labels, attrs):
     image's shape), the captions that name it are left out for that image, neither true
     (that would pull, say, every colour's text toward grey images, and the colours
     together) nor false.
+
+    unseen: bool [colours, shapes], the (colour, shape) pairs that training never shows
+    (unseen_pairs()). With it, a caption naming shape s ("a circle on the left") is left
+    out for an image of colour c where (c, s) is unseen (a purple square), and a caption
+    naming colour c ("a purple shape") for an image of shape s (a red circle), unless the
+    caption is false of the image for another reason too ("a red circle"): as negatives they
+    would teach that purple is never a circle, which the data only fails to show. Without
+    it, they are negatives.
     """
-    unknown = ((labels.unsqueeze(1) < 0) & (attrs.unsqueeze(0) >= 0)).any(-1)
+    unknown, positive = caption_masks(labels, attrs, unseen)
     logits = logits.masked_fill(unknown, -1e4)
-    positive = compatible(labels, attrs) & ~unknown
 
     def side(logits, positive):
         has = positive.any(1)  # captions of nothing in the batch are left out
@@ -334,6 +368,35 @@ def caption_loss(logits, labels, attrs):
     return (side(logits, positive) + side(logits.t(), positive.t())) / 2
 
 
+def caption_masks(labels, attrs, unseen=None):
+    """[n_images, n_captions] bools (left out, positive), as caption_loss counts them."""
+    unknown = ((labels.unsqueeze(1) < 0) & (attrs.unsqueeze(0) >= 0)).any(-1)
+    if unseen is not None:
+        unknown = unknown | _unseen_mask(labels, attrs, unseen)
+    return unknown, compatible(labels, attrs) & ~unknown
+
+
+def unseen_pairs(pairs=TRAIN_PAIRS):
+    """bool [colours, shapes]: the named (colour, shape) pairs that `pairs` (training) never shows."""
+    out = torch.ones(len(COLOURS), len(SHAPES), dtype=torch.bool)
+    for c, s in pairs:
+        out[c, s] = False
+    return out
+
+
+def _unseen_mask(labels, attrs, unseen):
+    """[n_images, n_captions] bool: the caption names a shape (colour) that training never shows in
+    the image's colour (shape), and no other colour (shape) that would make it false anyway."""
+    def pair(colour, shape):
+        named = (colour >= 0) & (colour < len(COLOURS)) & (shape >= 0) & (shape < len(SHAPES))
+        return named & unseen[colour.clamp(0, len(COLOURS) - 1), shape.clamp(0, len(SHAPES) - 1)]
+
+    colour, shape = labels[:, 0:1], labels[:, 1:2]
+    says_colour, says_shape = attrs[None, :, 0], attrs[None, :, 1]
+    return ((pair(colour, says_shape) & ((says_colour < 0) | (says_colour == colour)))
+            | (pair(says_colour, shape) & ((says_shape < 0) | (says_shape == shape))))
+
+
 def train(args):
     import clip
     common.check_folder(Path(args.out).parent, "--out")  # before the work, not after
@@ -341,6 +404,9 @@ def train(args):
         raise common.UserError(f"--unnamed {args.unnamed}, --patchwork {args.patchwork} and --random-colours "
                                f"{args.random_colours} add up to more than 1: they are shares of the same "
                                "groups; lower one of them")
+    if args.vivid_twins > args.batch:
+        raise common.UserError(f"--vivid-twins {args.vivid_twins} is more than --batch {args.batch}: "
+                               "it counts images of each batch; lower it")
     torch.set_num_threads(args.threads)
     model = build(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -351,6 +417,7 @@ def train(args):
     seen_pair = ~((attrs[:, None, :2] == held[None]).all(-1).any(1))
     tokens, attrs = clip.tokenize(texts)[seen_pair], attrs[seen_pair]
     style_tokens = clip.tokenize([common.STYLE_TEXT, common.NEGATIVE_TEXT])
+    unseen = unseen_pairs() if args.unseen_pairs == "unknown" else None
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
@@ -364,12 +431,21 @@ def train(args):
         labels = random_labels(args.batch, gen, unnamed=args.unnamed, patchwork=args.patchwork,
                                other=args.other_shapes, random=args.random_colours, mirrored=args.mirrored)
         messy = torch.rand(args.batch, generator=gen) < args.messy if args.messy else None
-        images, seen = augment(draw(labels, gen, muted=args.muted, messy=messy), labels, gen, gray=args.gray,
-                               shape_blind=args.shape_blind or 0)
+        drawn = draw(labels, gen, muted=args.muted, messy=messy, with_mask=bool(args.vivid_twins),
+                     saturate=args.saturate)
+        twins = None
+        if args.vivid_twins:  # the same drawings, augmented alike, on vivid backgrounds
+            drawn, mask = drawn
+            alike = vivid_backgrounds(drawn, mask, gen)
+            same = torch.Generator().set_state(gen.get_state())
+        images, seen = augment(drawn, labels, gen, gray=args.gray, shape_blind=args.shape_blind or 0)
+        if args.vivid_twins:
+            twins = augment(alike, labels, same, gray=args.gray, shape_blind=args.shape_blind or 0)[0]
+            twins = twins[:args.vivid_twins]
         text_f = F.normalize(encode_short(model, tokens), dim=-1)  # once: the nudges use it too
         if args.adversarial:
-            images = perturb(model, images, seen, text_f, attrs, args.adversarial, gen)
-        loss = contrastive_loss(model, images, seen, text_f, attrs, style_tokens, messy)
+            images = perturb(model, images, seen, text_f, attrs, args.adversarial, gen, unseen)
+        loss = contrastive_loss(model, images, seen, text_f, attrs, style_tokens, messy, unseen, twins)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -465,6 +541,9 @@ def report(model, seed, n=600, muted=MUTED):
             colour, shape, place = accuracy(model, pairs, n, seed, protocol, muted)
             print(f"{protocol:9s} {name:15s}  colour {colour:6.1%}  shape {shape:6.1%}  position {place:6.1%}"
                   f"  (n={n})")
+    shapes = [f"{COLOUR_NAMES[c]} {SHAPES[s]} {accuracy(model, [(c, s)], n // 4, seed, 'joint', muted)[1]:.1%}"
+              for c, s in TEST_PAIRS]
+    print(f"joint     shape by held-out pair: {', '.join(shapes)}  (n={n // 4} each)")
 
 
 def hue_names(pixels):
@@ -614,6 +693,14 @@ def main(argv=None):
     t.add_argument("--adversarial", type=common.unit_float, default=0.01, metavar="EPS",
                    help="train on images nudged by up to EPS per channel (0 to 1) against the model, one "
                         "signed-gradient step each (about 1.6x the time; smoother guided images); 0: off")
+    t.add_argument("--unseen-pairs", choices=("negative", "unknown"), default="negative",
+                   help="captions naming a shape (colour) never seen in an image's colour (shape) in training: "
+                        "negatives for it, or left out as unknown")
+    t.add_argument("--vivid-twins", type=common.nonnegative_int, default=0, metavar="K",
+                   help="the first K images of each batch again on vivid backgrounds, taught to fit their captions "
+                        "worse than the originals")
+    t.add_argument("--saturate", type=common.nonnegative_float, default=1.0, metavar="S",
+                   help="stretch each named colour's saturation by a random factor from 1 to 1 + S")
     t.add_argument("--gray", type=common.unit_float, default=0.2, help="share of images turned grayscale")
     t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
     t.add_argument("--out", default="models/toy.pt", help="where to save the fp16 state dict")
