@@ -434,14 +434,12 @@ def train(args):
         drawn = draw(labels, gen, muted=args.muted, messy=messy, with_mask=bool(args.vivid_twins),
                      saturate=args.saturate)
         twins = None
-        if args.vivid_twins:  # the same drawings, augmented alike, on vivid backgrounds
+        if args.vivid_twins:  # the same drawings on vivid backgrounds, augmented alike (a copy of gen's state)
             drawn, mask = drawn
             alike = vivid_backgrounds(drawn, mask, gen)
             same = torch.Generator().set_state(gen.get_state())
+            twins = augment(alike, labels, same, gray=args.gray, shape_blind=args.shape_blind or 0)[0][:args.vivid_twins]
         images, seen = augment(drawn, labels, gen, gray=args.gray, shape_blind=args.shape_blind or 0)
-        if args.vivid_twins:
-            twins = augment(alike, labels, same, gray=args.gray, shape_blind=args.shape_blind or 0)[0]
-            twins = twins[:args.vivid_twins]
         text_f = F.normalize(encode_short(model, tokens), dim=-1)  # once: the nudges use it too
         if args.adversarial:
             images = perturb(model, images, seen, text_f, attrs, args.adversarial, gen, unseen)

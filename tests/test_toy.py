@@ -218,9 +218,10 @@ def test_vivid_twins_keep_the_shape_and_are_taught_to_fit_worse():
     model = toy.build(0).eval()  # running BatchNorm statistics: the twins do not change the others' features
     texts, attrs = toy.all_captions()
     style = clip.tokenize([common.STYLE_TEXT, common.NEGATIVE_TEXT])
+    tokens = clip.tokenize(texts)
 
     def loss(twins):
-        text_f = torch.nn.functional.normalize(toy.encode_short(model, clip.tokenize(texts)), dim=-1)
+        text_f = torch.nn.functional.normalize(toy.encode_short(model, tokens), dim=-1)
         return toy.contrastive_loss(model, images, labels, text_f, attrs, style, twins=twins)
 
     with torch.no_grad():  # a twin the same as its image fits exactly as well: the term is softplus(0)
@@ -228,7 +229,7 @@ def test_vivid_twins_keep_the_shape_and_are_taught_to_fit_worse():
 
     def gap():  # how much better the images fit their captions than their twins
         with torch.no_grad():
-            text_f = torch.nn.functional.normalize(toy.encode_short(model, clip.tokenize(texts)), dim=-1)
+            text_f = torch.nn.functional.normalize(toy.encode_short(model, tokens), dim=-1)
             f = torch.nn.functional.normalize(model.encode_image(toy.normalize(torch.cat([images[:8], twins[:8]]))), dim=-1)
             _, positive = toy.caption_masks(labels[:8], attrs)
             return float(((f[:8] - f[8:]) @ text_f.t())[positive].mean())
