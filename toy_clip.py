@@ -85,7 +85,7 @@ def all_captions():
 
 # --- drawing
 
-def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, saturate=0.0):
+def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, saturate=0.0, desaturate=0.0):
     """Images [n, 3, side, side] in [0, 1] of (colour, shape, place) labels [n, 3].
 
     muted: the least share of grey mixed into the background's colour (0 to 1).
@@ -93,7 +93,8 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
     colour, like the renderer's images part way through a run.
     with_mask: also return the shapes' coverage [n, 1, side, side] in [0, 1].
     saturate: a named colour's distance from its grey is stretched by a random factor
-    from 1 to 1 + saturate (clipped to [0, 1]): a purer red is still red.
+    from 1 - desaturate to 1 + saturate (clipped to [0, 1]): a purer or a greyer red is
+    still red.
     """
     n = len(labels)
     rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
@@ -149,9 +150,10 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
         bg = bg.clone()
         bg[messy] = blotches
     fg = palette[labels[:, 0].clamp(max=len(palette) - 1)] + 0.04 * torch.randn(n, 3, generator=gen)
-    if saturate:
+    if saturate or desaturate:
         grey_of = fg.mean(1, keepdim=True)
-        stretch = torch.where(labels[:, :1] < len(COLOURS), 1 + saturate * rand(n, 1), torch.ones(n, 1))
+        stretch = torch.where(labels[:, :1] < len(COLOURS), 1 - desaturate + (saturate + desaturate) * rand(n, 1),
+                              torch.ones(n, 1))
         fg = (grey_of + stretch * (fg - grey_of)).clamp(0, 1)
     odd = labels[:, 0] == RANDOM_COLOUR
     if odd.any():
@@ -287,11 +289,11 @@ def compatible(image_labels, caption_attrs):
 
 # --- training
 
-def build(seed):
+def build(seed, vision_width=ARCH["vision_width"]):
     """A freshly initialised toy CLIP (seeded)."""
     from clip.model import CLIP
     torch.manual_seed(seed)
-    return CLIP(**ARCH)
+    return CLIP(**{**ARCH, "vision_width": vision_width})
 
 
 def contrastive_loss(model, images, labels, text_f, attrs, style_tokens, messy=None, unseen=None, twins=None):
@@ -323,20 +325,25 @@ def contrastive_loss(model, images, labels, text_f, attrs, style_tokens, messy=N
     return loss + F.cross_entropy(scale * image_f @ style_f.t(), messy.long())
 
 
-def perturb(model, images, labels, text_f, attrs, eps, gen, unseen=None):
+def perturb(model, images, labels, text_f, attrs, eps, gen, unseen=None, share=1.0):
     """Images nudged by at most `eps` per channel to raise caption_loss (one signed-gradient step
     from a random start): training on them makes the model's gradients follow what an image
     shows rather than faint pixel patterns, which is what guiding an image follows.
 
-    text_f: the captions' normalized features (taken as fixed); unseen: as for caption_loss.
+    text_f: the captions' normalized features (taken as fixed); unseen: as for caption_loss;
+    share: only the first share of the images is nudged (the rest is returned as it is).
     """
+    k = round(share * len(images))
+    if k == 0:
+        return images
+    rest, images, labels = images[k:], images[:k], labels[:k]
     text_f = text_f.detach()
     scale = model.logit_scale.exp().clamp(max=100).detach()
     delta = ((torch.rand(images.shape, generator=gen) * 2 - 1) * eps).requires_grad_()
     image_f = F.normalize(model.encode_image(normalize((images + delta).clamp(0, 1))), dim=-1)
     grad, = torch.autograd.grad(caption_loss(scale * image_f @ text_f.t(), labels, attrs, unseen), delta)
     delta = (delta + 1.25 * eps * grad.sign()).clamp(-eps, eps)
-    return (images + delta.detach()).clamp(0, 1)
+    return torch.cat([(images + delta.detach()).clamp(0, 1), rest])
 
 
 def caption_loss(logits, labels, attrs, unseen=None):
@@ -408,7 +415,7 @@ def train(args):
         raise common.UserError(f"--vivid-twins {args.vivid_twins} is more than --batch {args.batch}: "
                                "it counts images of each batch; lower it")
     torch.set_num_threads(args.threads)
-    model = build(args.seed)
+    model = build(args.seed, args.width)
     gen = torch.Generator().manual_seed(args.seed)
     texts, attrs = all_captions()
     # captions of the held-out pairs are left out: as candidates that never match they
@@ -432,7 +439,7 @@ def train(args):
                                other=args.other_shapes, random=args.random_colours, mirrored=args.mirrored)
         messy = torch.rand(args.batch, generator=gen) < args.messy if args.messy else None
         drawn = draw(labels, gen, muted=args.muted, messy=messy, with_mask=bool(args.vivid_twins),
-                     saturate=args.saturate)
+                     saturate=args.saturate, desaturate=args.desaturate)
         twins = None
         if args.vivid_twins:  # the same drawings on vivid backgrounds, augmented alike (a copy of gen's state)
             drawn, mask = drawn
@@ -442,7 +449,7 @@ def train(args):
         images, seen = augment(drawn, labels, gen, gray=args.gray, shape_blind=args.shape_blind or 0)
         text_f = F.normalize(encode_short(model, tokens), dim=-1)  # once: the nudges use it too
         if args.adversarial:
-            images = perturb(model, images, seen, text_f, attrs, args.adversarial, gen, unseen)
+            images = perturb(model, images, seen, text_f, attrs, args.adversarial, gen, unseen, args.nudged)
         loss = contrastive_loss(model, images, seen, text_f, attrs, style_tokens, messy, unseen, twins)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -542,6 +549,11 @@ def report(model, seed, n=600, muted=MUTED):
     shapes = [f"{COLOUR_NAMES[c]} {SHAPES[s]} {accuracy(model, [(c, s)], n // 4, seed, 'joint', muted)[1]:.1%}"
               for c, s in TEST_PAIRS]
     print(f"joint     shape by held-out pair: {', '.join(shapes)}  (n={n // 4} each)")
+    # the shape alone, as "a {shape}" reads it, in solid colours far from every named one:
+    # how far shape is told apart from colour
+    shapes = [f"{s} {accuracy(model, [(RANDOM_COLOUR, i)], n // 4, seed, 'attribute', muted)[1]:.1%}"
+              for i, s in enumerate(SHAPES)]
+    print(f"attribute shape in random colours: {', '.join(shapes)}  (n={n // 4} each)")
 
 
 def hue_names(pixels):
@@ -667,6 +679,8 @@ def main(argv=None):
     t.add_argument("--seed", type=common.seed_int, default=0, help="seed of the weights and of the drawings")
     t.add_argument("--steps", type=common.positive_int, default=1500, help="training steps")
     t.add_argument("--batch", type=common.positive_int, default=128, help="images per step")
+    t.add_argument("--width", type=common.positive_int, default=ARCH["vision_width"],
+                   help="width of the vision tower (its cost grows about as the square)")
     t.add_argument("--lr", type=common.positive_float, default=1e-3, help="peak AdamW learning rate (cosine decay)")
     t.add_argument("--unnamed", type=common.unit_float, default=0.0,
                    help="share of colour groups drawn in colours no caption names (shape apart from colour)")
@@ -691,6 +705,8 @@ def main(argv=None):
     t.add_argument("--adversarial", type=common.unit_float, default=0.01, metavar="EPS",
                    help="train on images nudged by up to EPS per channel (0 to 1) against the model, one "
                         "signed-gradient step each (about 1.6x the time; smoother guided images); 0: off")
+    t.add_argument("--nudged", type=common.unit_float, default=1.0, metavar="SHARE",
+                   help="share of each batch that --adversarial nudges (the rest is learnt as drawn)")
     t.add_argument("--unseen-pairs", choices=("negative", "unknown"), default="negative",
                    help="captions naming a shape (colour) never seen in an image's colour (shape) in training: "
                         "negatives for it, or left out as unknown")
@@ -699,6 +715,8 @@ def main(argv=None):
                         "worse than the originals")
     t.add_argument("--saturate", type=common.nonnegative_float, default=1.0, metavar="S",
                    help="stretch each named colour's saturation by a random factor from 1 to 1 + S")
+    t.add_argument("--desaturate", type=common.unit_float, default=0.0, metavar="D",
+                   help="let that factor go down to 1 - D: greyer colours, whose shapes stand out less")
     t.add_argument("--gray", type=common.unit_float, default=0.2, help="share of images turned grayscale")
     t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
     t.add_argument("--out", default="models/toy.pt", help="where to save the fp16 state dict")

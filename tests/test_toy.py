@@ -200,6 +200,12 @@ def test_saturate_makes_named_colours_purer_and_keeps_their_hue():
     odd = labels[:, 0] == len(toy.COLOURS)  # colours no caption names are left alone
     assert torch.allclose(pick(pure)[odd], pick(plain)[odd])
     assert torch.equal(toy.draw(labels, torch.Generator().manual_seed(0), saturate=0.0), plain)
+    # --desaturate: greyer, never purer, still the same hue
+    grey = toy.draw(labels, torch.Generator().manual_seed(0), desaturate=0.5)
+    assert (chroma(pick(grey)) <= chroma(pick(plain)) + 1e-6)[chromatic].all()
+    assert chroma(pick(grey))[chromatic].mean() < chroma(pick(plain))[chromatic].mean() - 0.1
+    assert torch.equal(toy.hue_names(pick(grey)[chromatic]), toy.hue_names(pick(plain)[chromatic]))
+    assert torch.allclose(pick(grey)[odd], pick(plain)[odd])
 
 
 def test_vivid_twins_keep_the_shape_and_are_taught_to_fit_worse():
@@ -268,6 +274,10 @@ def test_adversarial_nudges_are_small_and_raise_the_loss():
     # nudge the other way would help it)
     clean = loss(images)
     assert loss(nudged) - clean > max(1e-3, 20 * abs(loss(noisy) - clean))
+    # --nudged 0.5: the first half is nudged, the second half is left exactly as drawn
+    half = toy.perturb(model, images, labels, text_f, attrs, eps, gen, share=0.5)
+    assert torch.equal(half[16:], images[16:]) and half.shape == images.shape
+    assert (half[:16] - images[:16]).abs().max() <= eps + 1e-6 and not torch.equal(half[:16], images[:16])
 
 
 def test_unnamed_shapes_keep_their_colour_and_no_shape_name():
@@ -294,15 +304,17 @@ def test_hue_measures():
     assert toy.colour_centre(image, "red") is None and not toy.on_side(None, "left")
 
 
-def test_training_runs_and_saves_a_small_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("width", [toy.ARCH["vision_width"], 24])
+def test_training_runs_and_saves_a_small_loadable_checkpoint(tmp_path, width):
     out = tmp_path / "m.pt"
-    toy.main(["train", "--steps", "2", "--batch", "16", "--eval-n", "16", "--out", str(out)])
+    toy.main(["train", "--steps", "2", "--batch", "16", "--eval-n", "16", "--width", str(width), "--out", str(out)])
     state = torch.load(out, weights_only=True)
     assert state["token_embedding.weight"].dtype == torch.float16
     used = (state["token_embedding.weight"] != 0).any(1).sum()
     assert 20 < used < 200  # only the world's words (and the style texts) keep their rows
     model = common.load_clip(str(out))
     assert model.size == toy.SIDE and model.dim == toy.ARCH["embed_dim"]
+    assert model.model.visual.layer1[0].conv1.weight.shape[0] == width  # the checkpoint says its width
 
 
 # --- the shipped models
@@ -329,6 +341,17 @@ def test_shipped_models_classify_fresh_drawings(shipped):
     for pairs, floors in zip((toy.TRAIN_PAIRS, toy.TEST_PAIRS), FLOORS[shipped.name]):
         accuracy = toy.accuracy(shipped, pairs, n=120, seed=99)
         assert all(a >= f for a, f in zip(accuracy, floors)), (shipped.name, accuracy)
+
+
+def test_zero_shot_reports_each_held_out_pair_and_shapes_in_random_colours(capsys):
+    import re
+    toy.main(["zero-shot", "toy-scorer", "-n", "40"])
+    out = capsys.readouterr().out
+    pairs = re.search(r"shape by held-out pair: (.*)  \(", out).group(1)
+    assert sorted(re.findall(r"(\w+ \w+) [\d.]+%", pairs)) == sorted(f"{c} {s}" for c, s in toy.HELD_OUT)
+    odd = dict(re.findall(r"(\w+) ([\d.]+)%", re.search(r"shape in random colours: (.*)  \(", out).group(1)))
+    assert list(odd) == list(toy.SHAPES)
+    assert sum(float(v) for v in odd.values()) / 3 > 50  # the scorer tells shapes apart in any colour
 
 
 def test_toy_name_is_the_shipped_file():
