@@ -411,6 +411,9 @@ def train(args):
         raise common.UserError(f"--unnamed {args.unnamed}, --patchwork {args.patchwork} and --random-colours "
                                f"{args.random_colours} add up to more than 1: they are shares of the same "
                                "groups; lower one of them")
+    if args.width % 2:
+        raise common.UserError(f"--width {args.width} is odd: the vision tower's attention heads are half its "
+                               "width, so give an even width such as 16 or 24")
     if args.vivid_twins > args.batch:
         raise common.UserError(f"--vivid-twins {args.vivid_twins} is more than --batch {args.batch}: "
                                "it counts images of each batch; lower it")

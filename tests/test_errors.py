@@ -238,3 +238,10 @@ def test_toy_training_shares_over_one(capsys):
           "add up to more than 1", capsys)
     fails(toy_clip, ["train", "--unnamed", "0.5", "--random-colours", "0.6", "--steps", "1", "--out", "m.pt"],
           "add up to more than 1", capsys)
+
+
+def test_toy_training_width_must_be_even(capsys):
+    import toy_clip
+    fails(toy_clip, ["train", "--width", "7", "--steps", "1", "--out", "m.pt"], "--width 7 is odd", capsys)
+    fails(toy_clip, ["train", "--nudged", "1.5", "--steps", "1", "--out", "m.pt"], "--nudged", capsys)
+    fails(toy_clip, ["train", "--desaturate", "-0.5", "--steps", "1", "--out", "m.pt"], "--desaturate", capsys)
