@@ -1,5 +1,6 @@
 """The drawn world, the shipped offline models (toy, toy-scorer) and what they guide."""
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -302,6 +303,26 @@ def test_hue_measures():
     x, y = toy.colour_centre(image, "blue")
     assert x == pytest.approx(0.15) and y == pytest.approx(0.5)
     assert toy.colour_centre(image, "red") is None and not toy.on_side(None, "left")
+
+
+def test_a_compact_token_table_trains_like_the_full_one():
+    import clip
+    texts, _ = toy.all_captions()
+    tokens = clip.tokenize(texts[:40])
+    full = toy.build(0)
+    compact = copy.deepcopy(full)
+    table, used = toy.compact_vocabulary(compact, tokens)
+    small = used.remap(tokens)
+    assert compact.token_embedding.num_embeddings < 100 and torch.equal(small.argmax(-1), tokens.argmax(-1))
+    assert torch.allclose(toy.encode_short(full, tokens), toy.encode_short(compact, small))
+    for model, t in ((full, tokens), (compact, small)):
+        optimizer = torch.optim.AdamW(model.token_embedding.parameters(), lr=0.1, weight_decay=0.0)
+        toy.encode_short(model, t).pow(2).sum().backward()
+        optimizer.step()
+    used.restore(compact, table)
+    assert compact.token_embedding.num_embeddings == full.token_embedding.num_embeddings
+    assert torch.allclose(compact.token_embedding.weight, full.token_embedding.weight, atol=1e-6)
+    assert not torch.equal(full.token_embedding.weight, toy.build(0).token_embedding.weight)  # it did train
 
 
 @pytest.mark.parametrize("width", [toy.ARCH["vision_width"], 24])
