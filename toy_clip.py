@@ -34,6 +34,9 @@ UNNAMED = {"pink": (1.00, 0.55, 0.75), "cyan": (0.10, 0.80, 0.85), "brown": (0.5
 PATCHWORK = len(COLOURS) + len(UNNAMED)
 # colour index of shapes in a random solid colour far from every named colour, which no caption names
 RANDOM_COLOUR = PATCHWORK + 1
+# colour index of shapes in a random solid colour from anywhere but near a held-out pair's colour in
+# that shape; their colour is left out of the captions (it may be near a named one)
+ANY_COLOUR = RANDOM_COLOUR + 1
 FAR = 0.25  # least RGB distance of a random colour from a named one: 6 times the named colours' jitter
 CHROMATIC = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle")
@@ -158,6 +161,9 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
     odd = labels[:, 0] == RANDOM_COLOUR
     if odd.any():
         fg[odd] = far_colours(int(odd.sum()), gen)
+    anywhere = labels[:, 0] == ANY_COLOUR
+    if anywhere.any():
+        fg[anywhere] = colours_not_held_out(labels[anywhere, 1], gen, 1 - desaturate, 1 + saturate)
     fg = fg.view(n, 3, 1, 1)
     if patch.any():  # random colours in blocks of 2 to 8 pixels
         k = int(torch.randint(side // 8, side // 2 + 1, (1,), generator=gen))
@@ -187,15 +193,38 @@ def far_colours(n, gen, far=FAR):
     return out[:n]
 
 
+def colours_not_held_out(shapes, gen, low=1.0, high=1.0, far=FAR):
+    """Random RGB colours [n, 3] for shapes [n], each at least `far` from the colours that the
+    held-out pairs would give that shape (a named colour with its saturation stretched from
+    `low` to `high`, as draw makes it): a purple circle is never drawn, but a circle in any other colour may be."""
+    out = torch.empty(len(shapes), 3)
+    todo = torch.ones(len(shapes), dtype=torch.bool)
+    factors = torch.linspace(low, high, 9).view(-1, 1, 1)
+    while todo.any():
+        pick = torch.rand(int(todo.sum()), 3, generator=gen)
+        ok = torch.ones(len(pick), dtype=torch.bool)
+        for colour, shape in HELD_OUT:
+            named = torch.tensor(COLOURS[colour])
+            grey = named.mean()
+            line = (grey + factors * (named - grey)).clamp(0, 1).view(-1, 3)  # [9, 3]
+            near = torch.cdist(pick, line).min(1).values < far
+            ok &= ~(near & (shapes[todo] == SHAPES.index(shape)))
+        index = todo.nonzero().squeeze(1)[ok]
+        out[index] = pick[ok]
+        todo[index] = False
+    return out
+
+
 def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0, patchwork=0.0, other=0.0, random=0.0,
-                  mirrored=0.0):
+                  mirrored=0.0, anywhere=0.0):
     """Labels [n, 3] in groups of `group` that share a colour (hard negatives for each other).
 
     A share `unnamed` of the groups get a colour that no caption names (index 8 and up),
     a share `patchwork` are filled with random colours (PATCHWORK) and a share `random`
     each have a random solid colour far from the named ones (RANDOM_COLOUR), in any shape. In
     the named colours' groups, a share `other` of the shapes are ones no caption names
-    (OTHER_SHAPE). A share `mirrored` of all shapes are drawn on both sides (MIRRORED).
+    (OTHER_SHAPE). A share `mirrored` of all shapes are drawn on both sides (MIRRORED). A share
+    `anywhere` of the groups have a random colour each from anywhere but near a held-out pair (ANY_COLOUR).
     """
     out = []
     while len(out) < n:
@@ -207,6 +236,8 @@ def random_labels(n, gen, pairs=TRAIN_PAIRS, group=16, unnamed=0.0, patchwork=0.
             shapes = range(len(SHAPES))
         elif draw_ < patchwork + unnamed + random:
             colour, shapes = RANDOM_COLOUR, range(len(SHAPES))
+        elif draw_ < patchwork + unnamed + random + anywhere:
+            colour, shapes = ANY_COLOUR, range(len(SHAPES))
         else:
             colour = pairs[int(torch.randint(len(pairs), (1,), generator=gen))][0]
             shapes = [s for c, s in pairs if c == colour]
@@ -376,7 +407,11 @@ def caption_loss(logits, labels, attrs, unseen=None):
 
 
 def caption_masks(labels, attrs, unseen=None):
-    """[n_images, n_captions] bools (left out, positive), as caption_loss counts them."""
+    """[n_images, n_captions] bools (left out, positive), as caption_loss counts them.
+
+    An ANY_COLOUR shape's colour counts as unknown: it may be near a named one.
+    """
+    labels = torch.cat([labels[:, :1].masked_fill(labels[:, :1] == ANY_COLOUR, -1), labels[:, 1:]], 1)
     unknown = ((labels.unsqueeze(1) < 0) & (attrs.unsqueeze(0) >= 0)).any(-1)
     if unseen is not None:
         unknown = unknown | _unseen_mask(labels, attrs, unseen)
@@ -407,10 +442,10 @@ def _unseen_mask(labels, attrs, unseen):
 def train(args):
     import clip
     common.check_folder(Path(args.out).parent, "--out")  # before the work, not after
-    if args.unnamed + args.patchwork + args.random_colours > 1:
-        raise common.UserError(f"--unnamed {args.unnamed}, --patchwork {args.patchwork} and --random-colours "
-                               f"{args.random_colours} add up to more than 1: they are shares of the same "
-                               "groups; lower one of them")
+    if args.unnamed + args.patchwork + args.random_colours + args.any_colours > 1:
+        raise common.UserError(f"--unnamed {args.unnamed}, --patchwork {args.patchwork}, --random-colours "
+                               f"{args.random_colours} and --any-colours {args.any_colours} add up to more than 1: "
+                               "they are shares of the same groups; lower one of them")
     if args.width % 2:
         raise common.UserError(f"--width {args.width} is odd: the vision tower's attention heads are half its "
                                "width, so give an even width such as 16 or 24")
@@ -442,7 +477,8 @@ def train(args):
     began = time.time()
     for step in range(args.steps):
         labels = random_labels(args.batch, gen, unnamed=args.unnamed, patchwork=args.patchwork,
-                               other=args.other_shapes, random=args.random_colours, mirrored=args.mirrored)
+                               other=args.other_shapes, random=args.random_colours, mirrored=args.mirrored,
+                               anywhere=args.any_colours)
         messy = torch.rand(args.batch, generator=gen) < args.messy if args.messy else None
         drawn = draw(labels, gen, muted=args.muted, messy=messy, with_mask=bool(args.vivid_twins),
                      saturate=args.saturate, desaturate=args.desaturate)
@@ -455,7 +491,7 @@ def train(args):
         images, seen = augment(drawn, labels, gen, gray=args.gray, shape_blind=args.shape_blind or 0)
         images = images.contiguous(memory_format=torch.channels_last)  # [n, 3, 64, 64], stored pixel-major
         text_f = F.normalize(encode_short(model, tokens), dim=-1)  # once: the nudges use it too
-        if args.adversarial:
+        if args.adversarial and step >= args.nudge_from * args.steps:
             images = perturb(model, images, seen, text_f, attrs, args.adversarial, gen, unseen, args.nudged)
         loss = contrastive_loss(model, images, seen, text_f, attrs, style_tokens, messy, unseen, twins)
         optimizer.zero_grad(set_to_none=True)
@@ -728,6 +764,9 @@ def main(argv=None):
     t.add_argument("--random-colours", type=common.unit_float, default=0.25,
                    help=f"share of groups whose shapes each get a random solid colour at least {FAR} (RGB) "
                         "from every named colour")
+    t.add_argument("--any-colours", type=common.unit_float, default=0.0,
+                   help="share of groups whose shapes each get a random colour from anywhere but near a held-out "
+                        "pair's colour in that shape, with no colour in their captions")
     t.add_argument("--other-shapes", type=common.unit_float, default=0.25,
                    help="share of named-colour shapes drawn as shapes no caption names (colour apart from shape)")
     t.add_argument("--mirrored", type=common.unit_float, default=0.15,
@@ -744,6 +783,8 @@ def main(argv=None):
     t.add_argument("--adversarial", type=common.unit_float, default=0.01, metavar="EPS",
                    help="train on images nudged by up to EPS per channel (0 to 1) against the model, one "
                         "signed-gradient step each (about 1.6x the time; smoother guided images); 0: off")
+    t.add_argument("--nudge-from", type=common.unit_float, default=0.0, metavar="FRACTION",
+                   help="start --adversarial after this fraction of the steps (the first ones learn clean drawings)")
     t.add_argument("--nudged", type=common.unit_float, default=1.0, metavar="SHARE",
                    help="share of each batch that --adversarial nudges (the rest is learnt as drawn)")
     t.add_argument("--unseen-pairs", choices=("negative", "unknown"), default="negative",

@@ -148,6 +148,56 @@ def test_random_colour_shapes_stay_far_from_every_named_colour():
     assert ok["a square in the center"] and not any(ok[toy.caption(c, 1, None, "a {c} {s}")] for c in range(len(toy.COLOURS)))
 
 
+def _distance_to_held_out_colours(colours, shape, low=1.0, high=2.0):
+    """[n] least RGB distance of colours [n, 3] to the colours a held-out pair in `shape` is drawn in."""
+    lines = []
+    for c, s in toy.HELD_OUT:
+        if s == shape:
+            named = torch.tensor(toy.COLOURS[c])
+            factors = torch.linspace(low, high, 33).view(-1, 1)
+            lines.append((named.mean() + factors * (named - named.mean())).clamp(0, 1))
+    if not lines:
+        return torch.full((len(colours),), float("inf"))
+    return torch.cdist(colours, torch.cat(lines)).min(1).values
+
+
+def test_any_colour_shapes_are_never_a_held_out_pair_and_name_no_colour():
+    gen = torch.Generator().manual_seed(0)
+    shapes = torch.arange(3).repeat(400)  # circles, squares and triangles
+    colours = toy.colours_not_held_out(shapes, gen, 1.0, 2.0)
+    named = torch.tensor(list(toy.COLOURS.values()))
+    for s, shape in enumerate(toy.SHAPES):
+        mine = colours[shapes == s]
+        assert _distance_to_held_out_colours(mine, shape).min() >= toy.FAR - 1e-4  # no purple circle, ...
+        assert mine.std(0).min() > 0.2  # ... but anywhere else,
+        assert torch.cdist(mine, named).min() < 0.1  # near named colours too
+    # a circle may be near orange (orange circles are taught); a square may not
+    orange = torch.tensor(toy.COLOURS["orange"])
+    assert (colours[shapes == 0] - orange).norm(dim=1).min() < toy.FAR
+    assert (colours[shapes == 1] - orange).norm(dim=1).min() >= toy.FAR - 1e-4
+    labels = toy.random_labels(320, gen, random=0.0, anywhere=0.5)
+    groups = labels[:, 0].view(-1, 16)
+    assert (groups == groups[:, :1]).all() and 0.2 < (groups[:, 0] == toy.ANY_COLOUR).float().mean() < 0.8
+    circles = torch.tensor([[toy.ANY_COLOUR, 0, toy.PLACE_NAMES.index("center")]] * 64)
+    middle = toy.draw(circles, gen, saturate=1.0)[:, :, 30:34, 30:34].mean((2, 3))  # each circle's colour
+    assert _distance_to_held_out_colours(middle, "circle").min() >= toy.FAR - 0.01
+    # their colour is neither true nor false: every caption naming one is left out, the rest taught
+    texts, attrs = toy.all_captions()
+    unknown, positive = toy.caption_masks(circles[:1], attrs)
+    at = {t: i for i, t in enumerate(texts)}
+    assert unknown[0, attrs[:, 0] >= 0].all() and not unknown[0, attrs[:, 0] < 0].any()
+    assert positive[0, at["a circle in the center"]] and not positive[0, at["a square"]]
+
+
+def test_nudges_start_at_nudge_from(tmp_path, monkeypatch):
+    calls = []
+    real = toy.perturb
+    monkeypatch.setattr(toy, "perturb", lambda *a, **k: calls.append(1) or real(*a, **k))
+    toy.main(["train", "--steps", "4", "--batch", "16", "--eval-n", "16", "--nudge-from", "0.5",
+              "--out", str(tmp_path / "m.pt")])
+    assert len(calls) == 2  # steps 2 and 3 of 0..3
+
+
 def test_mirrored_shapes_lie_on_both_sides_and_on_neither_in_captions():
     gen = torch.Generator().manual_seed(0)
     labels = torch.tensor([[toy.COLOUR_NAMES.index("red"), s, toy.MIRRORED] for s in range(3)] * 4)
