@@ -6,7 +6,7 @@ right, top, bottom, center) on a muted background of another colour, with captio
 "a red circle on the left". The model is OpenAI's clip.model.CLIP with its tokenizer,
 only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
 
-  python toy_clip.py train --seed 0 --out models/toy.pt            # the shipped toy; about 20 min on 2 cores
+  python toy_clip.py train --seed 0 --threads 1 --out models/toy.pt   # the shipped toy; under 30 min on 1 core
   python toy_clip.py zero-shot models/toy.pt                       # accuracy on held-out images
   python toy_clip.py guided --clip-model toy --scorer toy-scorer   # what normal.py draws with it
 """
@@ -752,7 +752,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", formatter_class=common.Formatter, help="train a toy CLIP from scratch and save it")
     t.add_argument("--seed", type=common.seed_int, default=0, help="seed of the weights and of the drawings")
-    t.add_argument("--steps", type=common.positive_int, default=1500, help="training steps")
+    t.add_argument("--steps", type=common.positive_int, default=2400, help="training steps")
     t.add_argument("--batch", type=common.positive_int, default=128, help="images per step")
     t.add_argument("--width", type=common.positive_int, default=ARCH["vision_width"],
                    help="width of the vision tower (its cost grows about as the square)")
@@ -761,13 +761,13 @@ def main(argv=None):
                    help="share of colour groups drawn in colours no caption names (shape apart from colour)")
     t.add_argument("--patchwork", type=common.unit_float, default=0.0,
                    help="share of groups whose shapes are filled with a patchwork of random colours")
-    t.add_argument("--random-colours", type=common.unit_float, default=0.25,
+    t.add_argument("--random-colours", type=common.unit_float, default=0.0,
                    help=f"share of groups whose shapes each get a random solid colour at least {FAR} (RGB) "
                         "from every named colour")
-    t.add_argument("--any-colours", type=common.unit_float, default=0.0,
+    t.add_argument("--any-colours", type=common.unit_float, default=0.3,
                    help="share of groups whose shapes each get a random colour from anywhere but near a held-out "
                         "pair's colour in that shape, with no colour in their captions")
-    t.add_argument("--other-shapes", type=common.unit_float, default=0.25,
+    t.add_argument("--other-shapes", type=common.unit_float, default=0.0,
                    help="share of named-colour shapes drawn as shapes no caption names (colour apart from shape)")
     t.add_argument("--mirrored", type=common.unit_float, default=0.15,
                    help="share of shapes drawn twice, left and mirrored right, true of no place caption "
@@ -783,7 +783,7 @@ def main(argv=None):
     t.add_argument("--adversarial", type=common.unit_float, default=0.01, metavar="EPS",
                    help="train on images nudged by up to EPS per channel (0 to 1) against the model, one "
                         "signed-gradient step each (about 1.6x the time; smoother guided images); 0: off")
-    t.add_argument("--nudge-from", type=common.unit_float, default=0.0, metavar="FRACTION",
+    t.add_argument("--nudge-from", type=common.unit_float, default=0.33, metavar="FRACTION",
                    help="start --adversarial after this fraction of the steps (the first ones learn clean drawings)")
     t.add_argument("--nudged", type=common.unit_float, default=1.0, metavar="SHARE",
                    help="share of each batch that --adversarial nudges (the rest is learnt as drawn)")

@@ -315,7 +315,7 @@ def test_adversarial_nudges_are_small_and_raise_the_loss():
             text_f = torch.nn.functional.normalize(toy.encode_short(model, tokens), dim=-1)
             return float(toy.caption_loss(50 * image_f @ text_f.t(), labels, attrs))
 
-    eps = 0.01
+    eps = 0.05  # five times training's: the shipped guide has learnt to shrug off nudges of 0.01
     with torch.no_grad():
         text_f = torch.nn.functional.normalize(toy.encode_short(model, tokens), dim=-1)
     nudged = toy.perturb(model, images, labels, text_f, attrs, eps, gen)
