@@ -11,6 +11,7 @@ only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
   python toy_clip.py guided --clip-model toy --scorer toy-scorer   # what normal.py draws with it
 """
 
+import argparse
 import math
 import re
 import time
@@ -43,6 +44,7 @@ SHAPES = ("circle", "square", "triangle")
 # shape index of outlines no caption names (an ellipse, a ring or a plus): a named colour
 # seen in more shapes teaches colour apart from shape
 OTHER_SHAPE = len(SHAPES)
+OTHER_KINDS = ("ellipse", "ring", "plus")
 PLACES = {  # name: (centre x, centre y, words)
     "left": (0.27, 0.5, "on the left"), "right": (0.73, 0.5, "on the right"),
     "top": (0.5, 0.27, "at the top"), "bottom": (0.5, 0.73, "at the bottom"),
@@ -88,7 +90,8 @@ def all_captions():
 
 # --- drawing
 
-def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, saturate=0.0, desaturate=0.0):
+def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, saturate=0.0, desaturate=0.0,
+         others=OTHER_KINDS):
     """Images [n, 3, side, side] in [0, 1] of (colour, shape, place) labels [n, 3].
 
     muted: the least share of grey mixed into the background's colour (0 to 1).
@@ -98,6 +101,7 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
     saturate: a named colour's distance from its grey is stretched by a random factor
     from 1 - desaturate to 1 + saturate (clipped to [0, 1]): a purer or a greyer red is
     still red.
+    others: the kinds of OTHER_SHAPE drawn (names from OTHER_KINDS), picked at random.
     """
     n = len(labels)
     rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
@@ -112,7 +116,8 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
     b = r * 0.55
     wide = rand(n, 1, 1) < 0.5
     ax, ay = torch.where(wide, a, b), torch.where(wide, b, a)
-    which = (rand(n) * 3).long()
+    kinds = torch.tensor([OTHER_KINDS.index(k) for k in others])
+    which = kinds[(rand(n) * len(kinds)).long()]
 
     def distance(dx):
         """Signed distance [n, side, side] of each pixel, dx right of the centre, to the label's shape."""
@@ -481,7 +486,7 @@ def train(args):
                                anywhere=args.any_colours)
         messy = torch.rand(args.batch, generator=gen) < args.messy if args.messy else None
         drawn = draw(labels, gen, muted=args.muted, messy=messy, with_mask=bool(args.vivid_twins),
-                     saturate=args.saturate, desaturate=args.desaturate)
+                     saturate=args.saturate, desaturate=args.desaturate, others=args.other_kinds)
         twins = None
         if args.vivid_twins:  # the same drawings on vivid backgrounds, augmented alike (a copy of gen's state)
             drawn, mask = drawn
@@ -746,6 +751,14 @@ def guided(args):
         print(f"saved {args.grid}")
 
 
+def _other_kinds(text):
+    """--other-kinds: a comma-separated list of OTHER_KINDS names."""
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not kinds or any(k not in OTHER_KINDS for k in kinds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list from {', '.join(OTHER_KINDS)}")
+    return kinds
+
+
 @common.cli
 def main(argv=None):
     p = common.make_parser(__doc__)
@@ -769,6 +782,8 @@ def main(argv=None):
                         "pair's colour in that shape, with no colour in their captions")
     t.add_argument("--other-shapes", type=common.unit_float, default=0.0,
                    help="share of named-colour shapes drawn as shapes no caption names (colour apart from shape)")
+    t.add_argument("--other-kinds", type=_other_kinds, default=",".join(OTHER_KINDS), metavar="KINDS",
+                   help=f"which shapes --other-shapes draws, comma-separated from {', '.join(OTHER_KINDS)}")
     t.add_argument("--mirrored", type=common.unit_float, default=0.15,
                    help="share of shapes drawn twice, left and mirrored right, true of no place caption "
                         "(teaches that a symmetric image is on neither side)")

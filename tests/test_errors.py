@@ -241,6 +241,7 @@ def test_toy_training_shares_over_one(capsys):
     fails(toy_clip, ["train", "--random-colours", "0.5", "--any-colours", "0.6", "--steps", "1", "--out", "m.pt"],
           "--any-colours 0.6 add up to more than 1", capsys)
     fails(toy_clip, ["train", "--nudge-from", "2", "--steps", "1", "--out", "m.pt"], "--nudge-from", capsys)
+    fails(toy_clip, ["train", "--other-kinds", "plus,star", "--steps", "1", "--out", "m.pt"], "--other-kinds", capsys)
 
 
 def test_toy_training_width_must_be_even(capsys):

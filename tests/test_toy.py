@@ -346,6 +346,21 @@ def test_unnamed_shapes_keep_their_colour_and_no_shape_name():
     assert 0.3 < (shapes == toy.OTHER_SHAPE).float().mean() < 0.7
 
 
+def test_other_kinds_draw_only_the_kinds_asked_for():
+    labels = torch.tensor([[toy.COLOUR_NAMES.index("red"), toy.OTHER_SHAPE, toy.PLACE_NAMES.index("center")]] * 32)
+
+    def masks(kinds):  # the same draws each time: only the kind of each shape may differ
+        return toy.draw(labels, torch.Generator().manual_seed(0), others=kinds, with_mask=True)[1][:, 0]
+
+    one = {kind: masks((kind,)) for kind in toy.OTHER_KINDS}
+    for a, b in (("ring", "plus"), ("ring", "ellipse"), ("plus", "ellipse")):
+        assert all(not torch.equal(x, y) for x, y in zip(one[a], one[b]))
+    mixed = masks(("ring", "plus"))  # each is one of the two kinds asked for, and both occur
+    is_ring = [torch.equal(m, r) for m, r in zip(mixed, one["ring"])]
+    assert all(r or torch.equal(m, p) for r, m, p in zip(is_ring, mixed, one["plus"])) and 0 < sum(is_ring) < 32
+    assert torch.equal(masks(toy.OTHER_KINDS), toy.draw(labels, torch.Generator().manual_seed(0), with_mask=True)[1][:, 0])
+
+
 def test_hue_measures():
     image = torch.full((3, 10, 10), 0.5)
     image[:, :, :3] = torch.tensor([0.1, 0.2, 0.9]).view(3, 1, 1)  # a blue stripe on the left
