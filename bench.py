@@ -11,6 +11,7 @@ architecture with random weights, built offline) stands in for ViT-B/32.
 Examples:
   python bench.py --device cuda --json bench.json
   python bench.py --device cpu --repeat 3 --stages 2 --steps 3 --reference-design
+  python bench.py --device cpu --precision bf16 --reference-design --reference-precision fp32
 """
 
 import json
@@ -54,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=common.positive_int, default=3, help="untimed inner steps before each row")
     p.add_argument("--reference-design", action="store_true",
                    help="also time the reference's inner step, side by side")
+    p.add_argument("--reference-precision", choices=list(common.PRECISIONS), default=None,
+                   help="precision of the reference's image tower (default: --precision; the original runs "
+                        "fp32 on a CPU, as clip.load gives it there)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     return p.parse_args(argv)
 
@@ -195,6 +199,8 @@ def time_reference_step(model, clock, args, size, cutn):
     """Seconds per step of the reference's design: weights get gradients, eager, .item() each step."""
     target = target_for(model)
     net = model.model
+    precision = model.precision
+    model.set_precision(args.reference_precision or precision)
     net.requires_grad_(True)
     z = common.random_start(size, model.device).requires_grad_()
     optimizer = torch.optim.AdamW([z], lr=common.LR)  # only z: CLIP's gradients pile up, as there
@@ -203,7 +209,7 @@ def time_reference_step(model, clock, args, size, cutn):
         for _ in range(n):
             optimizer.zero_grad()
             cuts = reference_cutouts(z, model.size, cutn)  # the reference feeds raw z to CLIP
-            with model.autocast():  # the same precision as ours, so only the design differs
+            with model.autocast():  # --reference-precision, by default ours: then only the design differs
                 embeds = F.normalize(net.encode_image(cuts).float(), dim=-1)
             loss = (common.spherical_distance(embeds, target).mean()
                     + (z - z.clamp(-1, 1)).pow(2).mean() + common.TV_WEIGHT * common.total_variation(z).sum()
@@ -218,6 +224,7 @@ def time_reference_step(model, clock, args, size, cutn):
         steps(args.warmup)
         return median_step(clock, steps, args.repeat)
     finally:
+        model.set_precision(precision)
         net.requires_grad_(False)
         for p in net.parameters():
             p.grad = None
@@ -292,11 +299,16 @@ def main(argv=None):
     device = common.pick_device(args.device)
     model = common.load_clip(args.clip_model, device)
     common.use_speed_flags(model, args)
+    if args.reference_design and args.reference_precision:  # refuse one the device lacks before any work
+        model.set_precision(args.reference_precision)
+        model.set_precision(args.precision)
     common.seed_everything(args.seed, announce=False)
     clock, memory = Clock(device), Memory(device)
     name = device_name(device)
+    reference_precision = args.reference_precision or args.precision
     print(f"device: {name}; model: {args.clip_model}; precision: {args.precision}; "
-          f"compile: {args.compile}; torch {torch.__version__}", flush=True)
+          + (f"reference precision: {reference_precision}; " if args.reference_design else "")
+          + f"compile: {args.compile}; torch {torch.__version__}", flush=True)
     rows = []
     inner = {}  # seconds per inner step, by script
 
@@ -350,6 +362,7 @@ def main(argv=None):
     if args.json:
         result = {"device": name, "device_type": device.type, "clip_model": args.clip_model,
                   "precision": args.precision, "compile": args.compile, "batch": args.batch,
+                  "reference_precision": reference_precision if args.reference_design else None,
                   "checkpoint": args.checkpoint, "torch": torch.__version__, "rows": rows}
         common.write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -265,6 +265,23 @@ def test_timing_the_reference_design_leaves_clip_frozen(tiny):
     assert all(p.grad is None and not p.requires_grad for p in tiny.model.parameters())
 
 
+def test_the_reference_design_runs_at_its_own_precision_and_ours_is_kept(tiny):
+    tiny.set_precision("bf16")
+    seen = []
+    hook = tiny.model.visual.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        args = bench.parse_args(["--repeat", "1", "--warmup", "1", "--reference-precision", "fp32"])
+        bench.time_reference_step(tiny, bench.Clock(tiny.device), args, 16, 2)
+        assert set(seen) == {torch.float32} and tiny.precision == "bf16"
+        seen.clear()
+        bench.time_reference_step(tiny, bench.Clock(tiny.device), bench.parse_args(["--repeat", "1", "--warmup", "1"]),
+                                  16, 2)
+        assert set(seen) == {torch.bfloat16}  # by default, the same as ours
+    finally:
+        hook.remove()
+        tiny.set_precision("fp32")
+
+
 def test_bench_refuses_a_json_path_it_cannot_write_before_any_work(capsys):
     Path("a_file").write_text("")
     for bad, expect in [("a_file/b.json", "a_file is a file"), (".", "is a folder")]:
