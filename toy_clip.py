@@ -12,6 +12,7 @@ only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
 """
 
 import argparse
+import copy
 import math
 import re
 import time
@@ -478,6 +479,7 @@ def train(args):
     warmup = max(1, args.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, args.steps) / args.steps)))
+    average = copy.deepcopy(model) if args.ema else None
     model.train()
     began = time.time()
     for step in range(args.steps):
@@ -503,13 +505,31 @@ def train(args):
         loss.backward()
         optimizer.step()
         schedule.step()
+        if average is not None:
+            ema_update(average, model, args.ema)
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}  scale {model.logit_scale.exp().item():.1f}  "
                   f"{time.time() - began:.0f}s", flush=True)
+    if average is not None:  # the averaged weights are what is measured and saved
+        model = average
     model.eval()
     used.restore(model, full_table)
     report(model, seed=args.seed + 1000, n=args.eval_n)
     save(model, args.out)
+
+
+@torch.no_grad()
+def ema_update(average, model, decay):
+    """average <- decay * average + (1 - decay) * model, for every weight and BatchNorm statistic.
+
+    An exponential moving average of the weights (Polyak averaging): it smooths out the
+    last steps' noise. Integer buffers (BatchNorm's step count) are copied.
+    """
+    for a, m in zip(average.state_dict().values(), model.state_dict().values()):
+        if a.is_floating_point():
+            a.lerp_(m, 1 - decay)
+        else:
+            a.copy_(m)
 
 
 class _Vocabulary:
@@ -751,6 +771,9 @@ def guided(args):
         print(f"saved {args.grid}")
 
 
+_decay = common._number(float, lambda v: 0 <= v < 1, "must lie from 0 up to, not including, 1")
+
+
 def _other_kinds(text):
     """--other-kinds: a comma-separated list of OTHER_KINDS names."""
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
@@ -812,6 +835,8 @@ def main(argv=None):
                    help="stretch each named colour's saturation by a random factor from 1 to 1 + S")
     t.add_argument("--desaturate", type=common.unit_float, default=0.0, metavar="D",
                    help="let that factor go down to 1 - D: greyer colours, whose shapes stand out less")
+    t.add_argument("--ema", type=_decay, default=0.0, metavar="DECAY",
+                   help="save an exponential moving average of the weights with this decay per step (0: the last weights)")
     t.add_argument("--gray", type=common.unit_float, default=0.2, help="share of images turned grayscale")
     t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
     t.add_argument("--out", default="models/toy.pt", help="where to save the fp16 state dict")

@@ -403,6 +403,30 @@ def test_training_runs_and_saves_a_small_loadable_checkpoint(tmp_path, width):
     assert model.model.visual.layer1[0].conv1.weight.shape[0] == width  # the checkpoint says its width
 
 
+def test_ema_update_averages_weights_and_batchnorm_statistics():
+    average, model = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(4.0)
+    model.num_batches_tracked.fill_(7)
+    toy.ema_update(average, model, 0.75)
+    assert torch.allclose(average.weight, torch.full((3,), 0.75 * 1 + 0.25 * 2))
+    assert torch.allclose(average.running_mean, torch.full((3,), 0.25 * 4))
+    assert int(average.num_batches_tracked) == 7
+    assert torch.equal(model.weight, torch.full((3,), 2.0))  # the trained model is left alone
+
+
+def test_training_with_ema_saves_the_averaged_weights(tmp_path):
+    def distance_from_start(*extra):
+        out = tmp_path / "m.pt"
+        toy.main(["train", "--steps", "2", "--batch", "16", "--eval-n", "16", "--out", str(out), *extra])
+        state = torch.load(out, weights_only=True)
+        start = dict(toy.build(0).visual.named_parameters(prefix="visual"))
+        return sum((state[k].float() - w).norm() for k, w in start.items())
+    last, averaged = distance_from_start(), distance_from_start("--ema", "0.99")
+    assert averaged < 0.05 * last  # two steps move an average with decay 0.99 by about 2% as far
+
+
 # --- the shipped models
 
 @pytest.fixture(scope="module", params=["toy", "toy-scorer"])
