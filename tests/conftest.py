@@ -48,7 +48,10 @@ def tiny(tiny_ckpt):
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, tmp_path_factory, monkeypatch):
-    """Every test runs in its own folder, with an empty home (no wandb login, no CLIP cache)."""
+    """Every test runs in its own folder, with an empty home (no wandb login, no CLIP cache),
+    from the same random state whatever ran before it (so a test's random inputs never
+    depend on which tests ran first)."""
+    torch.manual_seed(0)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
