@@ -289,6 +289,33 @@ def seed_everything(seed=None, announce=True):
     return seed
 
 
+class PatchEmbedding(torch.nn.Module):
+    """A ViT's patch convolution (kernel = stride, no padding) as one matrix product.
+
+    The same sum as the convolution, but its input gradient is a matrix product too: on a
+    CPU the convolution's backward was about a tenth of an inner step (ViT-B/32, bf16).
+    The weight keeps its name (`conv1.weight`), so state dicts are unchanged.
+    """
+
+    def __init__(self, conv):
+        super().__init__()
+        self.patch = conv.kernel_size[0]
+        self.weight = conv.weight  # [width, 3, patch, patch]
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        k, rows, cols = self.patch, h // self.patch, w // self.patch
+        patches = x.view(b, c, rows, k, cols, k).permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, c * k * k)
+        out = F.linear(patches, self.weight.flatten(1))  # [b, rows * cols, width]
+        return out.transpose(1, 2).reshape(b, -1, rows, cols)  # [b, width, rows, cols], as the convolution
+
+
+def _is_patch_conv(conv):
+    return (isinstance(conv, torch.nn.Conv2d) and conv.bias is None and conv.padding == (0, 0)
+            and conv.kernel_size == conv.stride and conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.groups == 1 and conv.dilation == (1, 1))
+
+
 class Clip:
     """A frozen CLIP model with what the renderer needs to know about it.
 
@@ -299,6 +326,8 @@ class Clip:
 
     def __init__(self, model, name, device):
         self.model = model.float().eval().requires_grad_(False).to(device)
+        if _is_patch_conv(getattr(model.visual, "conv1", None)):  # a ViT (not a ModifiedResNet)
+            model.visual.conv1 = PatchEmbedding(model.visual.conv1)
         self.name = name
         self.device = device
         self.size = model.visual.input_resolution
@@ -352,10 +381,21 @@ class Clip:
                 and baked.get("clip_weights", self.weights_id) == self.weights_id)
 
     def autocast(self):
-        """The autocast context of the image tower (does nothing at fp32)."""
+        """The autocast context of the image tower (does nothing at fp32).
+
+        On a CPU in fp16/bf16 attention also runs on the math kernel: the fused CPU
+        kernel's backward in bf16 took a sixth of a ViT-B/32 inner step, several times
+        the math kernel's (bench.py measures it).
+        """
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+        cast = torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+        if torch.device(self.device).type != "cpu":
+            return cast
+        stack = contextlib.ExitStack()
+        stack.enter_context(cast)
+        stack.enter_context(math_attention())
+        return stack
 
     def use_compile(self):
         """Compile the plain renderer's loss with torch.compile (eager again if that fails)."""

@@ -170,6 +170,33 @@ def _pixels(path):
         return im.convert("RGB").tobytes()
 
 
+def test_the_patch_embedding_is_the_convolution_and_keeps_the_state_dict(tiny_ckpt):
+    raw = torch.load(tiny_ckpt, weights_only=True)
+    model = common.load_clip(tiny_ckpt, "cpu")
+    patch = model.model.visual.conv1
+    assert isinstance(patch, common.PatchEmbedding)  # the tiny ViT's 16-px patches
+    images = torch.rand(3, 3, model.size, model.size, requires_grad=True)
+    conv = F.conv2d(images, raw["visual.conv1.weight"], stride=16)
+    ours = patch(images)
+    assert ours.shape == conv.shape and torch.allclose(ours, conv, atol=1e-5)
+    direction = torch.randn_like(conv)
+    grad_conv, = torch.autograd.grad((conv * direction).sum(), images)
+    grad_ours, = torch.autograd.grad((ours * direction).sum(), images)
+    assert torch.allclose(grad_ours, grad_conv, atol=1e-5)
+    assert set(model.model.state_dict()) == set(raw)  # the same keys: fingerprints and files unchanged
+
+
+def test_lower_precision_on_a_cpu_runs_attention_on_the_math_kernel(tiny_ckpt, monkeypatch):
+    model = common.load_clip(tiny_ckpt, "cpu")
+    model.set_precision("bf16")
+    used = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: used.append(
+        torch.backends.cuda.flash_sdp_enabled()) or real(*a, **k))
+    common.embed_images(model, torch.rand(1, 3, model.size, model.size))
+    assert used and not any(used)  # the fused kernels are off while the tower runs
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_lower_precision_runs_the_tower_in_it_and_stays_close(tiny_ckpt, precision):
     model = common.load_clip(tiny_ckpt, "cpu")
