@@ -14,6 +14,7 @@ Examples:
   python bench.py --device cpu --precision bf16 --reference-design --reference-precision fp32
 """
 
+import contextlib
 import json
 import math
 import platform
@@ -202,6 +203,11 @@ def time_reference_step(model, clock, args, size, cutn):
     precision = model.precision
     model.set_precision(args.reference_precision or precision)
     net.requires_grad_(True)
+    patch = net.visual.conv1
+    if isinstance(patch, common.PatchEmbedding):  # the reference's own convolution and attention kernel
+        net.visual.conv1 = patch.as_conv()
+    cast = (torch.autocast(model.device.type, dtype=common.PRECISIONS[model.precision])
+            if model.precision != "fp32" else contextlib.nullcontext())
     z = common.random_start(size, model.device).requires_grad_()
     optimizer = torch.optim.AdamW([z], lr=common.LR)  # only z: CLIP's gradients pile up, as there
 
@@ -209,7 +215,7 @@ def time_reference_step(model, clock, args, size, cutn):
         for _ in range(n):
             optimizer.zero_grad()
             cuts = reference_cutouts(z, model.size, cutn)  # the reference feeds raw z to CLIP
-            with model.autocast():  # --reference-precision, by default ours: then only the design differs
+            with cast:  # --reference-precision, by default ours: then only the design differs
                 embeds = F.normalize(net.encode_image(cuts).float(), dim=-1)
             loss = (common.spherical_distance(embeds, target).mean()
                     + (z - z.clamp(-1, 1)).pow(2).mean() + common.TV_WEIGHT * common.total_variation(z).sum()
@@ -224,6 +230,7 @@ def time_reference_step(model, clock, args, size, cutn):
         steps(args.warmup)
         return median_step(clock, steps, args.repeat)
     finally:
+        net.visual.conv1 = patch
         model.set_precision(precision)
         net.requires_grad_(False)
         for p in net.parameters():

@@ -309,6 +309,13 @@ class PatchEmbedding(torch.nn.Module):
         out = F.linear(patches, self.weight.flatten(1))  # [b, rows * cols, width]
         return out.transpose(1, 2).reshape(b, -1, rows, cols)  # [b, width, rows, cols], as the convolution
 
+    def as_conv(self):
+        """The convolution it stands for, sharing its weight."""
+        conv = torch.nn.Conv2d(self.weight.shape[1], self.weight.shape[0], self.patch, self.patch, bias=False,
+                               device=self.weight.device)
+        conv.weight = self.weight
+        return conv
+
 
 def _is_patch_conv(conv):
     return (isinstance(conv, torch.nn.Conv2d) and conv.bias is None and conv.padding == (0, 0)

@@ -294,8 +294,9 @@ def test_timing_the_reference_design_leaves_clip_frozen(tiny):
 
 def test_the_reference_design_runs_at_its_own_precision_and_ours_is_kept(tiny):
     tiny.set_precision("bf16")
-    seen = []
-    hook = tiny.model.visual.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    seen, convs = [], []
+    hook = tiny.model.visual.transformer.resblocks[0].mlp.c_fc.register_forward_hook(
+        lambda m, i, o: seen.append(o.dtype) or convs.append(type(tiny.model.visual.conv1)))
     try:
         args = bench.parse_args(["--repeat", "1", "--warmup", "1", "--reference-precision", "fp32"])
         bench.time_reference_step(tiny, bench.Clock(tiny.device), args, 16, 2)
@@ -304,6 +305,8 @@ def test_the_reference_design_runs_at_its_own_precision_and_ours_is_kept(tiny):
         bench.time_reference_step(tiny, bench.Clock(tiny.device), bench.parse_args(["--repeat", "1", "--warmup", "1"]),
                                   16, 2)
         assert set(seen) == {torch.bfloat16}  # by default, the same as ours
+        assert set(convs) == {torch.nn.Conv2d}  # the reference's own patch convolution
+        assert isinstance(tiny.model.visual.conv1, common.PatchEmbedding)  # ours is back
     finally:
         hook.remove()
         tiny.set_precision("fp32")
