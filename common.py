@@ -387,22 +387,22 @@ class Clip:
         return (baked.get("clip_model") == self.name
                 and baked.get("clip_weights", self.weights_id) == self.weights_id)
 
+    @contextmanager
     def autocast(self):
         """The autocast context of the image tower (does nothing at fp32).
 
-        On a CPU in fp16/bf16 attention also runs on the math kernel: the fused CPU
-        kernel's backward in bf16 took a sixth of a ViT-B/32 inner step, several times
-        the math kernel's (bench.py measures it).
+        On a CPU in fp16/bf16 attention also runs on the math kernel: there the fused
+        kernel's bf16 backward took about a sixth of a ViT-B/32 inner step (torch.profiler),
+        several times the math kernel's.
         """
         if self.precision == "fp32":
-            return contextlib.nullcontext()
-        cast = torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
-        if torch.device(self.device).type != "cpu":
-            return cast
-        stack = contextlib.ExitStack()
-        stack.enter_context(cast)
-        stack.enter_context(math_attention())
-        return stack
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]))
+            if torch.device(self.device).type == "cpu":
+                stack.enter_context(math_attention())
+            yield
 
     def use_compile(self):
         """Compile the plain renderer's loss with torch.compile (eager again if that fails)."""
