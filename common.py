@@ -141,6 +141,7 @@ nonnegative_int = _number(int, lambda v: v >= 0, "must be a whole number of at l
 nonnegative_float = _number(float, lambda v: 0 <= v < math.inf, "must be a number of at least 0")
 positive_float = _number(float, lambda v: 0 < v < math.inf, "must be a positive number")
 unit_float = _number(float, lambda v: 0 <= v <= 1, "must lie between 0 and 1")
+decay_float = _number(float, lambda v: 0 <= v < 1, "must lie from 0 up to, not including, 1")
 save_side = _number(int, lambda v: 1 <= v <= 8192, "must be a whole number from 1 to 8192")
 seed_int = _number(int, lambda v: 0 <= v < 2**63, "must be a whole number from 0 to 2**63 - 1")
 

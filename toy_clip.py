@@ -771,9 +771,6 @@ def guided(args):
         print(f"saved {args.grid}")
 
 
-_decay = common._number(float, lambda v: 0 <= v < 1, "must lie from 0 up to, not including, 1")
-
-
 def _other_kinds(text):
     """--other-kinds: a comma-separated list of OTHER_KINDS names."""
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
@@ -835,7 +832,7 @@ def main(argv=None):
                    help="stretch each named colour's saturation by a random factor from 1 to 1 + S")
     t.add_argument("--desaturate", type=common.unit_float, default=0.0, metavar="D",
                    help="let that factor go down to 1 - D: greyer colours, whose shapes stand out less")
-    t.add_argument("--ema", type=_decay, default=0.0, metavar="DECAY",
+    t.add_argument("--ema", type=common.decay_float, default=0.0, metavar="DECAY",
                    help="save an exponential moving average of the weights with this decay per step (0: the last weights)")
     t.add_argument("--gray", type=common.unit_float, default=0.2, help="share of images turned grayscale")
     t.add_argument("--threads", type=common.positive_int, default=2, help="CPU threads")
