@@ -92,7 +92,7 @@ def all_captions():
 # --- drawing
 
 def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, saturate=0.0, desaturate=0.0,
-         others=OTHER_KINDS):
+         others=OTHER_KINDS, mirror_opacity=1.0):
     """Images [n, 3, side, side] in [0, 1] of (colour, shape, place) labels [n, 3].
 
     muted: the least share of grey mixed into the background's colour (0 to 1).
@@ -103,6 +103,8 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
     from 1 - desaturate to 1 + saturate (clipped to [0, 1]): a purer or a greyer red is
     still red.
     others: the kinds of OTHER_SHAPE drawn (names from OTHER_KINDS), picked at random.
+    mirror_opacity: the least opacity of a MIRRORED shape's copy on the right, each drawn
+    from mirror_opacity to 1 (1: an exact copy): a fainter twin is still a twin.
     """
     n = len(labels)
     rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
@@ -134,11 +136,14 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
         other = torch.stack([ellipse, ring, plus], 1)[torch.arange(n), which]
         return torch.stack([circle, square, triangle, other], 1)[torch.arange(n), labels[:, 1]]
 
-    dist = distance(xs - centre[:, 0].view(n, 1, 1))
+    coverage = lambda dist: (0.5 - dist * side).clamp(0, 1).unsqueeze(1)  # noqa: E731 (anti-aliased edge, a pixel wide)
+    mask = coverage(distance(xs - centre[:, 0].view(n, 1, 1)))
     twice = labels[:, 2] == MIRRORED
     if twice.any():  # a copy on the right as well, mirrored (each shape is symmetric left to right)
-        dist[twice] = torch.minimum(dist, distance(xs - (1 - centre[:, 0]).view(n, 1, 1)))[twice]
-    mask = (0.5 - dist * side).clamp(0, 1).unsqueeze(1)  # anti-aliased edge, one pixel wide
+        copy = coverage(distance(xs - (1 - centre[:, 0]).view(n, 1, 1)))
+        if mirror_opacity < 1:
+            copy = copy * (mirror_opacity + (1 - mirror_opacity) * rand(n)).view(n, 1, 1, 1)
+        mask = torch.where(twice.view(n, 1, 1, 1), torch.maximum(mask, copy), mask)
     # background: another colour greyed by at least `muted`, plain or with a faint low-frequency texture
     bg_index = (labels[:, 0] + 1 + (rand(n) * (len(COLOURS) - 1)).long()) % len(COLOURS)
     grey = muted + (1 - muted) * 0.6 * rand(n, 1)
@@ -488,7 +493,8 @@ def train(args):
                                anywhere=args.any_colours)
         messy = torch.rand(args.batch, generator=gen) < args.messy if args.messy else None
         drawn = draw(labels, gen, muted=args.muted, messy=messy, with_mask=bool(args.vivid_twins),
-                     saturate=args.saturate, desaturate=args.desaturate, others=args.other_kinds)
+                     saturate=args.saturate, desaturate=args.desaturate, others=args.other_kinds,
+                     mirror_opacity=args.mirror_opacity)
         twins = None
         if args.vivid_twins:  # the same drawings on vivid backgrounds, augmented alike (a copy of gen's state)
             drawn, mask = drawn
@@ -807,6 +813,9 @@ def main(argv=None):
     t.add_argument("--mirrored", type=common.unit_float, default=0.15,
                    help="share of shapes drawn twice, left and mirrored right, true of no place caption "
                         "(teaches that a symmetric image is on neither side)")
+    t.add_argument("--mirror-opacity", type=common.unit_float, default=1.0, metavar="LOW",
+                   help="least opacity of the right-hand copy of a --mirrored shape, each drawn from LOW to 1 "
+                        "(teaches that a fainter second copy also takes the shape off its side)")
     t.add_argument("--messy", type=common.unit_float, default=0.0,
                    help="share of images on vivid blotches, captioned by the renderer's negative style text "
                         "(its style text captions the rest); 0: the two texts are taught to mean the same")

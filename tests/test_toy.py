@@ -189,13 +189,15 @@ def test_any_colour_shapes_are_never_a_held_out_pair_and_name_no_colour():
     assert positive[0, at["a circle in the center"]] and not positive[0, at["a square"]]
 
 
-def test_nudges_start_at_nudge_from(tmp_path, monkeypatch):
-    calls = []
-    real = toy.perturb
+def test_train_nudges_from_nudge_from_and_draws_with_mirror_opacity(tmp_path, monkeypatch):
+    calls, opacities = [], []
+    real, real_draw = toy.perturb, toy.draw
     monkeypatch.setattr(toy, "perturb", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(toy, "draw", lambda *a, **k: opacities.append(k.get("mirror_opacity")) or real_draw(*a, **k))
     toy.main(["train", "--steps", "4", "--batch", "16", "--eval-n", "16", "--nudge-from", "0.5",
-              "--out", str(tmp_path / "m.pt")])
+              "--mirror-opacity", "0.4", "--out", str(tmp_path / "m.pt")])
     assert len(calls) == 2  # steps 2 and 3 of 0..3
+    assert opacities[:4] == [0.4] * 4  # the training drawings (the zero-shot report's come after)
 
 
 def test_mirrored_shapes_lie_on_both_sides_and_on_neither_in_captions():
@@ -213,6 +215,21 @@ def test_mirrored_shapes_lie_on_both_sides_and_on_neither_in_captions():
     assert (seen[:, 2] == toy.MIRRORED).all()  # a flip leaves it on both sides
     placed = toy.random_labels(640, torch.Generator().manual_seed(1), mirrored=0.5)[:, 2]
     assert 0.3 < (placed == toy.MIRRORED).float().mean() < 0.7
+
+
+def test_a_mirrored_copy_may_be_fainter():
+    labels = torch.tensor([[toy.COLOUR_NAMES.index("red"), s, toy.MIRRORED] for s in range(3)] * 20)
+    _, exact = toy.draw(labels, torch.Generator().manual_seed(0), with_mask=True)
+    assert torch.allclose(exact, exact.flip(-1), atol=1e-4)  # the default: an exact mirror image
+    _, mask = toy.draw(labels, torch.Generator().manual_seed(0), with_mask=True, mirror_opacity=0.3)
+    half = mask.shape[-1] // 2
+    left, right = mask[..., :half].amax((1, 2, 3)), mask[..., half:].amax((1, 2, 3))
+    assert (left == 1).all() and (right >= 0.3).all() and (right < 0.95).any() and right.std() > 0.1
+    # shapes placed on one side are not touched
+    single = labels.clone()
+    single[:, 2] = toy.PLACE_NAMES.index("left")
+    _, one = toy.draw(single, torch.Generator().manual_seed(0), with_mask=True, mirror_opacity=0.3)
+    assert one[..., half + 8:].max() == 0
 
 
 def test_muted_backgrounds_are_greyer():
