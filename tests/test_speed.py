@@ -204,11 +204,40 @@ def test_lower_precision_runs_the_tower_in_it_and_stays_close(tiny_ckpt, precisi
     exact = common.embed_images(model, images)
     model.set_precision(precision)
     seen = []
-    hook = model.model.visual.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    hook = model.tower.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     low = common.embed_images(model, images)
     hook.remove()
     assert seen == [common.PRECISIONS[precision]] and low.dtype == torch.float32
     assert F.cosine_similarity(exact, low).min() > 0.99
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["tiny", "toy"])  # a ViT and a ModifiedResNet
+def test_weights_stored_at_the_lower_precision_give_exactly_what_autocast_gives(tiny_ckpt, name, precision):
+    model = common.load_clip(tiny_ckpt if name == "tiny" else name, "cpu")
+    weights_id, texts = model.weights_id, common.embed_texts(model, ["a red circle"])
+    model.set_precision(precision)
+    dtype = common.PRECISIONS[precision]
+    assert model.tower is not model.model.visual
+    for module in model.tower.modules():
+        for param in module.parameters(recurse=False):
+            assert param.dtype == (torch.float32 if isinstance(module, common._NORMS) else dtype)
+            assert not param.requires_grad
+    assert all(p.dtype == torch.float32 for p in model.model.parameters())  # the model itself is untouched
+    images = torch.rand(3, 3, model.size, model.size, requires_grad=True)
+    ours = common.embed_images(model, images)
+    model.tower = model.model.visual  # the fp32 weights, cast by autocast on every call
+    theirs = common.embed_images(model, images)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(*(torch.autograd.grad(e.square().sum(), images)[0] for e in (ours, theirs)))
+    model.set_precision(precision)
+    low = model.tower
+    model.set_precision("fp32")
+    assert model.tower is model.model.visual
+    model.set_precision(precision)
+    assert model.tower is low  # the copy is kept, not made again
+    assert common.Clip.weights_id.func(model) == weights_id  # computed afresh: fingerprints are unchanged
+    assert torch.equal(common.embed_texts(model, ["a red circle"]), texts)
 
 
 def test_a_precision_the_device_lacks_is_one_line(tiny_ckpt, monkeypatch, capsys):
