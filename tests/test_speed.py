@@ -240,6 +240,30 @@ def test_weights_stored_at_the_lower_precision_give_exactly_what_autocast_gives(
     assert torch.equal(common.embed_texts(model, ["a red circle"]), texts)
 
 
+@pytest.mark.parametrize("flags, noted", [({"avx2"}, True), ({"avx2", "avx512_bf16"}, False), (None, False)])
+def test_bf16_on_a_cpu_without_bf16_instructions_gets_a_note(tiny_ckpt, monkeypatch, capsys, flags, noted):
+    monkeypatch.setattr(common, "cpu_flags", lambda: flags)
+    model = common.load_clip(tiny_ckpt, "cpu")
+    model.set_precision("fp32")
+    model.set_precision("bf16")
+    model.set_precision("fp32")
+    model.set_precision("bf16")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "bf16 instructions" in line]
+    assert len(lines) == noted  # once, and only where the flags say it is missing
+    assert not noted or lines[0].startswith("note:") and "--precision fp32" in lines[0]
+    assert model.precision == "bf16"  # a note, not a refusal
+
+
+def test_cpu_flags_reads_the_flags_line(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse avx2 avx512_bf16\n\n")
+    real = common.Path
+    monkeypatch.setattr(common, "Path", lambda p: real(info) if p == "/proc/cpuinfo" else real(p))
+    assert common.cpu_flags() == {"fpu", "sse", "avx2", "avx512_bf16"}
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # an ARM CPU's listing: unknown
+    assert common.cpu_flags() is None
+
+
 def test_a_precision_the_device_lacks_is_one_line(tiny_ckpt, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise RuntimeError("User specified an unsupported autocast device_type 'cpu'\nmore")
