@@ -136,14 +136,15 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
         other = torch.stack([ellipse, ring, plus], 1)[torch.arange(n), which]
         return torch.stack([circle, square, triangle, other], 1)[torch.arange(n), labels[:, 1]]
 
-    coverage = lambda dist: (0.5 - dist * side).clamp(0, 1).unsqueeze(1)  # noqa: E731 (anti-aliased edge, a pixel wide)
+    # coverage of each pixel, with an anti-aliased edge one pixel wide
+    coverage = lambda dist: (0.5 - dist * side).clamp(0, 1).unsqueeze(1)  # noqa: E731
     mask = coverage(distance(xs - centre[:, 0].view(n, 1, 1)))
     twice = labels[:, 2] == MIRRORED
     if twice.any():  # a copy on the right as well, mirrored (each shape is symmetric left to right)
-        copy = coverage(distance(xs - (1 - centre[:, 0]).view(n, 1, 1)))
+        twin = coverage(distance(xs - (1 - centre[:, 0]).view(n, 1, 1)))
         if mirror_opacity < 1:
-            copy = copy * (mirror_opacity + (1 - mirror_opacity) * rand(n)).view(n, 1, 1, 1)
-        mask = torch.where(twice.view(n, 1, 1, 1), torch.maximum(mask, copy), mask)
+            twin = twin * (mirror_opacity + (1 - mirror_opacity) * rand(n)).view(n, 1, 1, 1)
+        mask = torch.where(twice.view(n, 1, 1, 1), torch.maximum(mask, twin), mask)
     # background: another colour greyed by at least `muted`, plain or with a faint low-frequency texture
     bg_index = (labels[:, 0] + 1 + (rand(n) * (len(COLOURS) - 1)).long()) % len(COLOURS)
     grey = muted + (1 - muted) * 0.6 * rand(n, 1)
