@@ -376,7 +376,7 @@ class Clip:
         if _is_patch_conv(getattr(model.visual, "conv1", None)):  # a ViT (not a ModifiedResNet)
             model.visual.conv1 = PatchEmbedding(model.visual.conv1)
         self.name = name
-        self.device = device
+        self.device = torch.device(device)
         self.size = model.visual.input_resolution
         self.dim = model.text_projection.shape[1]
         self.context_length = model.context_length
@@ -449,7 +449,7 @@ class Clip:
             return
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]))
-            if torch.device(self.device).type == "cpu":
+            if self.device.type == "cpu":
                 stack.enter_context(math_attention())
             yield
 
