@@ -339,6 +339,16 @@ def build(seed, vision_width=ARCH["vision_width"]):
     return CLIP(**{**ARCH, "vision_width": vision_width})
 
 
+def start_from(name, vision_width):
+    """A trained toy CLIP to go on training (--init): a shipped name or a saved file."""
+    model = common.load_clip(name).model
+    fresh = build(0, vision_width)
+    if {k: v.shape for k, v in model.state_dict().items()} != {k: v.shape for k, v in fresh.state_dict().items()}:
+        raise common.UserError(f"--init {name} is not a toy CLIP of --width {vision_width}: "
+                               "pass a file saved by toy_clip.py train, with its --width")
+    return model.requires_grad_(True)
+
+
 def contrastive_loss(model, images, labels, text_f, attrs, style_tokens, messy=None, unseen=None, twins=None):
     """CLIP's symmetric loss with every caption of the world as a candidate (caption_loss;
     text_f: the captions' normalized features), plus the renderer's two style texts
@@ -465,7 +475,7 @@ def train(args):
         raise common.UserError(f"--vivid-twins {args.vivid_twins} is more than --batch {args.batch}: "
                                "it counts images of each batch; lower it")
     torch.set_num_threads(args.threads)
-    model = build(args.seed, args.width)
+    model = build(args.seed, args.width) if args.init is None else start_from(args.init, args.width)
     gen = torch.Generator().manual_seed(args.seed)
     texts, attrs = all_captions()
     # captions of the held-out pairs are left out: as candidates that never match they
@@ -796,6 +806,9 @@ def main(argv=None):
     t.add_argument("--batch", type=common.positive_int, default=128, help="images per step")
     t.add_argument("--width", type=common.positive_int, default=ARCH["vision_width"],
                    help="width of the vision tower (its cost grows about as the square)")
+    t.add_argument("--init", metavar="MODEL",
+                   help="go on training from these weights (toy, or a file saved by train) instead of fresh ones; "
+                        "the schedule starts again (use a lower --lr, and --nudge-from 0 after a nudged run)")
     t.add_argument("--lr", type=common.positive_float, default=1e-3, help="peak AdamW learning rate (cosine decay)")
     t.add_argument("--unnamed", type=common.unit_float, default=0.0,
                    help="share of colour groups drawn in colours no caption names (shape apart from colour)")

@@ -444,6 +444,27 @@ def test_training_with_ema_saves_the_averaged_weights(tmp_path):
     assert averaged < 0.05 * last  # two steps move an average with decay 0.99 by about 2% as far
 
 
+def test_training_can_go_on_from_trained_weights(tmp_path):
+    out = tmp_path / "m.pt"
+    toy.main(["train", "--init", "toy", "--steps", "1", "--batch", "16", "--eval-n", "16", "--lr", "1e-6",
+              "--out", str(out)])
+    state = torch.load(out, weights_only=True)
+    start = torch.load(common.TOY_MODELS["toy"], weights_only=True)
+    fresh = toy.build(0).state_dict()
+    for k in ("visual.conv1.weight", "transformer.resblocks.0.attn.in_proj_weight", "text_projection"):
+        # a tiny step from the shipped weights, far nearer them than the fresh weights they were trained from
+        assert (state[k].float() - start[k].float()).norm() < 0.05 * (fresh[k] - start[k].float()).norm()
+    # the words the world uses kept their trained rows (restored into the full table)
+    assert torch.equal(state["token_embedding.weight"] != 0, start["token_embedding.weight"] != 0)
+
+
+def test_init_of_another_width_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "m.pt"
+    with pytest.raises(SystemExit, match="--init toy is not a toy CLIP of --width 24: pass a file"):
+        toy.main(["train", "--init", "toy", "--width", "24", "--steps", "1", "--out", str(out)])
+    assert not out.exists()
+
+
 # --- the shipped models
 
 @pytest.fixture(scope="module", params=["toy", "toy-scorer"])
