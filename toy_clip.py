@@ -644,13 +644,20 @@ def classify(model, images, protocol="joint"):
                         _best(model, image_f, "a {c} shape {p}", c=c, p=p)[:, 1]], 1)
 
 
-def accuracy(model, pairs, n, seed, protocol="joint", muted=MUTED):
-    """Per-attribute zero-shot accuracy on n fresh images of the given (colour, shape) pairs."""
+def predictions(model, pairs, n, seed, protocol="joint", muted=MUTED):
+    """Zero-shot (colour, shape, place) of n fresh images of the given (colour, shape) pairs,
+    and their true labels: two [n, 3] tensors."""
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randint(len(pairs), (n,), generator=gen)
     labels = torch.tensor([(*pairs[i], int(torch.randint(len(PLACES), (1,), generator=gen))) for i in pick])
     predicted = torch.cat([classify(model, draw(labels[i:i + 256], gen, muted=muted), protocol)
                            for i in range(0, n, 256)])
+    return predicted, labels
+
+
+def accuracy(model, pairs, n, seed, protocol="joint", muted=MUTED):
+    """Per-attribute zero-shot accuracy on n fresh images of the given (colour, shape) pairs."""
+    predicted, labels = predictions(model, pairs, n, seed, protocol, muted)
     return (predicted == labels).float().mean(0).tolist()
 
 
@@ -663,8 +670,15 @@ def report(model, seed, n=600, muted=MUTED):
             colour, shape, place = accuracy(model, pairs, n, seed, protocol, muted)
             print(f"{protocol:9s} {name:15s}  colour {colour:6.1%}  shape {shape:6.1%}  position {place:6.1%}"
                   f"  (n={n})")
-    shapes = [f"{COLOUR_NAMES[c]} {SHAPES[s]} {accuracy(model, [(c, s)], n // 4, seed, 'joint', muted)[1]:.1%}"
-              for c, s in TEST_PAIRS]
+    colours, shapes = [], []
+    for c, s in TEST_PAIRS:
+        predicted, labels = predictions(model, [(c, s)], n // 4, seed, "joint", muted)
+        right = (predicted == labels).float().mean(0).tolist()
+        wrong = predicted[predicted[:, 0] != c, 0]
+        mistaken = f" (else mostly {COLOUR_NAMES[int(wrong.mode().values)]})" if len(wrong) else ""
+        colours.append(f"{COLOUR_NAMES[c]} {SHAPES[s]} {right[0]:.1%}{mistaken}")
+        shapes.append(f"{COLOUR_NAMES[c]} {SHAPES[s]} {right[1]:.1%}")
+    print(f"joint     colour by held-out pair: {', '.join(colours)}  (n={n // 4} each)")
     print(f"joint     shape by held-out pair: {', '.join(shapes)}  (n={n // 4} each)")
     # the shape alone, as "a {shape}" reads it, in solid colours far from every named one:
     # how far shape is told apart from colour

@@ -495,8 +495,15 @@ def test_zero_shot_reports_each_held_out_pair_and_shapes_in_random_colours(capsy
     import re
     toy.main(["zero-shot", "toy-scorer", "-n", "40"])
     out = capsys.readouterr().out
-    pairs = re.search(r"shape by held-out pair: (.*)  \(", out).group(1)
-    assert sorted(re.findall(r"(\w+ \w+) [\d.]+%", pairs)) == sorted(f"{c} {s}" for c, s in toy.HELD_OUT)
+    held_out = sorted(f"{c} {s}" for c, s in toy.HELD_OUT)
+    for attribute in ("colour", "shape"):
+        pairs = re.search(rf"{attribute} by held-out pair: (.*)  \(", out).group(1)
+        assert sorted(re.findall(r"(\w+ \w+) [\d.]+%", pairs)) == held_out
+    # a colour below 100% says what the pair was mistaken for: a named colour, not its own
+    for pair, share, mistaken in re.findall(r"(\w+ \w+) ([\d.]+)%(?: \(else mostly (\w+)\))?",
+                                            re.search(r"colour by held-out pair: (.*)  \(", out).group(1)):
+        assert (float(share) < 100) == bool(mistaken), pair
+        assert not mistaken or (mistaken in toy.COLOUR_NAMES and mistaken != pair.split()[0])
     odd = dict(re.findall(r"(\w+) ([\d.]+)%", re.search(r"shape in random colours: (.*)  \(", out).group(1)))
     assert list(odd) == list(toy.SHAPES)
     assert sum(float(v) for v in odd.values()) / 3 > 50  # the scorer tells shapes apart in any colour
