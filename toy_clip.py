@@ -339,10 +339,11 @@ def build(seed, vision_width=ARCH["vision_width"]):
     return CLIP(**{**ARCH, "vision_width": vision_width})
 
 
-def start_from(name, vision_width):
-    """A trained toy CLIP to go on training (--init): a shipped name or a saved file."""
+def start_from(name, seed, vision_width):
+    """A trained toy CLIP to go on training (--init): a shipped name or a saved file.
+    (The global generator is seeded as for a fresh model.)"""
     model = common.load_clip(name).model
-    fresh = build(0, vision_width)
+    fresh = build(seed, vision_width)
     if {k: v.shape for k, v in model.state_dict().items()} != {k: v.shape for k, v in fresh.state_dict().items()}:
         raise common.UserError(f"--init {name} is not a toy CLIP of --width {vision_width}: "
                                "pass a file saved by toy_clip.py train, with its --width")
@@ -475,7 +476,7 @@ def train(args):
         raise common.UserError(f"--vivid-twins {args.vivid_twins} is more than --batch {args.batch}: "
                                "it counts images of each batch; lower it")
     torch.set_num_threads(args.threads)
-    model = build(args.seed, args.width) if args.init is None else start_from(args.init, args.width)
+    model = build(args.seed, args.width) if args.init is None else start_from(args.init, args.seed, args.width)
     gen = torch.Generator().manual_seed(args.seed)
     texts, attrs = all_captions()
     # captions of the held-out pairs are left out: as candidates that never match they
