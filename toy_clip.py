@@ -42,10 +42,10 @@ ANY_COLOUR = RANDOM_COLOUR + 1
 FAR = 0.25  # least RGB distance of a random colour from a named one: 6 times the named colours' jitter
 CHROMATIC = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle")
-# shape index of outlines no caption names (an ellipse, a ring or a plus): a named colour
-# seen in more shapes teaches colour apart from shape
+# shape index of outlines no caption names (an ellipse, a ring, a plus, a diamond or a wedge, a
+# triangle pointing down): a named colour seen in more shapes teaches colour apart from shape
 OTHER_SHAPE = len(SHAPES)
-OTHER_KINDS = ("ellipse", "ring", "plus")
+OTHER_KINDS = ("ellipse", "ring", "plus", "diamond", "wedge")
 PLACES = {  # name: (centre x, centre y, words)
     "left": (0.27, 0.5, "on the left"), "right": (0.73, 0.5, "on the right"),
     "top": (0.5, 0.27, "at the top"), "bottom": (0.5, 0.73, "at the bottom"),
@@ -92,7 +92,7 @@ def all_captions():
 # --- drawing
 
 def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, saturate=0.0, desaturate=0.0,
-         others=OTHER_KINDS, mirror_opacity=1.0):
+         others=OTHER_KINDS, mirror_opacity=1.0, upright=0.0):
     """Images [n, 3, side, side] in [0, 1] of (colour, shape, place) labels [n, 3].
 
     muted: the least share of grey mixed into the background's colour (0 to 1).
@@ -105,6 +105,8 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
     others: the kinds of OTHER_SHAPE drawn (names from OTHER_KINDS), picked at random.
     mirror_opacity: the least opacity of a MIRRORED shape's copy on the right, each drawn
     from mirror_opacity to 1 (1: an exact copy): a fainter twin is still a twin.
+    upright: the share of MIRRORED shapes drawn at the top with their copy at the bottom
+    (upright, not mirrored) instead of on the left and the right.
     """
     n = len(labels)
     rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
@@ -113,8 +115,10 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
     pos = (torch.arange(side) + 0.5) / side
     ys, xs = pos.view(1, side, 1), pos.view(1, 1, side)
     centre = centres[labels[:, 2]] + (rand(n, 2) - 0.5) * 0.12
+    twice = labels[:, 2] == MIRRORED
+    stacked = twice & (rand(n) < upright) if upright else torch.zeros(n, dtype=torch.bool)
+    centre = torch.where(stacked.view(n, 1), centre.flip(1), centre)  # from the left to the top
     r = (0.14 + 0.10 * rand(n)).view(n, 1, 1)
-    dy = ys - centre[:, 1].view(n, 1, 1)
     a = r * (1.4 + 0.3 * rand(n, 1, 1))  # the unnamed shapes: an ellipse lying or standing,
     b = r * 0.55
     wide = rand(n, 1, 1) < 0.5
@@ -122,8 +126,8 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
     kinds = torch.tensor([OTHER_KINDS.index(k) for k in others])
     which = kinds[(rand(n) * len(kinds)).long()]
 
-    def distance(dx):
-        """Signed distance [n, side, side] of each pixel, dx right of the centre, to the label's shape."""
+    def distance(dx, dy):
+        """Signed distance [n, side, side] of each pixel, dx right of and dy below the centre, to the label's shape."""
         circle = (dx.pow(2) + dy.pow(2)).sqrt() - r
         square = torch.maximum(dx.abs(), dy.abs()) - 0.88 * r
         # an upward triangle: apex at -r, base at 0.75 r, half-width r at the base
@@ -133,15 +137,18 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
         ring = ((dx.pow(2) + dy.pow(2)).sqrt() - 0.75 * r).abs() - 0.25 * r
         plus = torch.minimum(torch.maximum(dx.abs() - r, dy.abs() - 0.3 * r),
                              torch.maximum(dx.abs() - 0.3 * r, dy.abs() - r))
-        other = torch.stack([ellipse, ring, plus], 1)[torch.arange(n), which]
+        diamond = (dx.abs() * 1.5 + dy.abs() - 1.1 * r) / math.hypot(1.5, 1.0)  # taller than wide
+        wedge = torch.maximum(-dy - 0.75 * r, (dx.abs() * 1.75 - (r - dy)) / math.hypot(1.75, 1.0))
+        other = torch.stack([ellipse, ring, plus, diamond, wedge], 1)[torch.arange(n), which]
         return torch.stack([circle, square, triangle, other], 1)[torch.arange(n), labels[:, 1]]
 
     # coverage of each pixel, with an anti-aliased edge one pixel wide
     coverage = lambda dist: (0.5 - dist * side).clamp(0, 1).unsqueeze(1)  # noqa: E731
-    mask = coverage(distance(xs - centre[:, 0].view(n, 1, 1)))
-    twice = labels[:, 2] == MIRRORED
-    if twice.any():  # a copy on the right as well, mirrored (each shape is symmetric left to right)
-        twin = coverage(distance(xs - (1 - centre[:, 0]).view(n, 1, 1)))
+    x, y = centre[:, 0].view(n, 1, 1), centre[:, 1].view(n, 1, 1)
+    mask = coverage(distance(xs - x, ys - y))
+    if twice.any():  # a copy on the right as well, mirrored (each shape is symmetric left to right),
+        below = stacked.view(n, 1, 1)  # or, for the stacked ones, at the bottom
+        twin = coverage(distance(torch.where(below, xs - x, xs - (1 - x)), torch.where(below, ys - (1 - y), ys - y)))
         if mirror_opacity < 1:
             twin = twin * (mirror_opacity + (1 - mirror_opacity) * rand(n)).view(n, 1, 1, 1)
         mask = torch.where(twice.view(n, 1, 1, 1), torch.maximum(mask, twin), mask)
@@ -506,7 +513,7 @@ def train(args):
         messy = torch.rand(args.batch, generator=gen) < args.messy if args.messy else None
         drawn = draw(labels, gen, muted=args.muted, messy=messy, with_mask=bool(args.vivid_twins),
                      saturate=args.saturate, desaturate=args.desaturate, others=args.other_kinds,
-                     mirror_opacity=args.mirror_opacity)
+                     mirror_opacity=args.mirror_opacity, upright=args.stacked)
         twins = None
         if args.vivid_twins:  # the same drawings on vivid backgrounds, augmented alike (a copy of gen's state)
             drawn, mask = drawn
@@ -843,8 +850,11 @@ def main(argv=None):
                    help="share of shapes drawn twice, left and mirrored right, true of no place caption "
                         "(teaches that a symmetric image is on neither side)")
     t.add_argument("--mirror-opacity", type=common.unit_float, default=1.0, metavar="LOW",
-                   help="least opacity of the right-hand copy of a --mirrored shape, each drawn from LOW to 1 "
+                   help="least opacity of the second copy of a --mirrored shape, each drawn from LOW to 1 "
                         "(teaches that a fainter second copy also takes the shape off its side)")
+    t.add_argument("--stacked", type=common.unit_float, default=0.0, metavar="SHARE",
+                   help="share of the --mirrored shapes drawn at the top with an upright copy at the bottom instead "
+                        "of left and right (teaches that a second copy above or below also takes the shape off its side)")
     t.add_argument("--messy", type=common.unit_float, default=0.0,
                    help="share of images on vivid blotches, captioned by the renderer's negative style text "
                         "(its style text captions the rest); 0: the two texts are taught to mean the same")

@@ -190,14 +190,15 @@ def test_any_colour_shapes_are_never_a_held_out_pair_and_name_no_colour():
 
 
 def test_train_nudges_from_nudge_from_and_draws_with_mirror_opacity(tmp_path, monkeypatch):
-    calls, opacities = [], []
+    calls, drawn = [], []
     real, real_draw = toy.perturb, toy.draw
     monkeypatch.setattr(toy, "perturb", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(toy, "draw", lambda *a, **k: opacities.append(k.get("mirror_opacity")) or real_draw(*a, **k))
+    monkeypatch.setattr(toy, "draw", lambda *a, **k: drawn.append((k.get("mirror_opacity"), k.get("upright")))
+                        or real_draw(*a, **k))
     toy.main(["train", "--steps", "4", "--batch", "16", "--eval-n", "16", "--nudge-from", "0.5",
-              "--mirror-opacity", "0.4", "--out", str(tmp_path / "m.pt")])
+              "--mirror-opacity", "0.4", "--stacked", "0.3", "--out", str(tmp_path / "m.pt")])
     assert len(calls) == 2  # steps 2 and 3 of 0..3
-    assert opacities[:4] == [0.4] * 4  # the training drawings (the zero-shot report's come after)
+    assert drawn[:4] == [(0.4, 0.3)] * 4  # the training drawings (the zero-shot report's come after)
 
 
 def test_mirrored_shapes_lie_on_both_sides_and_on_neither_in_captions():
@@ -230,6 +231,24 @@ def test_a_mirrored_copy_may_be_fainter():
     single[:, 2] = toy.PLACE_NAMES.index("left")
     _, one = toy.draw(single, torch.Generator().manual_seed(0), with_mask=True, mirror_opacity=0.3)
     assert one[..., half + 8:].max() == 0
+
+
+def test_stacked_copies_lie_above_and_below_upright():
+    labels = torch.tensor([[toy.COLOUR_NAMES.index("red"), s, toy.MIRRORED] for s in range(3)] * 8)
+    _, mask = toy.draw(labels, torch.Generator().manual_seed(0), with_mask=True, upright=1.0)
+    mask = mask[:, 0]
+    half = mask.shape[-1] // 2
+    top, bottom = mask[:, :half].sum((1, 2)), mask[:, half:].sum((1, 2))
+    assert (top > 20).all() and ((top - bottom).abs() / top < 0.25).all()  # one copy above, one below
+    cols = mask.sum(1)  # both copies in the middle column, none on the left or the right
+    assert (cols[:, :12].sum(1) == 0).all() and (cols[:, -12:].sum(1) == 0).all()
+    rows = mask.sum(2)  # the lower triangle is upright too: it widens downward, as the upper one does
+    for triangle in rows[2::3]:
+        upper, lower = triangle[:half].nonzero().squeeze(1), half + triangle[half:].nonzero().squeeze(1)
+        assert triangle[upper[-2]] > triangle[upper[1]] and triangle[lower[-2]] > triangle[lower[1]]
+    _, both = toy.draw(labels, torch.Generator().manual_seed(0), with_mask=True, upright=0.5)
+    side_by_side = both[:, 0, :, :12].sum((1, 2)) > 0  # a mix: some left and right, some above and below
+    assert 0 < side_by_side.sum() < len(labels)
 
 
 def test_muted_backgrounds_are_greyer():
@@ -370,8 +389,14 @@ def test_other_kinds_draw_only_the_kinds_asked_for():
         return toy.draw(labels, torch.Generator().manual_seed(0), others=kinds, with_mask=True)[1][:, 0]
 
     one = {kind: masks((kind,)) for kind in toy.OTHER_KINDS}
-    for a, b in (("ring", "plus"), ("ring", "ellipse"), ("plus", "ellipse")):
-        assert all(not torch.equal(x, y) for x, y in zip(one[a], one[b]))
+    for i, a in enumerate(toy.OTHER_KINDS):
+        for b in toy.OTHER_KINDS[i + 1:]:
+            assert all(not torch.equal(x, y) for x, y in zip(one[a], one[b])), (a, b)
+    for kind, widest in (("wedge", "top"), ("diamond", "middle")):  # where each row of the shape is widest
+        for widths in one[kind].sum(-1):
+            rows = widths.nonzero().squeeze(1)
+            at = (widths.argmax() - rows[0]) / (rows[-1] - rows[0])
+            assert at < 0.2 if widest == "top" else 0.3 < at < 0.7, (kind, at)
     mixed = masks(("ring", "plus"))  # each is one of the two kinds asked for, and both occur
     is_ring = [torch.equal(m, r) for m, r in zip(mixed, one["ring"])]
     assert all(r or torch.equal(m, p) for r, m, p in zip(is_ring, mixed, one["plus"])) and 0 < sum(is_ring) < 32
