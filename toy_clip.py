@@ -6,7 +6,9 @@ right, top, bottom, center) on a muted background of another colour, with captio
 "a red circle on the left". The model is OpenAI's clip.model.CLIP with its tokenizer,
 only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
 
-  python toy_clip.py train --seed 0 --threads 1 --out models/toy.pt   # the shipped toy; under 30 min on 1 core
+  python toy_clip.py train --seed 0 --threads 1 --out toy_base.pt     # the shipped toy's first stage; under 30 min on 1 core
+  python toy_clip.py train --init toy_base.pt --seed 0 --threads 1 --lr 3e-4 --steps 1200 --nudge-from 0 \\
+      --other-shapes 0.2 --other-kinds diamond,wedge --mirror-opacity 0.3 --out models/toy.pt   # its second stage
   python toy_clip.py zero-shot models/toy.pt                       # accuracy on held-out images
   python toy_clip.py guided --clip-model toy --scorer toy-scorer   # what normal.py draws with it
 """
@@ -822,7 +824,7 @@ def _other_kinds(text):
 def main(argv=None):
     p = common.make_parser(__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", formatter_class=common.Formatter, help="train a toy CLIP from scratch and save it")
+    t = sub.add_parser("train", formatter_class=common.Formatter, help="train a toy CLIP (from scratch, or on from saved weights) and save it")
     t.add_argument("--seed", type=common.seed_int, default=0, help="seed of the weights and of the drawings")
     t.add_argument("--steps", type=common.positive_int, default=2400, help="training steps")
     t.add_argument("--batch", type=common.positive_int, default=128, help="images per step")
@@ -844,7 +846,7 @@ def main(argv=None):
                         "pair's colour in that shape, with no colour in their captions")
     t.add_argument("--other-shapes", type=common.unit_float, default=0.0,
                    help="share of named-colour shapes drawn as shapes no caption names (colour apart from shape)")
-    t.add_argument("--other-kinds", type=_other_kinds, default=",".join(OTHER_KINDS), metavar="KINDS",
+    t.add_argument("--other-kinds", type=_other_kinds, default="ellipse,ring,plus", metavar="KINDS",
                    help=f"which shapes --other-shapes draws, comma-separated from {', '.join(OTHER_KINDS)}")
     t.add_argument("--mirrored", type=common.unit_float, default=0.15,
                    help="share of shapes drawn twice, left and mirrored right, true of no place caption "
