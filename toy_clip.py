@@ -105,7 +105,7 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
     from 1 - desaturate to 1 + saturate (clipped to [0, 1]): a purer or a greyer red is
     still red.
     others: the kinds of OTHER_SHAPE drawn (names from OTHER_KINDS), picked at random.
-    mirror_opacity: the least opacity of a MIRRORED shape's copy on the right, each drawn
+    mirror_opacity: the least opacity of a MIRRORED shape's second copy, each drawn
     from mirror_opacity to 1 (1: an exact copy): a fainter twin is still a twin.
     upright: the share of MIRRORED shapes drawn at the top with their copy at the bottom
     (upright, not mirrored) instead of on the left and the right.
@@ -824,7 +824,8 @@ def _other_kinds(text):
 def main(argv=None):
     p = common.make_parser(__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", formatter_class=common.Formatter, help="train a toy CLIP (from scratch, or on from saved weights) and save it")
+    t = sub.add_parser("train", formatter_class=common.Formatter,
+                       help="train a toy CLIP (from scratch, or on from saved weights) and save it")
     t.add_argument("--seed", type=common.seed_int, default=0, help="seed of the weights and of the drawings")
     t.add_argument("--steps", type=common.positive_int, default=2400, help="training steps")
     t.add_argument("--batch", type=common.positive_int, default=128, help="images per step")
