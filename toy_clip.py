@@ -6,9 +6,7 @@ right, top, bottom, center) on a muted background of another colour, with captio
 "a red circle on the left". The model is OpenAI's clip.model.CLIP with its tokenizer,
 only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
 
-  python toy_clip.py train --seed 0 --threads 1 --out toy_base.pt     # the shipped toy's first stage; under 30 min on 1 core
-  python toy_clip.py train --init toy_base.pt --seed 0 --threads 1 --lr 3e-4 --steps 1200 --nudge-from 0 \\
-      --other-shapes 0.2 --other-kinds diamond,wedge --mirror-opacity 0.3 --out models/toy.pt   # its second stage
+  python toy_clip.py train --seed 0 --threads 1 --out models/toy.pt   # the shipped toy; under 30 min on 1 core
   python toy_clip.py zero-shot models/toy.pt                       # accuracy on held-out images
   python toy_clip.py guided --clip-model toy --scorer toy-scorer   # what normal.py draws with it
 """
