@@ -896,7 +896,8 @@ def main(argv=None):
     g = sub.add_parser("guided", formatter_class=common.Formatter, help="measure the images normal.py draws with a toy model")
     g.add_argument("--clip-model", default="toy", help="the guiding model")
     g.add_argument("--scorer", default="toy-scorer", help="model that judges the shape ('' for none)")
-    g.add_argument("--seeds", type=common.positive_int, default=2, help="seeds 0..N-1 for each of the 24 prompts")
+    g.add_argument("--seeds", type=common.positive_int, default=4,
+                   help="seeds 0..N-1 for each of the 24 prompts (4: 96 runs; at 48, one run is 2%%)")
     plain = normal.parse_args(["-"])  # normal.py's defaults
     g.add_argument("--size", type=common.positive_int, default=plain.size)
     g.add_argument("--steps", type=common.positive_int, default=plain.steps)

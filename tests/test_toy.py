@@ -516,6 +516,29 @@ def test_shipped_models_classify_fresh_drawings(shipped):
         assert all(a >= f for a, f in zip(accuracy, floors)), (shipped.name, accuracy)
 
 
+def test_guided_counts_every_run_and_each_run_ignores_how_many_follow(capsys, tmp_path):
+    """`guided --seeds 2` is 48 runs whose first 24 are exactly `--seeds 1`'s (each run is
+    seeded on its own, so a larger sample only adds runs), laid out 6 colours by 4 x 2."""
+    import numpy as np
+    from PIL import Image
+    base = ["guided", "--scorer", "", "--steps", "3", "--threads", "1"]
+    toy.main(base + ["--seeds", "1", "--grid", str(tmp_path / "one.png")])
+    one = capsys.readouterr().out
+    toy.main(base + ["--seeds", "2", "--grid", str(tmp_path / "two.png")])
+    two = capsys.readouterr().out
+    lines = lambda out: [l for l in out.splitlines() if l.startswith("seed ")]
+    assert len(lines(one)) == 24 and len(lines(two)) == 48
+    assert lines(two)[:24] == lines(one) and all(l.startswith("seed 1 ") for l in lines(two)[24:])
+    assert "48 runs" in two and "coloured mass on the named side:" in two
+    grid_one, grid_two = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("one", "two"))
+    assert grid_two.shape == (6 * 98 + 2, 8 * 98 + 2, 3)  # 32-px images shown at 96 px, 2 px apart
+    tile = lambda grid, row, col: grid[2 + 98 * row:98 * (row + 1), 2 + 98 * col:98 * (col + 1)]
+    for row in range(6):
+        for place in range(4):  # seed 0's image of each prompt, then seed 1's
+            assert (tile(grid_one, row, place) == tile(grid_two, row, 2 * place)).all()
+            assert (tile(grid_one, row, place) != tile(grid_two, row, 2 * place + 1)).any()
+
+
 def test_zero_shot_reports_each_held_out_pair_and_shapes_in_random_colours(capsys):
     import re
     toy.main(["zero-shot", "toy-scorer", "-n", "40"])
