@@ -116,6 +116,7 @@ def draw(labels, gen, side=SIDE, muted=MUTED, messy=None, with_mask=False, satur
     ys, xs = pos.view(1, side, 1), pos.view(1, 1, side)
     centre = centres[labels[:, 2]] + (rand(n, 2) - 0.5) * 0.12
     twice = labels[:, 2] == MIRRORED
+    # drawn from gen only when asked for, so that upright=0 draws what earlier versions drew
     stacked = twice & (rand(n) < upright) if upright else torch.zeros(n, dtype=torch.bool)
     centre = torch.where(stacked.view(n, 1), centre.flip(1), centre)  # from the left to the top
     r = (0.14 + 0.10 * rand(n)).view(n, 1, 1)
