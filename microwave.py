@@ -9,16 +9,16 @@ import common
 
 def parse_args(argv=None):
     p = common.make_parser(__doc__)
-    p.add_argument("inputs", nargs="+", metavar="[PROMPT] BAKED.pt",
-                   help="a baked file, optionally preceded by a prompt to mix in")
-    common.add_common_args(p, size=64, steps=25, cutn=8)
+    p.add_argument("prompt", nargs="?", metavar="PROMPT", help="a prompt to mix into each stage (optional)")
+    p.add_argument("baked", metavar="BAKED.pt", help="the baked file to replay")
+    common.add_common_args(p, "microwave.py")
     p.add_argument("--mix", type=common.unit_float, default=0.5,
                    help="weight of the prompt in each stage's target (with a prompt)")
-    args = p.parse_args(argv)
-    if len(args.inputs) > 2:
-        p.error("give a baked file, or a prompt and a baked file (quote a prompt with spaces)")
-    args.prompt = args.inputs[0] if len(args.inputs) == 2 else None
-    args.baked = args.inputs[-1]
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        loose = [x for x in extra if not x.startswith("-")]
+        p.error("give a baked file, or a prompt and a baked file (quote a prompt with spaces)" if loose
+                else f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 
@@ -26,7 +26,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     baked = common.load_baked(args.baked)  # a bad file fails before CLIP loads
-    model, seed = common.start(args)
+    model, settings = common.start(args)
     common.check_stage_width(baked, model.dim)
     if baked["clip_model"] is not None and not model.made(baked):
         other = "other weights of the same name" if baked["clip_model"] == model.name else baked["clip_model"]
@@ -39,9 +39,11 @@ def main(argv=None):
         prompt = common.load_prompt(model, args.prompt)
         stages = common.lerp_unit(stages, prompt.embed, args.mix)
         info["prompt"] = prompt.text
-    shift = common.style_shift(model, args.style, args.style_text, args.negative_text)
-    z = common.render(model, common.shape_targets(stages, shift), args, desc="microwave")
-    common.save_image(args.out, z, args.save_size, common.run_info("microwave.py", args, seed, **info))
+    shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
+    z = common.render(model, common.shape_targets(stages, shift), settings, common.Output.from_args(args),
+                      desc="microwave")
+    common.save_image(args.out, z, args.save_size,
+                      common.run_info("microwave.py", args, settings, model.device, **info))
     print(f"microwaved {baked['prompt']!r} ({len(stages)} stages); saved {args.out}")
 
 

@@ -61,6 +61,22 @@ def isolated(tmp_path, tmp_path_factory, monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+class Payload:
+    """Unpickling this creates a file: proof that pickled code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def write_bake(path, stages, prompt="a red apple", complete=True):
+    prompt = common.Prompt(prompt, "text", torch.nn.functional.normalize(torch.randn(stages.shape[1]), dim=0))
+    common.save_baked(path, stages=stages, prompt=prompt, clip_model="tiny.pt",
+                      config={"size": 16, "steps": 2}, history=[0.9, 0.8], complete=complete)
+
+
 def bake_args(ckpt, *extra):
     """Tiny bake settings for bake.py / batch_bake.py."""
     return ["--clip-model", ckpt, "--device", "cpu", "--size", "16", "--steps", "2", "--stages", "2",

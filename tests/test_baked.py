@@ -7,12 +7,7 @@ import pytest
 import torch
 
 import common
-
-
-def write_bake(path, stages, prompt="a red apple", complete=True):
-    prompt = common.Prompt(prompt, "text", torch.nn.functional.normalize(torch.randn(stages.shape[1]), dim=0))
-    common.save_baked(path, stages=stages, prompt=prompt, clip_model="tiny.pt",
-                      config={"size": 16, "steps": 2}, history=[0.9, 0.8], complete=complete)
+from conftest import Payload, write_bake
 
 
 def test_round_trip_keeps_stages_and_metadata(tmp_path):
@@ -87,16 +82,6 @@ def test_truncated_file(tmp_path):
     data = (tmp_path / "full.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     assert "not a readable baked file" in one_line_error(tmp_path / "cut.pt")
-
-
-class Payload:
-    """Unpickling this creates a file: proof that pickled code ran."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def test_pickled_payload_is_never_run(tmp_path):

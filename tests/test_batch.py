@@ -13,6 +13,7 @@ import torch
 import batch_bake
 import common
 from conftest import ROOT, bake_args
+from staged_clip import baking
 
 PROMPTS = ["a red apple", "a blue car", "a green tree", "a yellow sun", "a purple hat"]
 
@@ -34,12 +35,12 @@ def baked_prompts(folder="bk"):
 def count_bakes(monkeypatch):
     """Record the prompt of every bake that starts."""
     started = []
-    real = common.bake_prompt
+    real = baking.bake_prompt
 
     def counting(model, prompt, *args, **kwargs):
         started.append(prompt.text)
         return real(model, prompt, *args, **kwargs)
-    monkeypatch.setattr(common, "bake_prompt", counting)
+    monkeypatch.setattr(baking, "bake_prompt", counting)
     return started
 
 
@@ -77,15 +78,15 @@ def test_a_shard_keeps_the_seeds_of_the_whole_list(run):
     ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "4"}, (1, 4, "Slurm array")),
 ])
 def test_the_environment_picks_the_shard(env, expected):
-    assert batch_bake.pick_shard(None, env) == expected
-    assert batch_bake.pick_shard((0, 3), env) == (0, 3, "--shard")  # the flag wins
+    assert common.pick_shard(None, env) == expected
+    assert common.pick_shard((0, 3), env) == (0, 3, "--shard")  # the flag wins
 
 
 @pytest.mark.parametrize("env", [{"RANK": "4", "WORLD_SIZE": "4"}, {"RANK": "x", "WORLD_SIZE": "4"},
                                  {"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "2"}])
 def test_a_bad_shard_from_the_environment_is_one_line(env):
     with pytest.raises(common.UserError, match="--shard I/N"):
-        batch_bake.pick_shard(None, env)
+        common.pick_shard(None, env)
 
 
 def test_torchrun_variables_shard_a_real_run(monkeypatch, capsys, run):
@@ -144,7 +145,7 @@ def test_a_model_retrained_under_the_same_name_is_baked_again(monkeypatch, tiny_
 
 def test_an_interrupted_run_resumes_without_baking_twice(monkeypatch, capsys, run):
     started = count_bakes(monkeypatch)
-    real = common.meta_step
+    real = baking.meta_step
     calls = []
 
     def stop_in_second_prompt(*args, **kwargs):
@@ -152,7 +153,7 @@ def test_an_interrupted_run_resumes_without_baking_twice(monkeypatch, capsys, ru
         if len(calls) == 3:  # the first meta step of the second prompt (2 meta steps each)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(common, "meta_step", stop_in_second_prompt)
+    monkeypatch.setattr(baking, "meta_step", stop_in_second_prompt)
     write_list(PROMPTS[:3])
     with pytest.raises(SystemExit, match="1 prompt.s. not started"):
         run()
@@ -213,13 +214,13 @@ def test_a_failing_prompt_does_not_stop_the_others(monkeypatch, capsys, run):
 
 
 def test_an_out_of_memory_prompt_is_reported_and_fail_fast_stops(monkeypatch, capsys, run):
-    real = common.bake_prompt
+    real = baking.bake_prompt
 
     def oom_on_car(model, prompt, *args, **kwargs):
         if prompt.text == PROMPTS[1]:
             raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 bytes")
         return real(model, prompt, *args, **kwargs)
-    monkeypatch.setattr(common, "bake_prompt", oom_on_car)
+    monkeypatch.setattr(baking, "bake_prompt", oom_on_car)
     write_list(PROMPTS[:3])
     with pytest.raises(SystemExit):
         run()

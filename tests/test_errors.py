@@ -15,8 +15,8 @@ import batch_bake
 import common
 import microwave
 import normal
-from conftest import ROOT, bake_args, render_args
-from test_baked import Payload, write_bake
+from conftest import ROOT, Payload, bake_args, render_args, write_bake
+from staged_clip import models, wandb_log
 
 
 def files_under(folder):
@@ -176,7 +176,7 @@ def test_ctrl_c_while_loading_is_one_line(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(common, "load_clip", interrupted)
+    monkeypatch.setattr(models, "load_clip", interrupted)
     with pytest.raises(SystemExit) as info:
         normal.main(["a cat"])
     assert info.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
@@ -198,7 +198,7 @@ def test_weights_must_be_finite(tiny_ckpt, prompt, capsys):
 
 
 def test_outputs_that_cannot_be_written_fail_before_work(tiny_ckpt, capsys, monkeypatch):
-    monkeypatch.setattr(common, "load_clip", lambda *a: pytest.fail("loaded CLIP before checking outputs"))
+    monkeypatch.setattr(models, "load_clip", lambda *a: pytest.fail("loaded CLIP before checking outputs"))
     Path("afile").write_text("x")
     fails(bake, ["a cat", *bake_args(tiny_ckpt), "--baked-dir", "afile"], "is a file, not a folder", capsys)
     fails(bake, ["a cat", *bake_args(tiny_ckpt), "--baked-dir", "afile/sub"], "is a file", capsys)
@@ -207,13 +207,13 @@ def test_outputs_that_cannot_be_written_fail_before_work(tiny_ckpt, capsys, monk
 
 def test_wandb_mode_online_in_the_environment_without_login_does_not_prompt(monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "online")
-    assert common.wandb_mode("auto") == "disabled"
+    assert wandb_log.wandb_mode("auto") == "disabled"
     assert "no login" in capsys.readouterr().err
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert common.wandb_mode("auto") == "offline"
+    assert wandb_log.wandb_mode("auto") == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_MODE", "online")
-    assert common.wandb_mode("auto") == "online"
+    assert wandb_log.wandb_mode("auto") == "online"
 
 
 def test_image_prompt_too_large_or_same_as_out(tiny_ckpt, monkeypatch, capsys):
@@ -233,19 +233,19 @@ def test_name_cannot_hide_a_file(tiny_ckpt, capsys):
 
 
 def test_toy_training_shares_over_one(capsys):
-    import toy_clip
-    fails(toy_clip, ["train", "--unnamed", "0.6", "--patchwork", "0.6", "--steps", "1", "--out", "m.pt"],
+    from toy import cli as toy_cli
+    fails(toy_cli, ["train", "--unnamed", "0.6", "--patchwork", "0.6", "--steps", "1", "--out", "m.pt"],
           "add up to more than 1", capsys)
-    fails(toy_clip, ["train", "--unnamed", "0.5", "--random-colours", "0.6", "--steps", "1", "--out", "m.pt"],
+    fails(toy_cli, ["train", "--unnamed", "0.5", "--random-colours", "0.6", "--steps", "1", "--out", "m.pt"],
           "add up to more than 1", capsys)
-    fails(toy_clip, ["train", "--random-colours", "0.5", "--any-colours", "0.6", "--steps", "1", "--out", "m.pt"],
+    fails(toy_cli, ["train", "--random-colours", "0.5", "--any-colours", "0.6", "--steps", "1", "--out", "m.pt"],
           "--any-colours 0.6 add up to more than 1", capsys)
-    fails(toy_clip, ["train", "--nudge-from", "2", "--steps", "1", "--out", "m.pt"], "--nudge-from", capsys)
-    fails(toy_clip, ["train", "--other-kinds", "plus,star", "--steps", "1", "--out", "m.pt"], "--other-kinds", capsys)
+    fails(toy_cli, ["train", "--nudge-from", "2", "--steps", "1", "--out", "m.pt"], "--nudge-from", capsys)
+    fails(toy_cli, ["train", "--other-kinds", "plus,star", "--steps", "1", "--out", "m.pt"], "--other-kinds", capsys)
 
 
 def test_toy_training_width_must_be_even(capsys):
-    import toy_clip
-    fails(toy_clip, ["train", "--width", "7", "--steps", "1", "--out", "m.pt"], "--width 7 is odd", capsys)
-    fails(toy_clip, ["train", "--nudged", "1.5", "--steps", "1", "--out", "m.pt"], "--nudged", capsys)
-    fails(toy_clip, ["train", "--desaturate", "-0.5", "--steps", "1", "--out", "m.pt"], "--desaturate", capsys)
+    from toy import cli as toy_cli
+    fails(toy_cli, ["train", "--width", "7", "--steps", "1", "--out", "m.pt"], "--width 7 is odd", capsys)
+    fails(toy_cli, ["train", "--nudged", "1.5", "--steps", "1", "--out", "m.pt"], "--nudged", capsys)
+    fails(toy_cli, ["train", "--desaturate", "-0.5", "--steps", "1", "--out", "m.pt"], "--desaturate", capsys)

@@ -14,6 +14,7 @@ import evaluate
 import microwave
 import normal
 from conftest import bake_args, render_args
+from staged_clip import baking, evaluation, render
 
 PROMPTS = ["a red apple", "a green pear", "a blue car"]
 
@@ -29,19 +30,19 @@ def run_evaluate(tiny_ckpt, wide_ckpt, *extra):
 def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt, wide_ckpt, capsys):
     result = run_evaluate(tiny_ckpt, wide_ckpt)
     out = capsys.readouterr().out
-    for method in evaluate.METHODS:
-        for scorer in evaluate.SCORERS:
+    for method in evaluation.METHODS:
+        for scorer in evaluation.SCORERS:
             entry = result["summary"][method][scorer]
             values = [s[scorer] for s in result["scores"] if s["method"] == method]
             assert len(values) == len(PROMPTS) * 2 and entry["mean"] == pytest.approx(sum(values) / len(values))
             assert 0 <= entry["win_rate_vs_normal"] <= 1
-    assert set(result["summary"]) == set(evaluate.METHODS)
+    assert set(result["summary"]) == set(evaluation.METHODS)
     assert set(result["stage_distance"]) == {"unrolled", "none"}
     table = Path("e.md").read_text()
-    assert table in out and all(f"| {m} |" in table for m in evaluate.METHODS)
+    assert table in out and all(f"| {m} |" in table for m in evaluation.METHODS)
     with Image.open("grid.png") as grid:
-        step = evaluate.CELL + evaluate.GAP
-        assert grid.size == (200 + step * len(evaluate.METHODS), 24 + step * len(PROMPTS))
+        step = evaluation.CELL + evaluation.GAP
+        assert grid.size == (200 + step * len(evaluation.METHODS), 24 + step * len(PROMPTS))
     for text in PROMPTS:  # both bakes of every prompt, made with the settings asked for
         for mode in ("unrolled", "none"):
             baked = common.load_baked(result["bakes"][text][mode])
@@ -61,15 +62,15 @@ def test_leave_one_out_never_uses_a_prompts_own_bake(tiny_ckpt, wide_ckpt):
 
 def test_the_scorers_see_the_same_images_for_every_method(tiny_ckpt, wide_ckpt, monkeypatch):
     calls = []
-    real = evaluate.score
+    real = evaluation.score
 
     def spy(model, images, prompt_embed):
         calls.append((model.name, images.clone()))
         return real(model, images, prompt_embed)
 
-    monkeypatch.setattr(evaluate, "score", spy)
+    monkeypatch.setattr(evaluation, "score", spy)
     run_evaluate(tiny_ckpt, wide_ckpt)
-    assert len(calls) == 2 * len(PROMPTS) * len(evaluate.METHODS)
+    assert len(calls) == 2 * len(PROMPTS) * len(evaluation.METHODS)
     for (guide, by_guide), (scorer, by_scorer) in zip(calls[::2], calls[1::2]):
         assert guide == tiny_ckpt and scorer == wide_ckpt
         assert by_guide.shape[0] == 2 and torch.equal(by_guide, by_scorer)
@@ -80,15 +81,15 @@ def test_the_scorers_see_the_same_images_for_every_method(tiny_ckpt, wide_ckpt, 
 def test_every_method_starts_from_the_same_image_and_random_state(tiny_ckpt, wide_ckpt, monkeypatch):
     run_evaluate(tiny_ckpt, wide_ckpt)  # bake first, so that below only the evaluation renders
     seen = []
-    real = common.rollout
+    real = render.rollout
 
-    def spy(model, z, targets, steps, lr, cutn, **kwargs):
-        seen.append((z.clone(), torch.get_rng_state(), steps, cutn))
-        return real(model, z, targets, steps, lr, cutn, **kwargs)
+    def spy(model, z, targets, settings, **kwargs):
+        seen.append((z.clone(), torch.get_rng_state(), settings.steps, settings.cutn))
+        return real(model, z, targets, settings, **kwargs)
 
-    monkeypatch.setattr(common, "rollout", spy)
+    monkeypatch.setattr(render, "rollout", spy)
     run_evaluate(tiny_ckpt, wide_ckpt)
-    n = len(evaluate.METHODS)
+    n = len(evaluation.METHODS)
     assert len(seen) == len(PROMPTS) * 2 * n
     groups = [seen[k:k + n] for k in range(0, len(seen), n)]  # one (prompt, start) each
     for group in groups:
@@ -106,7 +107,7 @@ def test_matching_bakes_are_reused(tiny_ckpt, wide_ckpt, monkeypatch, capsys):
     def no_bake(*args, **kwargs):
         raise AssertionError("baked again")
 
-    monkeypatch.setattr(common, "bake_prompt", no_bake)
+    monkeypatch.setattr(baking, "bake_prompt", no_bake)
     second = run_evaluate(tiny_ckpt, wide_ckpt)
     assert capsys.readouterr().out.count("reusing") == 2 * len(PROMPTS)
     assert second["scores"] == first["scores"]  # the same starts and cutouts: the same images

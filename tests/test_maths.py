@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import common
+from staged_clip import baked
 
 
 def test_spherical_distance_of_orthogonal_unit_vectors_is_pi_squared_over_8():
@@ -101,8 +102,8 @@ def test_cutouts_of_each_image_come_from_that_image():
 
 
 def test_slug_and_baked_path_stay_inside_the_folder(tmp_path):
-    assert common.slugify("A cat / dog!") == "a_cat_dog"
-    assert common.slugify("!!!") == "prompt"
+    assert baked.slugify("A cat / dog!") == "a_cat_dog"
+    assert baked.slugify("!!!") == "prompt"
     path = common.baked_path(tmp_path / "baked", "../../x")
     assert path.parent == tmp_path / "baked" and path.name.startswith("x-") and path.suffix == ".pt"
     for bad in ["../x", "a/b", "..", ""]:

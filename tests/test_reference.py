@@ -14,6 +14,7 @@ import common
 import microwave
 import normal
 from conftest import bake_args, render_args
+from staged_clip import baked, prompts, render
 
 
 @pytest.mark.parametrize("script,argv,expected", [
@@ -44,7 +45,7 @@ def test_image_loss_terms_and_weights(tiny, monkeypatch):
     spread = (statistics.stdev(values) - 1) ** 2
     expected = out_of_range + 1.4 * tv + 0.05 * spread
     for seen, clip_term in [(target, 0.0), (other, math.pi**2 / 8)]:
-        monkeypatch.setattr(common, "embed_images", lambda model, images, e=seen: e.expand(len(images), -1))
+        monkeypatch.setattr(prompts, "embed_images", lambda model, images, e=seen: e.expand(len(images), -1))
         loss = common.image_loss(tiny, z, target, cutn=4).item()
         assert loss == pytest.approx(expected + clip_term, rel=1e-5)
 
@@ -74,11 +75,11 @@ def captured(monkeypatch):
     """Replace the renderer: record the targets each script builds."""
     seen = {}
 
-    def fake_render(model, targets, args, desc):
+    def fake_rollout(model, z, targets, settings, **kwargs):
         seen["targets"] = targets.detach().clone()
-        return common.random_start(args.size, model.device)
+        return z
 
-    monkeypatch.setattr(common, "render", fake_render)
+    monkeypatch.setattr(render, "rollout", fake_rollout)
     return seen
 
 
@@ -114,5 +115,5 @@ def test_auto_microwave_targets_are_three_tenths_path_and_seven_tenths_prompt(ti
 def test_baked_prompt_is_re_embedded_with_its_weights_under_another_model(tiny):
     bake_dict = {"prompt": "a blue car | a road:0.5", "prompt_type": "text", "clip_model": "another",
                  "prompt_embed": torch.zeros(tiny.dim), "stages": torch.randn(2, tiny.dim), "path": "x.pt"}
-    embed = auto_microwave.baked_prompt_embed(tiny, bake_dict)
+    embed = baked.baked_prompt_embed(tiny, bake_dict)
     assert torch.allclose(embed, common.load_prompt(tiny, "a blue car | a road:0.5").embed)

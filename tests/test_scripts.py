@@ -16,6 +16,7 @@ import common
 import microwave
 import normal
 from conftest import bake_args, render_args
+from staged_clip import baked, baking, models
 
 SCRIPTS = [bake, microwave, auto_microwave, normal, batch_bake]
 
@@ -102,7 +103,7 @@ def test_bake_an_image_prompt(tiny_ckpt):
 
 def on_second_meta_step(monkeypatch, action):
     """Make the bake's second meta step call action() first."""
-    real = common.meta_step
+    real = baking.meta_step
     calls = []
 
     def patched(*args, **kwargs):
@@ -111,7 +112,7 @@ def on_second_meta_step(monkeypatch, action):
             action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(common, "meta_step", patched)
+    monkeypatch.setattr(baking, "meta_step", patched)
 
 
 def raise_(error):
@@ -181,28 +182,28 @@ def test_auto_microwave_reuses_a_prompt_embedding_only_from_the_same_weights(tin
     stored = torch.nn.functional.normalize(torch.randn_like(fresh), dim=-1)
     bake = {"prompt": "a red apple", "stages": torch.zeros(2, tiny.dim), "path": "x.pt", "clip_model": tiny.name,
             "prompt_embed": stored, "clip_weights": tiny.weights_id}
-    assert torch.equal(auto_microwave.baked_prompt_embed(tiny, bake), stored)
+    assert torch.equal(baked.baked_prompt_embed(tiny, bake), stored)
     bake["clip_weights"] = "0" * 16  # the same name, retrained since
-    assert torch.allclose(auto_microwave.baked_prompt_embed(tiny, bake), fresh)
+    assert torch.allclose(baked.baked_prompt_embed(tiny, bake), fresh)
 
 
 def test_compose_path_is_per_stage(tmp_path):
     # compose_path normalizes again: unit vectors move by rounding (about 1e-8), which
     # matters where two paths' elements nearly cancel in the mean, so compare to 1e-6
     paths = torch.nn.functional.normalize(torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
-    mean = auto_microwave.compose_path(paths, "mean")  # [k, S, D] -> [S, D]
+    mean = common.compose_path(paths, "mean")  # [k, S, D] -> [S, D]
     assert mean.shape == (4, 8)
     assert torch.allclose(mean, paths.mean(0), atol=1e-6)
     assert not torch.allclose(mean[0], mean[1])  # not one number for everything
-    splice = auto_microwave.compose_path(paths, "splice")
+    splice = common.compose_path(paths, "splice")
     for i in range(4):
         assert any(torch.allclose(splice[i], paths[j, i], atol=1e-6) for j in range(2))
 
 
 def test_batch_bake_bakes_each_listed_prompt_once_with_one_clip(tiny_ckpt, monkeypatch, capsys):
     loads = []
-    real_load = common.load_clip
-    monkeypatch.setattr(common, "load_clip", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = models.load_clip
+    monkeypatch.setattr(models, "load_clip", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     with open("list.txt", "w") as f:
         f.write("# fruit\na red apple\n\n  a blue car  \na red apple\n# the end\n")
     batch_bake.main(["list.txt", *bake_args(tiny_ckpt, "--seed", "10", "--baked-dir", "bk")])
@@ -237,7 +238,7 @@ def test_ctrl_c_before_any_meta_step_saves_nothing(tiny_ckpt, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(common, "meta_step", interrupted)
+    monkeypatch.setattr(baking, "meta_step", interrupted)
     with pytest.raises(SystemExit) as info:
         bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")])
     assert "nothing was saved" in str(info.value.code)

@@ -15,8 +15,9 @@ import common
 import microwave
 import normal
 from conftest import bake_args, render_args
+from staged_clip import benchmark, models, render
 
-CFG = {"size": 8, "steps": 2, "lr": 0.12, "cutn": 4, "stage_reg": 0.5, "meta_grad": "unrolled"}
+CFG = common.Settings(size=8, steps=2, lr=0.12, cutn=4, stage_reg=0.5, meta_grad="unrolled")
 
 
 def targets_for(model, n, seed=1):
@@ -46,7 +47,7 @@ def test_the_fast_renderer_matches_a_plain_loop(tiny):
     expected, expected_losses = plain_loop(tiny, z0, targets, 4, 0.12, 4)
     torch.manual_seed(3)
     losses = []
-    z = common.rollout(tiny, z0, targets, 4, 0.12, 4, callback=lambda s, t, loss, z: losses.append(loss.item()))
+    z = common.rollout(tiny, z0, targets, common.Settings(steps=4, lr=0.12, cutn=4), callback=lambda s, t, loss, z: losses.append(loss.item()))
     assert losses == pytest.approx(expected_losses, rel=1e-5)
     assert torch.allclose(z, expected, atol=1e-5)
     assert not torch.allclose(z, z0, atol=1e-2)
@@ -57,8 +58,8 @@ def test_a_batch_of_two_starts_equals_two_single_rollouts(tiny):
     side = tiny.size
     z0 = torch.randn(2, 3, side, side)
     targets = targets_for(tiny, 2)
-    together = common.rollout(tiny, z0, targets, 3, 0.12, 1)
-    alone = torch.cat([common.rollout(tiny, z0[i:i + 1], targets, 3, 0.12, 1) for i in range(2)])
+    together = common.rollout(tiny, z0, targets, common.Settings(steps=3, lr=0.12, cutn=1))
+    alone = torch.cat([common.rollout(tiny, z0[i:i + 1], targets, common.Settings(steps=3, lr=0.12, cutn=1)) for i in range(2)])
     # float rounding differs between a batch and one image, and Adam's first, nearly sign,
     # steps magnify it where a pixel's gradient is near zero: a few pixels differ by 1e-4
     assert (together - alone).abs().mean() < 1e-6 and torch.allclose(together, alone, atol=1e-3)
@@ -70,12 +71,12 @@ def meta_gradient(model, starts, cfg, stages):
     s = stages.clone().requires_grad_()
     optimizer = torch.optim.AdamW([s], lr=0.12)
     prompt = common.load_prompt(model, "a red apple")
-    original = common.random_start
-    common.random_start = lambda size, device, batch=1: starts.clone()
+    original = render.random_start
+    render.random_start = lambda size, device, batch=1: starts.clone()
     try:
         loss, z = common.meta_step(model, s, optimizer, prompt, common.style_shift(model), cfg, 0.25)
     finally:
-        common.random_start = original
+        render.random_start = original
     assert z.shape[0] == starts.shape[0]
     return s.grad.clone(), loss
 
@@ -84,8 +85,8 @@ def test_a_batched_meta_gradient_is_the_mean_of_the_single_ones(tiny):
     side = tiny.size
     starts = torch.randn(2, 3, side, side)
     stages = targets_for(tiny, 3)
-    cfg = {**CFG, "size": side, "cutn": 1}
-    together, loss = meta_gradient(tiny, starts, {**cfg, "batch": 2}, stages)
+    cfg = CFG.replace(size=side, cutn=1)
+    together, loss = meta_gradient(tiny, starts, cfg.replace(batch=2), stages)
     singles = [meta_gradient(tiny, starts[i:i + 1], cfg, stages) for i in range(2)]
     mean = (singles[0][0] + singles[1][0]) / 2
     # equal up to float rounding, which Adam's first steps magnify (see the test above)
@@ -101,7 +102,7 @@ def test_checkpointed_and_plain_meta_gradients_agree(tiny):
     grads = []
     for checkpoint in (False, True):
         torch.manual_seed(11)
-        grads.append(meta_gradient(tiny, starts, {**CFG, "batch": 2, "checkpoint": checkpoint}, stages)[0])
+        grads.append(meta_gradient(tiny, starts, CFG.replace(batch=2, checkpoint=checkpoint), stages)[0])
     plain, checkpointed = grads
     assert (plain.norm(dim=1) > 0).all()
     assert ((plain - checkpointed).norm(dim=1) < 1e-4 * plain.norm(dim=1)).all()
@@ -118,8 +119,8 @@ def test_checkpointing_keeps_less_for_the_backward(tiny):
 
         stages = targets_for(tiny, 4).requires_grad_()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), common.math_attention():
-            z = common.rollout(tiny, torch.randn(1, 3, 16, 16), stages, 3, 0.12, 2, create_graph=True,
-                               checkpoint=checkpoint)
+            z = common.rollout(tiny, torch.randn(1, 3, 16, 16), stages,
+                               common.Settings(steps=3, lr=0.12, cutn=2, checkpoint=checkpoint), create_graph=True)
         alive = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                  for t in (ref() for ref in saved) if t is not None}
         return sum(alive.values()), z
@@ -132,7 +133,7 @@ def test_checkpointing_keeps_less_for_the_backward(tiny):
 @pytest.fixture(scope="module")
 def compiled_tiny(tiny_ckpt):
     model = common.load_clip(tiny_ckpt, "cpu")
-    model.use_compile()
+    render.use_compile(model)
     return model
 
 
@@ -143,7 +144,7 @@ def test_the_compiled_loss_gives_the_eager_losses(tiny, compiled_tiny):
     for model in (tiny, compiled_tiny):
         torch.manual_seed(4)
         losses = []
-        z = common.rollout(model, z0, targets, 3, 0.12, 4, callback=lambda s, t, loss, z: losses.append(loss.item()))
+        z = common.rollout(model, z0, targets, common.Settings(steps=3, lr=0.12, cutn=4), callback=lambda s, t, loss, z: losses.append(loss.item()))
         runs.append((z, losses))
     assert compiled_tiny.compiled_loss is not None  # it compiled, and was not dropped for eager
     assert runs[1][1] == pytest.approx(runs[0][1], rel=1e-5)
@@ -174,7 +175,7 @@ def test_the_patch_embedding_is_the_convolution_and_keeps_the_state_dict(tiny_ck
     raw = torch.load(tiny_ckpt, weights_only=True)
     model = common.load_clip(tiny_ckpt, "cpu")
     patch = model.model.visual.conv1
-    assert isinstance(patch, common.PatchEmbedding)  # the tiny ViT's 16-px patches
+    assert isinstance(patch, models.PatchEmbedding)  # the tiny ViT's 16-px patches
     images = torch.rand(3, 3, model.size, model.size, requires_grad=True)
     conv = F.conv2d(images, raw["visual.conv1.weight"], stride=16)
     ours = patch(images)
@@ -221,7 +222,7 @@ def test_weights_stored_at_the_lower_precision_give_exactly_what_autocast_gives(
     assert model.tower is not model.model.visual
     for module in model.tower.modules():
         for param in module.parameters(recurse=False):
-            assert param.dtype == (torch.float32 if isinstance(module, common._NORMS) else dtype)
+            assert param.dtype == (torch.float32 if isinstance(module, models.NORMS) else dtype)
             assert not param.requires_grad
     assert all(p.dtype == torch.float32 for p in model.model.parameters())  # the model itself is untouched
     images = torch.rand(3, 3, model.size, model.size, requires_grad=True)
@@ -242,7 +243,7 @@ def test_weights_stored_at_the_lower_precision_give_exactly_what_autocast_gives(
 
 @pytest.mark.parametrize("flags, noted", [({"avx2"}, True), ({"avx2", "avx512_bf16"}, False), (None, False)])
 def test_bf16_on_a_cpu_without_bf16_instructions_gets_a_note(tiny_ckpt, monkeypatch, capsys, flags, noted):
-    monkeypatch.setattr(common, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(models, "cpu_flags", lambda: flags)
     model = common.load_clip(tiny_ckpt, "cpu")
     model.set_precision("fp32")
     model.set_precision("bf16")
@@ -257,11 +258,11 @@ def test_bf16_on_a_cpu_without_bf16_instructions_gets_a_note(tiny_ckpt, monkeypa
 def test_cpu_flags_reads_the_flags_line(monkeypatch, tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse avx2 avx512_bf16\n\n")
-    real = common.Path
-    monkeypatch.setattr(common, "Path", lambda p: real(info) if p == "/proc/cpuinfo" else real(p))
-    assert common.cpu_flags() == {"fpu", "sse", "avx2", "avx512_bf16"}
+    real = models.Path
+    monkeypatch.setattr(models, "Path", lambda p: real(info) if p == "/proc/cpuinfo" else real(p))
+    assert models.cpu_flags() == {"fpu", "sse", "avx2", "avx512_bf16"}
     info.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # an ARM CPU's listing: unknown
-    assert common.cpu_flags() is None
+    assert models.cpu_flags() is None
 
 
 def test_a_precision_the_device_lacks_is_one_line(tiny_ckpt, monkeypatch, capsys):
@@ -321,7 +322,7 @@ def test_a_step_time_is_the_median_not_the_mean():
             time.sleep(0.3 if i == 0 else 0.01)  # one slow step (a compile, a hiccup)
             tick()
 
-    seconds = bench.median_step(bench.Clock(torch.device("cpu")), run, 5)
+    seconds = benchmark.median_step(benchmark.Clock(torch.device("cpu")), run, 5)
     assert 0.009 < seconds < 0.1
 
 
@@ -330,18 +331,17 @@ def test_fp16_scales_the_loss_so_small_gradients_survive(tiny_ckpt):
     z = torch.randn(1, 3, 16, 16, requires_grad=True)
     target = targets_for(model, 1)[0]
     torch.manual_seed(0)
-    exact = common._loss_and_grad(model, z, target, 2)[1]
+    exact = render.loss_and_grad(model, z, target, 2)[1]
     model.set_precision("fp16")
     assert model.loss_scale > 1
     torch.manual_seed(0)
-    low = common._loss_and_grad(model, z, target, 2)[1]
+    low = render.loss_and_grad(model, z, target, 2)[1]
     assert F.cosine_similarity(exact.flatten(), low.flatten(), dim=0) > 0.99
     assert low.norm() == pytest.approx(exact.norm().item(), rel=0.05)  # divided back: the same size
 
 
 def test_timing_the_reference_design_leaves_clip_frozen(tiny):
-    args = bench.parse_args(["--repeat", "1", "--warmup", "1"])
-    assert bench.time_reference_step(tiny, bench.Clock(tiny.device), args, 16, 4) > 0
+    assert benchmark.time_reference_step(tiny, benchmark.Clock(tiny.device), 16, 4, repeat=1, warmup=1) > 0
     assert all(p.grad is None and not p.requires_grad for p in tiny.model.parameters())
 
 
@@ -351,15 +351,13 @@ def test_the_reference_design_runs_at_its_own_precision_and_ours_is_kept(tiny):
     hook = tiny.model.visual.transformer.resblocks[0].mlp.c_fc.register_forward_hook(
         lambda m, i, o: seen.append(o.dtype) or convs.append(type(tiny.model.visual.conv1)))
     try:
-        args = bench.parse_args(["--repeat", "1", "--warmup", "1", "--reference-precision", "fp32"])
-        bench.time_reference_step(tiny, bench.Clock(tiny.device), args, 16, 2)
+        benchmark.time_reference_step(tiny, benchmark.Clock(tiny.device), 16, 2, repeat=1, warmup=1, precision="fp32")
         assert set(seen) == {torch.float32} and tiny.precision == "bf16"
         seen.clear()
-        bench.time_reference_step(tiny, bench.Clock(tiny.device), bench.parse_args(["--repeat", "1", "--warmup", "1"]),
-                                  16, 2)
+        benchmark.time_reference_step(tiny, benchmark.Clock(tiny.device), 16, 2, repeat=1, warmup=1)
         assert set(seen) == {torch.bfloat16}  # by default, the same as ours
         assert set(convs) == {torch.nn.Conv2d}  # the reference's own patch convolution
-        assert isinstance(tiny.model.visual.conv1, common.PatchEmbedding)  # ours is back
+        assert isinstance(tiny.model.visual.conv1, models.PatchEmbedding)  # ours is back
     finally:
         hook.remove()
         tiny.set_precision("fp32")

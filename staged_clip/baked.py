@@ -1,0 +1,225 @@
+"""Baked files: where they go, saving and loading them safely, and choosing among them."""
+
+import datetime
+import hashlib
+import re
+import unicodedata
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import losses, prompts
+from .errors import UserError, log
+from .output import atomic_write
+
+BAKED_FORMAT = "staged-clip-bake"
+BAKED_VERSION = 1
+
+
+def slugify(text, limit=80):
+    """A file-name-safe slug: 'A cat / dog!' -> 'a_cat_dog'."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit].strip("_")
+    return slug or "prompt"
+
+
+def baked_path(baked_dir, prompt, name=None):
+    """Where a prompt's bake goes: <baked_dir>/<slug>.pt; --name must be a plain name.
+
+    A prompt that its slug does not spell out exactly ("A cat / dog" -> "a_cat_dog")
+    gets a short hash of the prompt appended, so two such prompts never share a file.
+    The prompt itself is always read from the file's metadata, never from its name.
+    """
+    if name is not None:
+        stem = name[:-3] if name.endswith(".pt") else name
+        if not stem or stem.startswith(".") or "/" in stem or "\\" in stem or "\0" in stem:
+            raise UserError(f"--name {name!r} must be a plain file name, without folders")
+    else:
+        stem = slugify(Path(prompt).stem if prompts.is_image_path(prompt) else prompt)
+        if stem.replace("_", " ") != prompt:  # the slug lost something (case, punctuation, a folder)
+            stem += "-" + hashlib.sha1(prompt.encode()).hexdigest()[:8]  # so names stay apart
+    return Path(baked_dir) / f"{stem}.pt"
+
+
+def save_baked(path, *, stages, prompt, clip_model, config, history, complete, clip_weights=None):
+    """Atomically write a baked file (a plain dict, loadable with weights_only=True).
+
+    clip_weights: the model's weights_id, so that a bake is known not to match a model
+    retrained under the same name.
+    """
+    data = {
+        "format": BAKED_FORMAT,
+        "version": BAKED_VERSION,
+        "prompt": prompt.text,
+        "prompt_type": prompt.kind,
+        "clip_model": clip_model,
+        **({} if clip_weights is None else {"clip_weights": clip_weights}),
+        "embed_dim": int(stages.shape[1]),
+        "stages": stages.detach().float().cpu().clone(),  # [S, D]
+        "prompt_embed": prompt.embed.detach().float().cpu().clone(),  # [D]
+        "config": dict(config),
+        "history": [float(x) for x in history],
+        "complete": bool(complete),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+
+def unreadable_reason(path, error):
+    """Why torch.load could not read a file, in words a user can act on."""
+    if "Unsupported" in str(error) or "global" in str(error).lower():
+        return "it holds pickled code, which is never run"
+    head = Path(path).read_bytes()[:512]
+    if head.startswith(b"PK"):  # torch.save writes a zip archive
+        return "the archive is truncated or damaged"
+    if not head:
+        return "it is empty"
+    try:
+        head.decode("utf-8")
+        return "it is a text file, not one that torch.save wrote"
+    except UnicodeDecodeError:
+        return "it is not a file that torch.save wrote"
+
+
+def load_baked(path, embed_dim=None):
+    """Read a baked file safely (weights_only): a dict as written by save_baked.
+
+    Also reads the reference's bare [S, D] tensors (CUDA or requires_grad included);
+    their prompt is the file name with underscores turned back into spaces. With
+    embed_dim, stages of another width are refused. Anything else is a UserError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"baked file {path} not found: check the path, or bake it with bake.py")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable baked file ({unreadable_reason(path, e)}): "
+                        f"bake it again with bake.py") from None
+    if isinstance(obj, torch.Tensor):
+        obj = {"format": "legacy", "version": 0, "prompt": path.stem.replace("_", " "),
+               "prompt_type": "text", "stages": obj}
+    elif not (isinstance(obj, dict) and obj.get("format") == BAKED_FORMAT):
+        raise UserError(f"{path} is not a baked file: bake it with bake.py")
+    problem = baked_problem(obj)
+    if problem:
+        raise UserError(f"{path} is a damaged baked file ({problem}): bake it again with bake.py")
+    if obj.get("version", BAKED_VERSION) > BAKED_VERSION:
+        raise UserError(f"{path} has baked-file version {obj['version']}, newer than this tool "
+                        f"reads ({BAKED_VERSION}): update the scripts")
+    obj = {"clip_model": None, "config": {}, "history": [], "complete": True, "created": None, **obj}
+    obj["embed_dim"] = obj["stages"].shape[1]
+    obj["stages"] = obj["stages"].detach().float()
+    obj["path"] = str(path)
+    if embed_dim is not None:
+        check_stage_width(obj, embed_dim)
+    return obj
+
+
+def baked_problem(obj):
+    """What is wrong with a baked dict's fields, or None."""
+    stages = obj.get("stages")
+    if not isinstance(stages, torch.Tensor) or stages.dim() != 2 or not stages.is_floating_point():
+        shape = list(stages.shape) if isinstance(stages, torch.Tensor) else type(stages).__name__
+        return f"stages are {shape}, not a float tensor [S, D]"
+    if stages.shape[0] < 1 or stages.shape[1] < 1:
+        return f"stages of shape {list(stages.shape)} are empty"
+    if not torch.isfinite(stages).all():
+        return "stages hold NaN or infinity"
+    expected = {"prompt": str, "prompt_type": str, "version": int, "complete": bool,
+                "config": dict, "history": list}
+    for key, kind in expected.items():
+        if key in ("prompt", "prompt_type") and key not in obj:
+            return f"no {key}"
+        if key in obj and not isinstance(obj[key], kind):
+            return f"{key} is a {type(obj[key]).__name__}, not a {kind.__name__}"
+    if obj["prompt_type"] not in ("text", "image"):
+        return f"prompt_type {obj['prompt_type']!r} is not text or image"
+    embed = obj.get("prompt_embed")
+    if embed is not None and not (isinstance(embed, torch.Tensor) and embed.shape == stages.shape[1:]
+                                  and torch.isfinite(embed).all()):
+        return "prompt_embed is not a finite vector of the stages' width"
+    return None
+
+
+def check_stage_width(baked, embed_dim):
+    """Refuse stages whose width differs from the model's embedding width."""
+    width = baked["stages"].shape[1]
+    if width != embed_dim:
+        made_with = f" (baked with {baked['clip_model']})" if baked.get("clip_model") else ""
+        raise UserError(f"{baked['path']} has stages of width {width}{made_with}, but this CLIP model "
+                        f"embeds in {embed_dim}: pass the --clip-model it was baked with")
+
+
+def load_baked_dir(baked_dir):
+    """Every readable baked file in a folder; the others are skipped, saying so."""
+    folder = Path(baked_dir)
+    if not folder.is_dir():
+        raise UserError(f"baked folder {folder} not found: bake some prompts first (bake.py, "
+                        f"batch_bake.py) or pass --baked-dir")
+    bakes = []
+    for path in sorted(folder.glob("*.pt")):
+        try:
+            bakes.append(load_baked(path))
+        except UserError as e:
+            log(f"skipping: {e}")
+    if not bakes:
+        raise UserError(f"no usable baked files in {folder}: bake some with bake.py or batch_bake.py")
+    return bakes
+
+
+def already_baked(path, text, settings, model):
+    """Whether path holds a complete bake of this prompt with these settings and this model (a Clip)."""
+    if not path.is_file():
+        return False
+    try:
+        baked = load_baked(path)
+    except UserError:
+        return False  # unreadable: bake it again (the write replaces it atomically)
+    return baked["complete"] and baked["prompt"] == text and model.made(baked) and settings.same_bake(baked["config"])
+
+
+def baked_prompt_embed(model, bake):
+    """A bake's prompt embedding under this model (a UserError where it has none)."""
+    check_stage_width(bake, model.dim)
+    if model.made(bake) and bake.get("prompt_embed") is not None:
+        return bake["prompt_embed"].to(model.device)
+    return prompts.load_prompt(model, bake["prompt"]).embed  # weighted parts and images too
+
+
+def nearest_bakes(model, prompt_embed, bakes, k, where="the baked folder"):
+    """The k bakes whose prompts lie nearest to prompt_embed: [(distance, bake)].
+
+    All of one stage count (that of the nearest), so their paths can be composed. Bakes
+    of another width, or whose prompt cannot be embedded, are skipped; one line says how
+    many and why.
+    """
+    candidates, skipped = [], []
+    for bake in bakes:
+        try:
+            embed = baked_prompt_embed(model, bake)
+        except UserError as e:
+            skipped.append((bake, e))
+            continue
+        candidates.append((losses.spherical_distance(prompt_embed, embed).item(), bake))
+    if skipped:
+        widths = sorted({b["stages"].shape[1] for b, _ in skipped if b["stages"].shape[1] != model.dim})
+        names = ", ".join(Path(b["path"]).name for b, _ in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        why = (f"stages of width {', '.join(map(str, widths))}, not this model's {model.dim}" if widths
+               else str(skipped[0][1]))
+        log(f"skipping {len(skipped)} baked file(s) in {where} ({names}): {why}")
+    if not candidates:
+        raise UserError(f"no usable baked files in {where}: bake some with bake.py")
+    candidates.sort(key=lambda c: c[0])
+    n_stages = len(candidates[0][1]["stages"])
+    return [c for c in candidates if len(c[1]["stages"]) == n_stages][:k]
+
+
+def compose_path(paths, mode):
+    """One path of stages from k paths [k, S, D]: per-stage mean, or a random splice."""
+    paths = F.normalize(paths, dim=-1)
+    if mode == "mean":
+        return paths.mean(0)  # [S, D]: each stage averaged over the paths, not over everything
+    pick = torch.randint(len(paths), (paths.shape[1],))  # [S]: which path gives each stage
+    return paths[pick, torch.arange(paths.shape[1])]

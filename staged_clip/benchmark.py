@@ -1,0 +1,309 @@
+"""Timing the renderer and the bake: inner steps (ours and the reference's design), rollouts, meta steps, memory."""
+
+import contextlib
+import math
+import platform
+import random
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import baking, losses, models, prompts, render
+from .settings import SCRIPT_DEFAULTS, Settings
+
+DEFAULTS = Settings()  # the default bake, which the bake row projects to
+
+
+class Clock:
+    """Wall time of a block, waiting for the device at both ends."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def time(self, work):
+        self.sync()
+        start = time.perf_counter()
+        work()
+        self.sync()
+        return time.perf_counter() - start
+
+
+class Memory:
+    """Peak memory of a block: CUDA's allocator peak, or the process's resident peak on a CPU."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def measure(self, work):
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            work()
+            return torch.cuda.max_memory_allocated(self.device) - before
+        before = proc_status("VmRSS")
+        if before is None or not reset_peak_rss():
+            work()
+            return None
+        work()
+        return proc_status("VmHWM") - before
+
+
+def return_freed_memory():
+    """Make glibc hand large freed blocks back to the system, so resident size tracks use.
+
+    By default glibc raises its mmap threshold as blocks are freed and then keeps freed
+    tensors' memory in its heap: a peak measured by resident size would miss new use.
+    The setting lasts for the process, so only bench.py run as a script asks for it.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD: fixed, 256 KiB
+        libc.malloc_trim(0)  # and give back what the heap holds free now
+    except (OSError, AttributeError):
+        pass
+
+
+def proc_status(field):
+    """A field of /proc/self/status in bytes, or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss():
+    try:  # Linux: writing 5 resets the process's peak resident size to its current one
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def target_for(model):
+    with torch.no_grad():
+        return prompts.shape_targets(torch.randn(1, model.dim, device=model.device), prompts.style_shift(model))[0]
+
+
+def median_step(clock, run, steps):
+    """The median seconds per step of run(steps, tick), where tick() is called after each step."""
+    marks = []
+
+    def tick(*_):
+        clock.sync()
+        marks.append(time.perf_counter())
+
+    clock.sync()
+    marks.append(time.perf_counter())
+    run(steps, tick)
+    return statistics.median(b - a for a, b in zip(marks, marks[1:]))
+
+
+def time_inner_step(model, clock, settings, repeat, warmup, batch=1):
+    """Seconds per step of the plain renderer (the fast path every script uses) at settings' size and cutn."""
+    target = target_for(model)[None]
+    z = render.random_start(settings.size, model.device, batch)
+    z = render.rollout(model, z, target, settings.replace(steps=warmup))  # warm caches, compile
+    return median_step(clock, lambda n, tick: render.rollout(model, z, target, settings.replace(steps=n),
+                                                             callback=tick), repeat)
+
+
+def reference_cutouts(image, side, cutn):
+    """The reference's cutouts: decided on the host and made one at a time."""
+    if cutn == 1:
+        if random.random() < 0.5:
+            image = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False)
+        return F.adaptive_avg_pool2d(image, side)
+    h = image.shape[-1]
+    cuts = []
+    for i in range(cutn):
+        if i < round(cutn * 0.8):
+            crop = int(random.uniform(min(h, side), h))
+            x, y = random.randint(0, h - crop), random.randint(0, h - crop)
+            cut = F.adaptive_avg_pool2d(image[:, :, y:y + crop, x:x + crop], side)
+            if random.random() < 0.5:
+                cut = cut.flip(-1)
+            cut = cut + 0.05 * random.random() * torch.randn_like(cut)
+            angle = math.radians(random.uniform(-15, 15))
+        else:
+            cut = F.adaptive_avg_pool2d(image, side)
+            angle = math.radians(random.uniform(-10, 10))
+        theta = torch.tensor([[[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0]]],
+                             device=image.device)
+        grid = F.affine_grid(theta, list(cut.shape), align_corners=False)
+        cut = F.grid_sample(cut, grid, padding_mode="reflection", align_corners=False)
+        if random.random() < 0.2:
+            cut = cut.mean(1, keepdim=True).expand_as(cut)
+        cuts.append(cut)
+    return torch.cat(cuts)
+
+
+def time_reference_step(model, clock, size, cutn, repeat, warmup, precision=None):
+    """Seconds per step of the reference's design: weights get gradients, eager, .item() each step.
+
+    precision: its image tower's (default: the model's, so that only the design differs).
+    """
+    target = target_for(model)
+    net = model.model
+    ours = model.precision
+    model.set_precision(precision or ours)
+    net.requires_grad_(True)
+    patch = net.visual.conv1
+    if isinstance(patch, models.PatchEmbedding):  # the reference's own convolution and attention kernel
+        net.visual.conv1 = patch.as_conv()
+    cast = (torch.autocast(model.device.type, dtype=models.PRECISIONS[model.precision])
+            if model.precision != "fp32" else contextlib.nullcontext())
+    z = render.random_start(size, model.device).requires_grad_()
+    optimizer = torch.optim.AdamW([z], lr=DEFAULTS.lr)  # only z: CLIP's gradients pile up, as there
+
+    def steps(n, tick=None):
+        for _ in range(n):
+            optimizer.zero_grad()
+            cuts = reference_cutouts(z, model.size, cutn)  # the reference feeds raw z to CLIP
+            with cast:
+                embeds = F.normalize(net.encode_image(cuts).float(), dim=-1)
+            loss = (losses.spherical_distance(embeds, target).mean()
+                    + (z - z.clamp(-1, 1)).pow(2).mean() + losses.TV_WEIGHT * losses.total_variation(z).sum()
+                    + losses.STD_WEIGHT * (z.std() - 1).pow(2))
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the reference shows the loss every step
+            if tick is not None:
+                tick()
+
+    try:
+        steps(warmup)
+        return median_step(clock, steps, repeat)
+    finally:
+        net.visual.conv1 = patch
+        model.set_precision(ours)
+        net.requires_grad_(False)
+        for p in net.parameters():
+            p.grad = None
+
+
+def time_unrolled_step(model, clock, settings):
+    """Seconds per differentiable inner step: its forward and its share of the backward."""
+    stages = torch.randn(1, model.dim, device=model.device, requires_grad=True)
+    shift = prompts.style_shift(model)
+
+    def run(n):
+        with models.math_attention():
+            z = render.random_start(settings.size, model.device, settings.batch).requires_grad_()
+            z = render.rollout(model, z, prompts.shape_targets(stages, shift), settings.replace(steps=n,
+                               checkpoint=False), create_graph=True)
+            losses.bake_loss(model, z, prompts.Prompt("", "text", F.normalize(stages[0].detach(), dim=-1)),
+                             settings.cutn).sum().backward()
+
+    run(1)
+    return clock.time(lambda: run(settings.steps)) / settings.steps
+
+
+def time_meta_step(model, clock, memory, settings, tune_malloc=False):
+    """Seconds of one meta step (after an untimed one), and its peak memory in bytes.
+
+    The peak (None where unmeasurable) comes from a third meta step, run after the
+    timing: on a GPU it starts from an empty allocator cache; on a CPU, measuring
+    resident size needs glibc to return freed memory at once (tune_malloc), which slows
+    allocation.
+    """
+    prompt = prompts.Prompt("", "text", F.normalize(torch.randn(model.dim, device=model.device), dim=-1))
+    stages = torch.randn(settings.stages, model.dim, device=model.device, requires_grad=True)
+    optimizer = torch.optim.AdamW([stages], lr=settings.meta_lr)
+    shift = prompts.style_shift(model)
+
+    def step():
+        baking.meta_step(model, stages, optimizer, prompt, shift, settings, 0.0)
+
+    step()  # warm: kernels chosen, caches filled
+    seconds = clock.time(step)
+    if model.device.type == "cpu" and tune_malloc:
+        return_freed_memory()
+    return seconds, memory.measure(step)
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def gib(n):
+    return None if n is None else n / 2**30
+
+
+def measure(model, settings, repeat, warmup, reference=False, reference_precision=None, tune_malloc=False):
+    """The benchmark's rows, one at a time: dicts of what (a label), ms, note and extras.
+
+    Inner steps at each script's defaults (with the reference design's beside them when
+    asked), a batch row when settings.batch > 1, a normal.py run, a rollout, an unrolled
+    step, a meta step with its peak memory, and the default bake projected from it.
+    """
+    clock, memory = Clock(model.device), Memory(model.device)
+
+    def row(what, seconds, note="", **extra):
+        return {"what": what, "ms": seconds * 1000, "note": note, **extra}
+
+    inner = {}  # seconds per inner step, by script
+    for script, defaults in SCRIPT_DEFAULTS.items():
+        size, cutn = defaults["size"], defaults["cutn"]
+        ours = inner[script] = time_inner_step(model, clock, settings.replace(size=size, cutn=cutn), repeat, warmup)
+        note, extra = "", {}
+        if reference:
+            theirs = time_reference_step(model, clock, size, cutn, repeat, warmup, reference_precision)
+            note = f"reference design {theirs * 1000:.1f} ms: {theirs / ours:.1f}x faster"
+            extra = {"reference_ms": theirs * 1000, "speedup": theirs / ours}
+        yield row(f"inner step, {script} ({size} px, cutn {cutn}, batch 1)", ours, note, **extra)
+    if settings.batch > 1:
+        seconds = time_inner_step(model, clock, settings, repeat, warmup, settings.batch)
+        yield row(f"inner step, {settings.size} px, cutn {settings.cutn}, batch {settings.batch}", seconds,
+                  f"{seconds * 1000 / settings.batch:.1f} ms per start")
+    normal = settings.replace(**SCRIPT_DEFAULTS["normal.py"])
+    step = inner["normal.py"]
+    if step * normal.steps < 30:  # measured where it is quick, projected from the inner step where not
+        run = clock.time(lambda: render.rollout(model, render.random_start(normal.size, model.device),
+                                                target_for(model)[None], normal))
+        yield row(f"normal.py run, {normal.steps} steps ({normal.size} px, cutn {normal.cutn})", run)
+    else:
+        yield row(f"normal.py run, {normal.steps} steps ({normal.size} px, cutn {normal.cutn}) (projected)",
+                  step * normal.steps, f"= inner step x {normal.steps}")
+    seconds = clock.time(lambda: render.rollout(model, render.random_start(settings.size, model.device),
+                                                target_for(model).expand(settings.stages, -1), settings))
+    yield row(f"rollout, {settings.stages} stages x {settings.steps} steps ({settings.size} px, cutn {settings.cutn})",
+              seconds)
+    unrolled = time_unrolled_step(model, clock, settings)
+    yield row(f"unrolled inner step ({settings.size} px, cutn {settings.cutn}, batch {settings.batch}), with backward",
+              unrolled)
+    meta, peak = time_meta_step(model, clock, memory, settings.replace(meta_grad="unrolled"), tune_malloc)
+    how = f"batch {settings.batch}" + (", checkpointed" if settings.checkpoint else "")
+    yield row(f"meta step, {settings.stages} x {settings.steps} unrolled ({how})", meta,
+              f"peak memory {gib(peak):.2f} GiB" if peak is not None else "peak memory not measurable here",
+              peak_gib=gib(peak))
+    scale = DEFAULTS.stages * DEFAULTS.steps / (settings.stages * settings.steps)
+    projected = row(f"bake, {settings.meta_steps} meta steps of {DEFAULTS.stages} x {DEFAULTS.steps}"
+                    + (" (projected)" if scale != 1 else ""), meta * scale * settings.meta_steps,
+                    f"= meta step x {scale:g} x {settings.meta_steps}" if scale != 1
+                    else f"= meta step x {settings.meta_steps}")
+    if peak is not None and scale != 1:  # the graph grows with the steps it holds at once
+        held = DEFAULTS.steps / settings.steps if settings.checkpoint else scale
+        projected["peak_gib_projected"] = gib(peak) * held
+        projected["peak_note"] = f"= meta step's peak x {held:g} (the steps held at once; an upper bound)"
+    yield projected

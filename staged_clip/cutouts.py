@@ -1,0 +1,79 @@
+"""Cutouts: what CLIP sees of an image at each step (crops, flips, jitter, noise, grayscale)."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G and B in a grayscale pixel
+
+
+def affine(scale, angle, shift_x, shift_y, flip):
+    """Batched 2x3 sampling matrices (normalized coordinates) for F.affine_grid: [n, 2, 3].
+
+    Each matrix scales by `scale`, rotates by `angle` (radians), mirrors left to right
+    where flip is -1, and moves the centre by (shift_x, shift_y) in [-1, 1] units.
+    """
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    row0 = torch.stack([cos * flip, -sin, shift_x], dim=-1)
+    row1 = torch.stack([sin * flip, cos, shift_y], dim=-1)
+    return torch.stack([row0, row1], dim=1)
+
+
+def grayscale(images):
+    """The luma of images [n, 3, H, W] as one channel: [n, 1, H, W]."""
+    return (images * torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def draw_cutouts(batch, cutn, height, side, device):
+    """The random choices of one make_cutouts call, drawn on the device: a dict of tensors.
+
+    Drawn apart from the maths that uses them, so that a compiled loss sees the same
+    randomness as the eager one, and nothing is decided on the host (no device sync).
+    """
+    dev = torch.device(device)
+    if cutn == 1:
+        return {"resize": torch.rand(batch, device=dev) < 0.5}
+    n_crop = round(cutn * 0.8)
+    n = batch * cutn
+    crop = torch.arange(cutn, device=dev).repeat(batch) < n_crop  # [n]: crop or whole image
+    lo = min(height, side) / height
+    scale = torch.where(crop, lo + (1 - lo) * torch.rand(n, device=dev), torch.ones(n, device=dev))
+    max_angle = torch.where(crop, torch.full((n,), 15.0, device=dev), torch.full((n,), 10.0, device=dev))
+    angle = (torch.rand(n, device=dev) * 2 - 1) * max_angle * math.pi / 180
+    # a crop's centre may sit anywhere that keeps the crop inside, plus up to 10% shift
+    # (0.2 in [-1, 1] coordinates)
+    jitter = crop.float() * 0.2
+    shift = (torch.rand(2, n, device=dev) * 2 - 1) * ((1 - scale) + jitter)
+    flip = torch.where(crop & (torch.rand(n, device=dev) < 0.5), -1.0, 1.0)
+    noise = (crop.float() * 0.05 * torch.rand(n, device=dev)).view(n, 1, 1, 1)
+    return {"theta": affine(scale, angle, shift[0], shift[1], flip),  # [n, 2, 3]
+            "noise": noise * torch.randn(n, 3, side, side, device=dev),
+            "gray": (torch.rand(n, device=dev) < 0.2).view(n, 1, 1, 1)}
+
+
+def make_cutouts(images, side, cutn, draws=None):
+    """What CLIP sees of a batch of images in [0, 1]: [B * cutn, 3, side, side].
+
+    cutn = 1: the whole image, resized to `side` half of the time, then average-pooled
+    to `side`. cutn > 1: about 80% random square crops (side between min(H, side) and H)
+    with flips, noise, affine jitter (15 degrees, 10% shift) and grayscale; the rest the
+    whole image rotated by up to 10 degrees; about 20% of each group grayscale. All
+    cutouts come from one grid_sample call. draws: the random choices (draw_cutouts),
+    drawn here when not given.
+    """
+    b, _, h, _ = images.shape  # square images
+    if draws is None:
+        draws = draw_cutouts(b, cutn, h, side, images.device)
+    if cutn == 1:
+        pooled = F.adaptive_avg_pool2d(images, side)
+        if h == side:
+            return pooled
+        resized = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+        return torch.where(draws["resize"].view(b, 1, 1, 1), resized, pooled)
+    n = b * cutn
+    source = images.repeat_interleave(cutn, dim=0)  # [n, 3, H, W]
+    grid = F.affine_grid(draws["theta"], [n, 3, side, side], align_corners=False)
+    cuts = F.grid_sample(source, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    cuts = cuts + draws["noise"]
+    return torch.where(draws["gray"], grayscale(cuts).expand_as(cuts), cuts)

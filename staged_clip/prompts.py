@@ -1,0 +1,147 @@
+"""Prompts: text with weighted parts or an image file, their CLIP embeddings, and the targets made of them."""
+
+import math
+import os
+from pathlib import Path
+
+import clip
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+STYLE_TEXT = "#pixelart simplistic 8-bit sprite art"
+NEGATIVE_TEXT = "text, graffitti, words"
+STYLE_WEIGHT = 0.5
+NEGATIVE_WEIGHT = 0.5
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def embed_texts(model, texts):
+    """Unit CLIP embeddings of a list of texts: [n, D]."""
+    try:
+        tokens = clip.tokenize(texts, context_length=model.context_length)
+    except RuntimeError:
+        long = max(texts, key=len)
+        raise UserError(f"prompt too long for CLIP's {model.context_length}-token context: "
+                        f"shorten {long[:40]!r}...") from None
+    with torch.no_grad():
+        return F.normalize(model.model.encode_text(tokens.to(model.device)).float(), dim=-1)
+
+
+def embed_images(model, images):
+    """Unit CLIP embeddings of images in [0, 1] at CLIP's input side: [n, D]."""
+    with model.autocast():
+        embeds = model.tower((images - model.mean) / model.std)  # CLIP's encode_image, on model.tower
+    return F.normalize(embeds.float(), dim=-1)
+
+
+def is_image_path(text):
+    """Whether a prompt names an image file (existing or not, judged by its suffix)."""
+    return Path(text).suffix.lower() in IMAGE_SUFFIXES and "|" not in text
+
+
+def load_image(path, side):
+    """An image file as a [1, 3, side, side] tensor in [0, 1] (resized, centre-cropped)."""
+    from PIL import Image, UnidentifiedImageError
+    import torchvision.transforms.functional as TF
+    if not os.path.isfile(path):
+        raise UserError(f"image prompt {path} not found: check the path")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise UserError(f"cannot read image {path}: pass a PNG or JPEG file of reasonable size") from None
+    im = TF.center_crop(TF.resize(im, side, antialias=True), side)
+    return TF.to_tensor(im).unsqueeze(0)  # [1, 3, side, side]
+
+
+def parse_prompt(text):
+    """Split "a red apple | green:0.5 | text:-1" into [(text, weight), ...].
+
+    A weight is read from the right of each part, so a colon inside the text survives:
+    "a clock: noon" is one part of weight 1, "photo: x:2" is ("photo: x", 2.0). Only a
+    number after the last colon is a weight: "time: 12:30" is ("time: 12", 30.0).
+    """
+    parts = []
+    for part in text.split("|"):
+        body, sep, tail = part.rpartition(":")
+        weight = 1.0
+        if sep:
+            try:
+                weight = float(tail)
+                part = body
+            except ValueError:
+                pass
+            if not math.isfinite(weight):
+                raise UserError(f"the weight {tail.strip()!r} in {text!r} is not a finite number: "
+                                f"use e.g. :0.5 or :-1")
+        part = part.strip()
+        if part:
+            parts.append((part, weight))
+    if not parts:
+        raise UserError("empty prompt: give some text, e.g. \"a red apple\", or an image file")
+    return parts
+
+
+class Prompt:
+    """What a prompt asks for: a unit embedding, and for an image prompt its pixels."""
+
+    def __init__(self, text, kind, embed, image=None):
+        self.text, self.kind, self.embed, self.image = text, kind, embed, image
+
+
+def load_prompt(model, text):
+    """Embed a prompt: an image file, or text with optional weighted parts."""
+    if is_image_path(text.strip()):
+        image = load_image(text.strip(), model.size).to(model.device)
+        with torch.no_grad():
+            return Prompt(text.strip(), "image", embed_images(model, image)[0], image)
+    parts = parse_prompt(text)
+    texts = [p for p, _ in parts]
+    weights = torch.tensor([w for _, w in parts], device=model.device)
+    mixed = (weights[:, None] * embed_texts(model, texts)).sum(0)
+    if mixed.norm() < 1e-6:
+        raise UserError(f"the weights of {text!r} cancel out: change them so they do not sum to nothing")
+    return Prompt(text.strip(), "text", F.normalize(mixed, dim=-1))
+
+
+def read_prompts(path):
+    """The prompts of a list file: stripped lines, without blanks, # comments or repeats."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file {path} not found: give a file with one prompt a line")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}): save it as UTF-8 text") from None
+    prompts = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#") and line not in prompts:
+            prompts.append(line)
+    if not prompts:
+        raise UserError(f"{path} holds no prompts: write one prompt a line")
+    return prompts
+
+
+def style_shift(model, style=True, style_text=STYLE_TEXT, negative_text=NEGATIVE_TEXT):
+    """The vector added to every target: +0.5 style, -0.5 negative (zero with style off)."""
+    if not style:
+        return torch.zeros(model.dim, device=model.device)
+    style_e, negative_e = embed_texts(model, [style_text, negative_text])
+    return STYLE_WEIGHT * style_e - NEGATIVE_WEIGHT * negative_e
+
+
+def shape_targets(stages, shift):
+    """Targets from stage embeddings: unit stage + style shift; [S, D].
+
+    The reference adds the style texts to raw vectors, so a stage's arbitrary length
+    decided how much the style counted; mixing unit vectors keeps the 0.5 weights honest.
+    """
+    return F.normalize(stages, dim=-1) + shift
+
+
+def lerp_unit(a, b, t):
+    """Linear mix of the unit vectors of a and b: (1 - t) * a^ + t * b^."""
+    return torch.lerp(F.normalize(a, dim=-1), F.normalize(b, dim=-1), t)
