@@ -40,6 +40,7 @@ def parse_args(argv=None):
     g.add_argument("--reference-precision", choices=list(common.PRECISIONS), default=None,
                    help="precision of the reference's image tower (default: --precision; the original runs "
                         "fp32 on a CPU, as clip.load gives it there)")
+    g.add_argument("--inner-only", action="store_true", help="time the inner steps only (a quick comparison)")
     g.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     return p.parse_args(argv)
 
@@ -60,7 +61,7 @@ def main(argv=None):
           + f"compile: {args.compile}; torch {torch.__version__}", flush=True)
     rows = []
     for row in benchmark.measure(model, settings, args.repeat, args.warmup, args.reference_design,
-                                 args.reference_precision, TUNE_MALLOC):
+                                 args.reference_precision, TUNE_MALLOC, args.inner_only):
         rows.append(row)
         seconds = row["ms"] / 1000
         shown = f"{row['ms']:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"

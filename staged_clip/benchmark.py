@@ -250,12 +250,14 @@ def gib(n):
     return None if n is None else n / 2**30
 
 
-def measure(model, settings, repeat, warmup, reference=False, reference_precision=None, tune_malloc=False):
+def measure(model, settings, repeat, warmup, reference=False, reference_precision=None, tune_malloc=False,
+            inner_only=False):
     """The benchmark's rows, one at a time: dicts of what (a label), ms, note and extras.
 
     Inner steps at each script's defaults (with the reference design's beside them when
     asked), a batch row when settings.batch > 1, a normal.py run, a rollout, an unrolled
-    step, a meta step with its peak memory, and the default bake projected from it.
+    step, a meta step with its peak memory, and the default bake projected from it
+    (inner_only: the inner steps alone).
     """
     clock, memory = Clock(model.device), Memory(model.device)
 
@@ -272,6 +274,8 @@ def measure(model, settings, repeat, warmup, reference=False, reference_precisio
             note = f"reference design {theirs * 1000:.1f} ms: {theirs / ours:.1f}x faster"
             extra = {"reference_ms": theirs * 1000, "speedup": theirs / ours}
         yield row(f"inner step, {script} ({size} px, cutn {cutn}, batch 1)", ours, note, **extra)
+    if inner_only:
+        return
     if settings.batch > 1:
         seconds = time_inner_step(model, clock, settings, repeat, warmup, settings.batch)
         yield row(f"inner step, {settings.size} px, cutn {settings.cutn}, batch {settings.batch}", seconds,

@@ -151,10 +151,10 @@ def add_bake_args(parser, meta_grad=True):
     return g
 
 
-def busy_cores(seconds=0.1):
+def busy_cores(seconds=0.1, stat="/proc/stat"):
     """How many cores other processes keep busy, from /proc/stat over a short while (None off Linux)."""
     def sample():
-        with open("/proc/stat") as f:
+        with open(stat) as f:
             fields = [int(x) for x in f.readline().split()[1:]]
         return sum(fields), fields[3] + fields[4]  # all time, and idle + iowait
     try:

@@ -50,8 +50,11 @@ def tiny(tiny_ckpt):
 def isolated(tmp_path, tmp_path_factory, monkeypatch):
     """Every test runs in its own folder, with an empty home (no wandb login, no CLIP cache),
     from the same random state whatever ran before it (so a test's random inputs never
-    depend on which tests ran first)."""
+    depend on which tests ran first), and with the thread count it started with (scripts
+    take it from OMP_NUM_THREADS instead of sampling the machine's load)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -59,6 +62,8 @@ def isolated(tmp_path, tmp_path_factory, monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
                  "SLURM_ARRAY_TASK_MIN"):  # a test run under torchrun or Slurm must not shard the tests
         monkeypatch.delenv(name, raising=False)
+    yield
+    torch.set_num_threads(threads)
 
 
 class Payload:
@@ -72,6 +77,7 @@ class Payload:
 
 
 def write_bake(path, stages, prompt="a red apple", complete=True):
+    """A baked file of these stages, with a random prompt embedding and tiny settings."""
     prompt = common.Prompt(prompt, "text", torch.nn.functional.normalize(torch.randn(stages.shape[1]), dim=0))
     common.save_baked(path, stages=stages, prompt=prompt, clip_model="tiny.pt",
                       config={"size": 16, "steps": 2}, history=[0.9, 0.8], complete=complete)

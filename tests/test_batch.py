@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -185,14 +184,20 @@ def test_a_run_killed_with_sigkill_resumes_and_leaves_no_partial_file(tiny_ckpt)
     Path("bk/.a_red_apple.png.x1y2.tmp").write_bytes(b"half an image")  # (beside a bake that gets skipped)
     command = [sys.executable, str(ROOT / "batch_bake.py"), "list.txt",
                *bake_args(tiny_ckpt, "--baked-dir", "bk", "--seed", "0", "--meta-steps", "40")]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not Path("bk/a_red_apple.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    # the kill comes when the child says the first prompt is baked (in the second's bake), however slow it runs
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    said = False
+    for line in iter(child.stdout.readline, ""):  # ends at the line, or when the child ends without it
+        if line.startswith(f"baked {PROMPTS[0]!r}"):
+            said = True
+            break
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
+    child.stdout.close()
+    assert said, "the child never reported its first bake"
     first = common.load_baked("bk/a_red_apple.pt")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert baked_prompts() == {p: True for p in PROMPTS[:3]}
     skipped = "1 already baked" in done.stdout

@@ -249,3 +249,9 @@ def test_toy_training_width_must_be_even(capsys):
     fails(toy_cli, ["train", "--width", "7", "--steps", "1", "--out", "m.pt"], "--width 7 is odd", capsys)
     fails(toy_cli, ["train", "--nudged", "1.5", "--steps", "1", "--out", "m.pt"], "--nudged", capsys)
     fails(toy_cli, ["train", "--desaturate", "-0.5", "--steps", "1", "--out", "m.pt"], "--desaturate", capsys)
+
+
+def test_a_text_file_named_as_a_bake_says_it_is_text(tiny_ckpt, capsys):
+    Path("prompts.pt").write_text("a red apple\na blue car\n" * 20)  # a prompt list, renamed
+    message = fails(microwave, ["prompts.pt", *render_args(tiny_ckpt)], "text file", capsys)
+    assert "Error)" not in message  # no exception's name for the user to decode

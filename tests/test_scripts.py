@@ -284,3 +284,60 @@ def test_a_batch_bake_repeats_the_single_bake_of_its_seed(tiny_ckpt):
     single, batched = common.load_baked("baked/single.pt"), common.load_baked("bk/a_red_apple.pt")
     assert batched["prompt"] == "a red apple"
     assert torch.equal(single["stages"], batched["stages"]) and single["history"] == batched["history"]
+
+
+def test_a_png_records_the_seed_device_and_threads_it_used(tiny_ckpt):
+    chosen = ["--clip-model", tiny_ckpt, "--size", "16", "--steps", "2", "--cutn", "2", "--save-size", "16"]
+    normal.main(["a red apple", *chosen, "--out", "n.png"])  # seed, device and threads left to the script
+    _, text, _ = png_info("n.png")
+    settings = json.loads(text["settings"])
+    assert settings["seed"] == int(text["seed"]) and settings["device"] == "cpu"
+    assert settings["threads"] >= 1
+    normal.main(["a red apple", *chosen, "--threads", "1", "--seed", "4", "--out", "m.png"])
+    settings = json.loads(png_info("m.png")[1]["settings"])
+    assert settings["threads"] == 1 and torch.get_num_threads() == 1 and settings["seed"] == 4
+
+
+def test_threads_leave_the_cores_other_processes_keep_busy(monkeypatch):
+    from staged_clip import cli
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    torch.set_num_threads(4)
+    monkeypatch.setattr(cli, "busy_cores", lambda: 1)
+    assert cli.use_threads() == 3 and torch.get_num_threads() == 3
+    monkeypatch.setattr(cli, "busy_cores", lambda: 9)
+    assert cli.use_threads() == 1  # at least one
+    assert cli.use_threads(2) == 2  # --threads wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cli.use_threads() == 3  # so does the environment's OpenMP setting
+
+
+def test_busy_cores_reads_what_other_processes_used_meanwhile(monkeypatch, tmp_path):
+    from staged_clip import cli
+    stat = tmp_path / "stat"
+    # cpu user nice system idle iowait ...: over the while, 300 of 400 ticks idle on 4 cores
+    stat.write_text("cpu 100 0 100 800 0 0 0\n")
+    monkeypatch.setattr(cli.time, "sleep", lambda s: stat.write_text("cpu 200 0 100 1100 0 0 0\n"))
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 4)
+    assert cli.busy_cores(stat=stat) == 1
+
+
+def test_help_shows_no_default_for_a_switch_and_microwave_takes_one_file(capsys):
+    with pytest.raises(SystemExit):
+        normal.main(["--help"])
+    text = capsys.readouterr().out
+    assert "--no-style" in text and "(default: True)" not in text and "(default: False)" not in text
+    with pytest.raises(SystemExit):
+        microwave.main(["--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert "[PROMPT] BAKED.pt" in usage and "..." not in usage
+
+
+def test_auto_microwave_says_in_one_line_which_bakes_it_skips(tiny_ckpt, wide_ckpt, capsys):
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--meta-steps", "1", "--out", "b.png")])
+    for prompt in ["a yellow sun", "a blue sea", "a green leaf"]:
+        bake.main([prompt, *bake_args(wide_ckpt, "--meta-steps", "1", "--out", "b.png")])
+    capsys.readouterr()
+    auto_microwave.main(["a red pear", "--k", "1", *render_args(tiny_ckpt, "--out", "a.png")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "skipping" in line]
+    assert len(lines) == 1 and "3 baked file(s)" in lines[0] and "width 48" in lines[0]

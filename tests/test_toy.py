@@ -616,3 +616,11 @@ def test_style_shaping_is_neutral_for_the_guide():
     # the guide was taught that the two style texts mean the same: shaping adds ~nothing
     model = common.load_clip("toy")
     assert common.style_shift(model).norm() < 0.05
+
+
+def test_train_defaults_are_the_shipped_recipe():
+    """The README's training command (the defaults, --seed 0) is the one that made models/toy.pt."""
+    shipped = ["--mirror-opacity", "0.3", "--other-shapes", "0.2", "--other-kinds", "diamond,wedge",
+               "--any-colours", "0.3", "--mirrored", "0.15", "--adversarial", "0.01", "--nudge-from", "0.33",
+               "--saturate", "1", "--steps", "2400", "--batch", "128"]
+    assert toy_cli.parse_args(["train"]) == toy_cli.parse_args(["train", *shipped])
