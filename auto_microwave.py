@@ -35,11 +35,14 @@ def main(argv=None):
         print(f"  {dist:.4f}  {bake['prompt']!r}  ({bake['path']})")
     if len(chosen) < args.k:
         common.log(f"note: only {len(chosen)} baked file(s) with {n_stages} stages; using those")
-    path = common.compose_path(torch.stack([b["stages"] for _, b in chosen]).to(model.device), args.mode)  # [S, D]
+    near = [b for _, b in chosen]
+    path, scale = common.compose_path(torch.stack([b["stages"] for b in near]).to(model.device), args.mode,
+                                      common.scales_of(near, model.device))  # [S, D], [S]
+    settings = settings.replaying(near[0]["config"])  # Adam's eps and moments as the nearest bake's
     stages = common.lerp_unit(path, prompt.embed, args.mix)
     shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
     z = common.render(model, common.shape_targets(stages, shift), settings, common.Output.from_args(args),
-                      desc="auto-microwave")
+                      desc="auto-microwave", lr_scale=scale)
     info = {"prompt": prompt.text, "baked_prompts": [b["prompt"] for _, b in chosen]}
     common.save_image(args.out, z, args.save_size,
                       common.run_info("auto_microwave.py", args, settings, model.device, **info))

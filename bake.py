@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Bake a prompt: meta-optimize the stage embeddings of a staged CLIP-guided run.
 
-Example: python bake.py "a red apple" --clip-model ViT-B/32 --out apple.png
+Examples:
+  python bake.py "a red apple" --clip-model ViT-B/32 --out apple.png
+  torchrun --standalone --nproc-per-node 4 bake.py "a red apple" --meta-grad es --seed 0   # pairs shared out
 """
 
 import common
@@ -21,7 +23,15 @@ def main(argv=None):
     args = parse_args(argv)
     wandb = common.WandbLog.from_args(args)
     path = common.baked_path(args.baked_dir, args.prompt, args.name)
+    args.device = common.torchrun_device(args.device)
     model, settings = common.start(args, writes_baked=True)
+    rank, processes = common.join_processes(model.device)  # under torchrun: one bake, its pairs shared out
+    if processes > 1:
+        settings = settings.replace(seed=common.shared_seed(settings.seed))
+        common.seed_everything(settings.seed, announce=False)
+        if settings.meta_grad != "es" and rank == 0:
+            common.log(f"note: only --meta-grad es shares a bake among processes; the {processes} processes "
+                       f"all bake alike and the first writes")
     prompt = common.load_prompt(model, args.prompt)
     shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
     info = common.run_info("bake.py", args, settings, model.device, prompt=prompt.text)
@@ -29,6 +39,10 @@ def main(argv=None):
         history = common.bake_prompt(model, prompt, shift, settings, path, common.Output.from_args(args), wandb, info)
     except common.BakeInterrupted as stop:
         raise SystemExit(stop.message()) from None
+    finally:
+        common.leave_processes()
+    if rank > 0:
+        return
     print(f"baked {prompt.text!r}: final meta loss {history[-1]:.4f}; stages in {path}, image in {args.out}")
 
 

@@ -30,6 +30,7 @@ def parse_args(argv=None):
     common.add_model_args(g, clip_model="random:ViT-B/32")
     common.add_render_args(g, **common.SCRIPT_DEFAULTS["bake.py"])
     common.add_bake_settings(g, meta_grad=False)
+    common.add_es_settings(g)
     p.set_defaults(seed=0)
     g = p.add_argument_group("benchmark options")
     g.add_argument("--repeat", type=common.positive_int, default=20,

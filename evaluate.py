@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""Measure the method: bake each prompt two ways, then compare five ways of making its image.
+"""Measure the method: bake each prompt with each estimator, then compare the ways of making its image.
 
-For every prompt of a list, bake it with the real meta-gradient (--meta-grad unrolled)
-and the reference's way (none), or reuse matching bakes from --baked-dir. Then, from N
-random starts that no bake saw, the same start for every method, make an image by:
+For every prompt of a list, bake it with each --meta-grads estimator (the exact
+meta-gradient "unrolled", the reference's "none", evolution strategies "es"), or reuse
+matching bakes from --baked-dir. Then, from N random starts that no bake saw, the same
+start for every method, make an image by:
   normal               plain optimization, the same total steps, size and cutouts;
-  microwave_unrolled   replaying the unrolled bake;
-  microwave_none       replaying the reference-style bake;
+  microwave_<est>      replaying the bake of each estimator;
   auto_mean            auto-microwaving from the other prompts' bakes (this prompt's
-  auto_splice          own left out), per-stage mean or a random splice.
+  auto_splice          own left out; --auto-from's), per-stage mean or a random splice.
 Each final image (as saved: quantized) is scored by its spherical distance to the prompt
 under the guiding model and under a held-out scorer model (lower is better). Writes a
-markdown table, a JSON file with every score, and a grid of images (prompts x methods).
+markdown table (win rates with 95% intervals), a JSON file with every score, and a grid
+of images (prompts x methods). --chaos instead measures how chaotic the renderer is.
 
-Example: python evaluate.py prompts_toy.txt --clip-model toy --score-model toy-scorer \\
-    --seeds 5 --size 64 --stages 5 --steps 10 --meta-steps 12
+Examples:
+  python evaluate.py prompts_toy.txt --clip-model toy --seeds 5 --size 64 --stages 5 --steps 10 --meta-steps 12
+  python evaluate.py prompts_toy.txt --clip-model toy --first 4 --size 64 --stages 5 --steps 10 --chaos
 """
 
+import argparse
 import json
 import math
 
@@ -41,6 +44,17 @@ def parse_args(argv=None):
                    help="evaluate only the first N prompts of the file")
     g.add_argument("--k", type=common.positive_int, default=2, help="nearest bakes auto-microwave uses")
     g.add_argument("--mix", type=common.unit_float, default=0.7, help="auto-microwave's prompt weight")
+    g.add_argument("--meta-grads", type=estimators, default=",".join(common.META_GRADS), metavar="LIST",
+                   help="the estimators to bake with and compare, comma-separated")
+    g.add_argument("--auto-from", choices=common.META_GRADS, default=None,
+                   help="whose bakes auto-microwaving composes (default: the default --meta-grad's if listed, "
+                        "else the first listed)")
+    g.add_argument("--chaos", action="store_true",
+                   help="instead of evaluating: the chaos probe of the renderer on each prompt (loss "
+                        "differences per perturbation size, spread across starts, meta-gradient agreement)")
+    g.add_argument("--sigmas", type=sigma_list, default=",".join(f"{s:g}" for s in common.chaos.SIGMAS),
+                   metavar="LIST", help="the chaos probe's perturbation sizes, radians, comma-separated")
+    g.add_argument("--pairs", type=common.positive_int, default=8, help="the chaos probe's pairs per size")
     g.add_argument("--json", default="evaluation.json", metavar="PATH", help="every score, and the summary")
     g.add_argument("--table", default="evaluation.md", metavar="PATH", help="the markdown table")
     args = p.parse_args(argv)
@@ -50,7 +64,45 @@ def parse_args(argv=None):
         args.score_model = "toy-scorer"
     if args.seed >= evaluation.START_SEED - evaluation.MAX_STARTS:
         p.error("--seed must be below 2**62 - 2**20 (seeds above are the evaluation's starts)")
+    default = common.Settings().meta_grad
+    args.auto_from = args.auto_from or (default if default in args.meta_grads else args.meta_grads[0])
+    if args.auto_from not in args.meta_grads:
+        p.error(f"--auto-from {args.auto_from} is not among --meta-grads {','.join(args.meta_grads)}")
     return args
+
+
+def estimators(text):
+    """--meta-grads: a comma-separated list of estimators."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or any(n not in common.META_GRADS for n in names) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list from {', '.join(common.META_GRADS)}")
+    return names
+
+
+def sigma_list(text):
+    """--sigmas: comma-separated sizes in radians, each from 0 to 1.5."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 0 <= v <= 1.5 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated numbers from 0 to 1.5, e.g. 0,0.01,0.1")
+    return values
+
+
+def chaos(args, model, settings, shift, texts):
+    """The chaos probe on each prompt: print and write its table and JSON."""
+    rows = []
+    for text in texts:
+        rows.append(common.chaos.probe(model, common.load_prompt(model, text), shift, settings, args.sigmas,
+                                       args.pairs, settings.seed))
+        print(f"probed {text!r}", flush=True)
+    table, mean = common.chaos.markdown(rows, args.sigmas, settings)
+    common.write_text(args.json, json.dumps({"settings": settings.config(), "rows": rows, "mean": mean}, indent=2,
+                                            default=str) + "\n")
+    common.write_text(args.table, table)
+    print(table)
+    print(f"wrote {args.table} and {args.json}")
 
 
 @common.cli
@@ -58,36 +110,42 @@ def main(argv=None):
     args = parse_args(argv)
     wandb = common.WandbLog.from_args(args)
     texts = common.read_prompts(args.prompts_file)[:args.first]
-    if len(texts) < 2:
+    if len(texts) < 2 and not args.chaos:
         raise common.UserError(f"{args.prompts_file} holds one prompt: leave-one-out needs at least two")
     for path, flag in [(args.json, "--json"), (args.table, "--table")]:
         common.check_file(path, flag)
     model, settings = common.start(args, writes_baked=True)
+    shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
+    if args.chaos:
+        return chaos(args, model, settings, shift, texts)
     scorer = common.load_clip(args.score_model, model.device)
     scorer.set_precision(args.precision)
-    shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
 
     def info(own, text):
         return common.run_info("evaluate.py", args, own, model.device, prompt=text, meta_grad=own.meta_grad)
 
     try:
-        bakes = evaluation.bake_both(model, shift, texts, settings, args.baked_dir, wandb, args.save_size, info)
+        bakes = evaluation.bake_all(model, shift, texts, settings, args.meta_grads, args.baked_dir, wandb,
+                                    args.save_size, info)
     except common.BakeInterrupted as stop:
         raise SystemExit(stop.message()) from None
     guide_prompts = [common.load_prompt(model, text) for text in texts]
     scorer_embeds = [common.load_prompt(scorer, text).embed for text in texts]
-    chosen = evaluation.leave_one_out(model, texts, bakes, [p.embed for p in guide_prompts], args.k)
+    chosen = evaluation.leave_one_out(model, texts, bakes, [p.embed for p in guide_prompts], args.k, args.auto_from)
     for i, text in enumerate(texts):
         print(f"{text!r}: auto-microwaves from {[b['prompt'] for _, b in chosen[i]]}")
+    methods = evaluation.methods_of(args.meta_grads)
     scores, grid_images = evaluation.run_methods(model, scorer, guide_prompts, scorer_embeds, bakes, chosen,
-                                                 shift, settings, args.seeds, args.mix)
-    summary = evaluation.summarize(scores)
+                                                 shift, settings, args.seeds, args.mix, methods)
+    summary = evaluation.summarize(scores, methods, bakes)
     distances = evaluation.stage_distances(bakes, guide_prompts)
-    table = evaluation.markdown_table(summary, distances, len(texts), args.seeds, args.clip_model, args.score_model)
+    table = evaluation.markdown_table(summary, distances, methods, len(texts), args.seeds, args.clip_model,
+                                      args.score_model)
     result = {"prompts": texts, "clip_model": args.clip_model, "score_model": args.score_model,
-              "seeds": args.seeds, "seed": settings.seed,
-              "bake_config": {k: v for k, v in bakes[0, "unrolled"]["config"].items() if k != "seed"},
-              "bakes": {text: {mode: str(bakes[i, mode]["path"]) for mode in ("unrolled", "none")}
+              "seeds": args.seeds, "seed": settings.seed, "methods": methods, "auto_from": args.auto_from,
+              "bake_config": {mode: {k: v for k, v in bakes[0, mode]["config"].items() if k != "seed"}
+                              for mode in args.meta_grads},
+              "bakes": {text: {mode: str(bakes[i, mode]["path"]) for mode in args.meta_grads}
                         for i, text in enumerate(texts)},
               "leave_one_out": {text: [str(b["path"]) for _, b in chosen[i]] for i, text in enumerate(texts)},
               "stage_distance": distances, "scores": scores, "summary": summary}
@@ -95,7 +153,7 @@ def main(argv=None):
         common.log("note: some scores are not finite")
     common.write_text(args.json, json.dumps(result, indent=2) + "\n")
     common.write_text(args.table, table)
-    grid = evaluation.make_grid(texts, grid_images)
+    grid = evaluation.make_grid(texts, grid_images, methods)
     common.atomic_write(args.out, lambda tmp: grid.save(tmp, format="PNG"))
     print(table)
     print(f"wrote {args.table}, {args.json} and {args.out}")

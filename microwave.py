@@ -27,6 +27,7 @@ def main(argv=None):
     args = parse_args(argv)
     baked = common.load_baked(args.baked)  # a bad file fails before CLIP loads
     model, settings = common.start(args)
+    settings = settings.replaying(baked["config"])
     common.check_stage_width(baked, model.dim)
     if baked["clip_model"] is not None and not model.made(baked):
         other = "other weights of the same name" if baked["clip_model"] == model.name else baked["clip_model"]
@@ -41,7 +42,7 @@ def main(argv=None):
         info["prompt"] = prompt.text
     shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
     z = common.render(model, common.shape_targets(stages, shift), settings, common.Output.from_args(args),
-                      desc="microwave")
+                      desc="microwave", lr_scale=common.scales_of([baked], model.device)[0])
     common.save_image(args.out, z, args.save_size,
                       common.run_info("microwave.py", args, settings, model.device, **info))
     print(f"microwaved {baked['prompt']!r} ({len(stages)} stages); saved {args.out}")

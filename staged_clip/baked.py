@@ -42,11 +42,14 @@ def baked_path(baked_dir, prompt, name=None):
     return Path(baked_dir) / f"{stem}.pt"
 
 
-def save_baked(path, *, stages, prompt, clip_model, config, history, complete, clip_weights=None):
+def save_baked(path, *, stages, prompt, clip_model, config, history, complete, clip_weights=None, lr_scale=None,
+               validation=None, seconds=None):
     """Atomically write a baked file (a plain dict, loadable with weights_only=True).
 
     clip_weights: the model's weights_id, so that a bake is known not to match a model
-    retrained under the same name.
+    retrained under the same name. Optional fields: lr_scale, learned multipliers [S] of
+    each stage's learning rate; validation, the gate's history (a list of dicts); seconds,
+    how long the bake took.
     """
     data = {
         "format": BAKED_FORMAT,
@@ -62,6 +65,9 @@ def save_baked(path, *, stages, prompt, clip_model, config, history, complete, c
         "history": [float(x) for x in history],
         "complete": bool(complete),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **({} if lr_scale is None else {"lr_scale": lr_scale.detach().float().cpu().clone()}),  # [S]
+        **({} if validation is None else {"validation": list(validation)}),
+        **({} if seconds is None else {"seconds": float(seconds)}),
     }
     atomic_write(path, lambda tmp: torch.save(data, tmp))
 
@@ -111,6 +117,7 @@ def load_baked(path, embed_dim=None):
     obj = {"clip_model": None, "config": {}, "history": [], "complete": True, "created": None, **obj}
     obj["embed_dim"] = obj["stages"].shape[1]
     obj["stages"] = obj["stages"].detach().float()
+    obj["lr_scale"] = obj["lr_scale"].detach().float() if obj.get("lr_scale") is not None else None
     obj["path"] = str(path)
     if embed_dim is not None:
         check_stage_width(obj, embed_dim)
@@ -140,6 +147,10 @@ def baked_problem(obj):
     if embed is not None and not (isinstance(embed, torch.Tensor) and embed.shape == stages.shape[1:]
                                   and torch.isfinite(embed).all()):
         return "prompt_embed is not a finite vector of the stages' width"
+    scale = obj.get("lr_scale")
+    if scale is not None and not (isinstance(scale, torch.Tensor) and scale.shape == stages.shape[:1]
+                                  and torch.isfinite(scale).all() and (scale > 0).all()):
+        return "lr_scale is not a positive number for each stage"
     return None
 
 
@@ -216,10 +227,25 @@ def nearest_bakes(model, prompt_embed, bakes, k, where="the baked folder"):
     return [c for c in candidates if len(c[1]["stages"]) == n_stages][:k]
 
 
-def compose_path(paths, mode):
-    """One path of stages from k paths [k, S, D]: per-stage mean, or a random splice."""
+def compose_path(paths, mode, scales=None):
+    """One path of stages from k paths [k, S, D]: per-stage mean, or a random splice.
+
+    scales: the paths' learning-rate multipliers [k, S] (1 for a file without them), then
+    composed alike: geometric mean per stage, or each stage's from the path it came from.
+    Returns the path [S, D], and with scales, (path, scale [S]).
+    """
     paths = F.normalize(paths, dim=-1)
     if mode == "mean":
-        return paths.mean(0)  # [S, D]: each stage averaged over the paths, not over everything
-    pick = torch.randint(len(paths), (paths.shape[1],))  # [S]: which path gives each stage
-    return paths[pick, torch.arange(paths.shape[1])]
+        path = paths.mean(0)  # [S, D]: each stage averaged over the paths, not over everything
+        scale = None if scales is None else scales.log().mean(0).exp()
+    else:
+        pick = torch.randint(len(paths), (paths.shape[1],))  # [S]: which path gives each stage
+        path = paths[pick, torch.arange(paths.shape[1])]
+        scale = None if scales is None else scales[pick, torch.arange(paths.shape[1])]
+    return path if scales is None else (path, scale)
+
+
+def scales_of(bakes, device):
+    """The learning-rate multipliers [k, S] of bakes of S stages each (ones where a file has none)."""
+    return torch.stack([b["lr_scale"] if b.get("lr_scale") is not None else torch.ones(len(b["stages"]))
+                        for b in bakes]).to(device)

@@ -1,10 +1,11 @@
 """The bake: meta-optimize a prompt's stage embeddings so the staged renderer's final image nears it."""
 
 import math
+import time
 
 import torch
 
-from . import baked, losses, output, prompts, render
+from . import baked, distributed, es, gate, losses, output, prompts, render
 from .errors import UserError, log
 from .models import math_attention
 from .randomness import rng_aside
@@ -72,40 +73,93 @@ class BakeInterrupted(Exception):
         return f"interrupted: {saved}{self.rest}"
 
 
+class Reference:
+    """The stages as the reference bakes them: random vectors moved by AdamW (--meta-grad unrolled or none)."""
+
+    def __init__(self, model, prompt, shift, settings):
+        self.model, self.prompt, self.shift, self.settings = model, prompt, shift, settings
+        self.stages = torch.randn(settings.stages, model.dim, device=model.device).requires_grad_()
+        self.optimizer = torch.optim.AdamW([self.stages], lr=settings.meta_lr)
+
+    def step(self, step):
+        return meta_step(self.model, self.stages, self.optimizer, self.prompt, self.shift, self.settings,
+                         step / self.settings.meta_steps)
+
+    def current(self):
+        """(stages [S, D], learning-rate multipliers [S] or None)."""
+        return self.stages.detach(), None
+
+
+class Evolution:
+    """Stage directions and learning-rate multipliers moved by ES from the prompt (--meta-grad es)."""
+
+    def __init__(self, model, prompt, shift, settings):
+        self.model, self.prompt, self.shift, self.settings = model, prompt, shift, settings
+        self.search = es.Search(prompt.embed, settings.stages, settings.es_rank, settings.seed)
+        self.optimizer = self.search.optimizer(settings)
+
+    def step(self, step):
+        return es.meta_step(self.model, self.search, self.optimizer, self.prompt, self.shift, self.settings, step,
+                            step / self.settings.meta_steps)
+
+    def current(self):
+        return self.search.stages(), self.search.lr_scale() if self.settings.learn_lr else None
+
+
 def bake_prompt(model, prompt, shift, settings, path, out, wandb, info, position=0):
     """Bake one prompt: meta-optimize its stages, save them to path and a preview to out.
 
     settings: a Settings (its seed is recorded); out: an output.Output; wandb: a
     wandb_log.WandbLog; info: the preview PNG's text chunks (output.run_info).
-    Ctrl-C saves the stages learned so far, marked incomplete, and raises BakeInterrupted.
+    With the validation gate (settings.gate_every()), what is saved is the best that the
+    gate kept. Under torchrun only the first process writes and logs.
+    Ctrl-C saves what was learned so far, marked incomplete, and raises BakeInterrupted.
     Returns the meta-loss history.
     """
     from tqdm import tqdm
+    began = time.time()
+    primary = distributed.is_primary()
     config = settings.config()
-    stages = torch.randn(settings.stages, model.dim, device=model.device).requires_grad_()
-    optimizer = torch.optim.AdamW([stages], lr=settings.meta_lr)
-    run = wandb.start(prompt.text[:64], {**config, "prompt": prompt.text, "clip_model": model.name})
+    learner = (Evolution if settings.meta_grad == "es" else Reference)(model, prompt, shift, settings)
+    run = wandb.start(prompt.text[:64], {**config, "prompt": prompt.text, "clip_model": model.name}) if primary else None
     control = None
     if run is not None:  # plain optimization toward the prompt, same total steps
         with rng_aside(model.device):  # a seed bakes the same stages with or without logging
             control = render.rollout(model, render.random_start(settings.size, model.device),
                                      (prompt.embed + shift)[None],
                                      settings.replace(steps=settings.steps * settings.stages))
+    every = settings.gate_every()
+    validation = gate.Gate(model, prompt, shift, settings) if every else None
     history = []
 
+    def result():
+        """What the bake has made: (stages, lr_scale or None), the gate's best where there is a gate."""
+        if validation is None:
+            return learner.current()
+        stages, scale = validation.best
+        return stages, (scale if learner.current()[1] is not None else None)
+
     def save(complete):
+        if not primary:
+            return
+        stages, scale = result()
         baked.save_baked(path, stages=stages, prompt=prompt, clip_model=model.name, config=config,
-                         history=history, complete=complete, clip_weights=model.weights_id)
+                         history=history, complete=complete, clip_weights=model.weights_id, lr_scale=scale,
+                         validation=validation and validation.history, seconds=time.time() - began)
 
     bar = tqdm(range(settings.meta_steps), desc=prompt.text[:30], position=position, leave=position == 0,
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=not primary)
     try:
         for step in bar:
-            loss, z = meta_step(model, stages, optimizer, prompt, shift, settings, step / settings.meta_steps)
+            loss, z = learner.step(step)
             history.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}")
+            record = {"meta_loss": loss}
+            if validation is not None and ((step + 1) % every == 0 or step == settings.meta_steps - 1):
+                stages, scale = learner.current()
+                kept = validation.offer(step, stages, scale if scale is not None else torch.ones_like(stages[:, 0]))
+                record.update(validation_loss=validation.history[-1]["loss"], kept=int(kept))
             if run is not None:
-                record = {"meta_loss": loss}
                 if step % wandb.every == 0 or step == settings.meta_steps - 1:
                     record["baked"] = wandb_image(z, f"meta step {step}")
                     record["control"] = wandb_image(control, "plain optimization")
@@ -125,10 +179,13 @@ def bake_prompt(model, prompt, shift, settings, path, out, wandb, info, position
         if run is not None:
             run.finish()
     save(complete=True)
+    if not primary:
+        return history
+    stages, scale = result()
     start = render.random_start(settings.size, model.device)
     progress = output.Progress.of(out, settings, settings.stages, start)
     try:
-        z = render.rollout(model, start, prompts.shape_targets(stages, shift), settings,
+        z = render.rollout(model, start, prompts.shape_targets(stages, shift), settings, lr_scale=scale,
                            callback=progress and (lambda stage, step, loss, z: progress.step(stage, step, z)))
     except KeyboardInterrupt:
         raise BakeInterrupted(path, complete=True) from None

@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import baking, losses, models, prompts, render
+from . import baking, distributed, es, losses, models, prompts, render
 from .settings import SCRIPT_DEFAULTS, Settings
 
 DEFAULTS = Settings()  # the default bake, which the bake row projects to
@@ -234,6 +234,31 @@ def time_meta_step(model, clock, memory, settings, tune_malloc=False):
     return seconds, memory.measure(step)
 
 
+def time_es_meta_step(model, clock, memory, settings, tune_malloc=False):
+    """Seconds of one ES meta step (after an untimed one) and its peak memory, beside the peak of a
+    plain rollout of one batch of the population (the pairs of one chunk, + and -): (s, peak, batch peak)."""
+    prompt = prompts.Prompt("", "text", F.normalize(torch.randn(model.dim, device=model.device), dim=-1))
+    shift = prompts.style_shift(model)
+    search = es.Search(prompt.embed, settings.stages, settings.es_rank, settings.seed or 0)
+    optimizer = search.optimizer(settings)
+    steps = iter(range(10**9))
+
+    def step():
+        es.meta_step(model, search, optimizer, prompt, shift, settings, next(steps), 0.0)
+
+    pairs = len(distributed.chunks(settings.population, settings.es_chunk)[0])
+    targets = target_for(model).expand(settings.stages, -1)
+
+    def batch():
+        render.rollout(model, render.random_start(settings.size, model.device, 2 * pairs), targets, settings)
+
+    step()
+    seconds = clock.time(step)
+    if model.device.type == "cpu" and tune_malloc:
+        return_freed_memory()
+    return seconds, memory.measure(step), memory.measure(batch)
+
+
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -311,3 +336,14 @@ def measure(model, settings, repeat, warmup, reference=False, reference_precisio
         projected["peak_gib_projected"] = gib(peak) * held
         projected["peak_note"] = f"= meta step's peak x {held:g} (the steps held at once; an upper bound)"
     yield projected
+    es_settings = settings.replace(meta_grad="es")
+    seconds, peak, batch_peak = time_es_meta_step(model, clock, memory, es_settings, tune_malloc)
+    pairs = len(distributed.chunks(es_settings.population, es_settings.es_chunk)[0])
+    note = (f"peak memory {gib(peak):.2f} GiB, {peak / batch_peak:.1f}x a plain rollout of {2 * pairs} images "
+            f"({gib(batch_peak):.2f} GiB)" if peak is not None and batch_peak else "peak memory not measurable here")
+    yield row(f"ES meta step, {settings.stages} x {settings.steps}, {es_settings.population} pairs "
+              f"(batches of {2 * pairs})", seconds, note, peak_gib=gib(peak), batch_peak_gib=gib(batch_peak))
+    gate_every = es_settings.gate_every()
+    yield row(f"ES bake, {settings.meta_steps} meta steps of {settings.stages} x {settings.steps} (projected)",
+              seconds * settings.meta_steps, f"= ES meta step x {settings.meta_steps}, without the validations "
+              f"({es_settings.validation_starts} rollouts every {gate_every} meta steps)")

@@ -11,7 +11,7 @@ import torch
 from . import models, output, prompts, render
 from .errors import UserError
 from .randomness import seed_everything
-from .settings import LR, META_GRADS, SCRIPT_DEFAULTS, Settings
+from .settings import GATE_EVERY, LR, META_GRADS, SCRIPT_DEFAULTS, Settings
 
 
 def number(cast, accept, requirement):
@@ -84,12 +84,23 @@ def add_model_args(group, clip_model=models.DEFAULT_CLIP_MODEL):
                             "the run starts, at least 1; OMP_NUM_THREADS, where set)")
 
 
-def add_render_args(group, size, steps, cutn):
-    """--size, --steps, --lr, --cutn and the style shaping of targets."""
+def add_render_args(group, size, steps, cutn, lr=LR, inner_eps=Settings.inner_eps,
+                    carry_moments=Settings.carry_moments):
+    """--size, --steps, --lr, --cutn, Adam's eps and moments, and the style shaping of targets.
+
+    lr, inner_eps, carry_moments: None for a replay, whose bake says (files without: the reference's).
+    """
     group.add_argument("--size", type=positive_int, default=size, help="side of the optimized image tensor")
     group.add_argument("--steps", type=positive_int, default=steps, help="Adam steps (per stage where staged)")
-    group.add_argument("--lr", type=positive_float, default=LR, help="learning rate of the image optimizer")
+    baked = " (default: the baked file's, else the reference's)" if inner_eps is None else ""
+    group.add_argument("--lr", type=positive_float, default=lr, help="learning rate of the image optimizer" + baked)
     group.add_argument("--cutn", type=positive_int, default=cutn, help="cutouts CLIP sees per step")
+    group.add_argument("--inner-eps", type=positive_float, default=inner_eps,
+                       help="eps of the image's Adam: raised towards a pixel's typical gradient, it stops "
+                            "near-zero gradients from making full-size steps" + baked)
+    group.add_argument("--carry-moments", action=argparse.BooleanOptionalAction, default=carry_moments,
+                       help="keep Adam's moments and step count from stage to stage instead of a fresh Adam "
+                            "each stage" + baked)
     group.add_argument("--no-style", dest="style", action="store_false",
                        help="turn off target shaping (style and negative texts; on by default)")
     group.add_argument("--style-text", default=prompts.STYLE_TEXT, help="text added to every target")
@@ -128,7 +139,8 @@ def add_bake_settings(group, meta_grad=True):
     if meta_grad:
         group.add_argument("--meta-grad", choices=META_GRADS, default=defaults.meta_grad,
                            help="unrolled: back-propagate the final image loss through the inner "
-                                "optimization; none: the reference's behaviour (no image gradient)")
+                                "optimization; none: the reference's behaviour (no image gradient); es: "
+                                "evolution strategies on the smoothed loss (antithetic pairs of plain rollouts)")
     group.add_argument("--batch", type=positive_int, default=defaults.batch,
                        help="random starts rolled out together per meta step; the meta-gradient "
                             "is their mean")
@@ -137,11 +149,40 @@ def add_bake_settings(group, meta_grad=True):
                             "one stage instead of all, for one more forward pass of each stage")
 
 
+def add_es_settings(group):
+    """The ES estimator's settings and the validation gate's."""
+    defaults = Settings()
+
+    def option(flag, kind, text):
+        """A flag whose default is the Settings field of its name."""
+        group.add_argument(flag, type=kind, default=getattr(defaults, flag[2:].replace("-", "_")), help=text)
+
+    option("--population", positive_int, "antithetic pairs of rollouts per meta step")
+    option("--sigma", positive_float, "size of the perturbation of each stage's direction, in radians")
+    option("--lr-sigma", positive_float, "size of the perturbation of each stage's log learning-rate multiplier")
+    option("--es-lr", positive_float, "Adam's step on what ES learns, in units of its perturbation: about es-lr "
+                                      "x sigma radians a meta step for a stage, es-lr x lr-sigma for a log multiplier")
+    option("--es-rank", nonnegative_int, "search stage directions in a fixed random subspace of this many "
+                                         "dimensions around the prompt (0: all of them)")
+    group.add_argument("--learn-stages", action=argparse.BooleanOptionalAction, default=defaults.learn_stages,
+                       help="learn the stage directions")
+    group.add_argument("--learn-lr", action=argparse.BooleanOptionalAction, default=defaults.learn_lr,
+                       help="learn a multiplier of the image's learning rate for each stage")
+    option("--es-chunk", nonnegative_int, "pairs rolled out in one batch (0: a process's whole share); lower it "
+                                          "when memory runs out")
+    group.add_argument("--validate-every", type=nonnegative_int, default=None,
+                       help="replay the bake every K meta steps from fixed validation starts and keep it only "
+                            "where it beats the best so far, which starts as the prompt itself "
+                            f"(0: off; default: {GATE_EVERY} for es, off otherwise)")
+    option("--validation-starts", positive_int, "starts of each validation")
+
+
 def add_bake_args(parser, meta_grad=True):
     """Add the flags shared by bake.py, batch_bake.py (and evaluate.py, which bakes both ways
     and so has no --meta-grad): the bake's settings, where bakes go, and wandb."""
     g = parser.add_argument_group("bake options")
     add_bake_settings(g, meta_grad)
+    add_es_settings(parser.add_argument_group("es options (--meta-grad es) and the validation gate"))
     g.add_argument("--baked-dir", default="baked", help="folder of baked files")
     g.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto",
                    help="wandb logging; auto logs online when a wandb login is configured")
@@ -200,6 +241,9 @@ def start(args, writes_baked=False):
             raise UserError(f"--out {out} is the image prompt itself: choose another --out")
     if writes_baked:
         output.check_folder(args.baked_dir, "--baked-dir")
+    if getattr(args, "checkpoint", False) and getattr(args, "carry_moments", False):
+        raise UserError("--checkpoint reruns each stage alone, so it cannot carry Adam's moments between stages: "
+                        "drop one of --checkpoint and --carry-moments")
     device = models.pick_device(args.device)
     threads = use_threads(getattr(args, "threads", None))
     model = models.load_clip(args.clip_model, device)

@@ -25,31 +25,36 @@ def grayscale(images):
     return (images * torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
-def draw_cutouts(batch, cutn, height, side, device):
+def draw_cutouts(batch, cutn, height, side, device, generator=None):
     """The random choices of one make_cutouts call, drawn on the device: a dict of tensors.
 
     Drawn apart from the maths that uses them, so that a compiled loss sees the same
     randomness as the eager one, and nothing is decided on the host (no device sync).
+    generator: the torch.Generator to draw from (default: the global one).
     """
     dev = torch.device(device)
+
+    def rand(*shape):
+        return torch.rand(*shape, device=dev, generator=generator)
+
     if cutn == 1:
-        return {"resize": torch.rand(batch, device=dev) < 0.5}
+        return {"resize": rand(batch) < 0.5}
     n_crop = round(cutn * 0.8)
     n = batch * cutn
     crop = torch.arange(cutn, device=dev).repeat(batch) < n_crop  # [n]: crop or whole image
     lo = min(height, side) / height
-    scale = torch.where(crop, lo + (1 - lo) * torch.rand(n, device=dev), torch.ones(n, device=dev))
+    scale = torch.where(crop, lo + (1 - lo) * rand(n), torch.ones(n, device=dev))
     max_angle = torch.where(crop, torch.full((n,), 15.0, device=dev), torch.full((n,), 10.0, device=dev))
-    angle = (torch.rand(n, device=dev) * 2 - 1) * max_angle * math.pi / 180
+    angle = (rand(n) * 2 - 1) * max_angle * math.pi / 180
     # a crop's centre may sit anywhere that keeps the crop inside, plus up to 10% shift
     # (0.2 in [-1, 1] coordinates)
     jitter = crop.float() * 0.2
-    shift = (torch.rand(2, n, device=dev) * 2 - 1) * ((1 - scale) + jitter)
-    flip = torch.where(crop & (torch.rand(n, device=dev) < 0.5), -1.0, 1.0)
-    noise = (crop.float() * 0.05 * torch.rand(n, device=dev)).view(n, 1, 1, 1)
+    shift = (rand(2, n) * 2 - 1) * ((1 - scale) + jitter)
+    flip = torch.where(crop & (rand(n) < 0.5), -1.0, 1.0)
+    noise = (crop.float() * 0.05 * rand(n)).view(n, 1, 1, 1)
     return {"theta": affine(scale, angle, shift[0], shift[1], flip),  # [n, 2, 3]
-            "noise": noise * torch.randn(n, 3, side, side, device=dev),
-            "gray": (torch.rand(n, device=dev) < 0.2).view(n, 1, 1, 1)}
+            "noise": noise * torch.randn(n, 3, side, side, device=dev, generator=generator),
+            "gray": (rand(n) < 0.2).view(n, 1, 1, 1)}
 
 
 def make_cutouts(images, side, cutn, draws=None):
@@ -77,3 +82,18 @@ def make_cutouts(images, side, cutn, draws=None):
     cuts = F.grid_sample(source, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     cuts = cuts + draws["noise"]
     return torch.where(draws["gray"], grayscale(cuts).expand_as(cuts), cuts)
+
+
+def draws_from(generators, repeat=1):
+    """A draw function (draw_cutouts's arguments) for a batch of len(generators) * repeat images
+    whose random choices come from one generator per image, the whole batch repeated `repeat`
+    times: [g0, g1, ..., g0, g1, ...]. Each image's cutouts then depend on its own generator
+    alone, not on what else shares its batch, and repeats see the same cutouts (an ES
+    pair's + and - images).
+    """
+    def draw(batch, cutn, height, side, device):
+        assert batch == len(generators) * repeat, (batch, len(generators), repeat)
+        each = [draw_cutouts(1, cutn, height, side, device, generator=g) for g in generators]
+        return {key: torch.cat([d[key] for d in each] * repeat) for key in each[0]}
+
+    return draw

@@ -53,11 +53,14 @@ def image_loss(model, z, target, cutn, draws=None):
     return image_loss_with(model, z, target, cutn, draws)
 
 
-def bake_loss(model, z, prompt, cutn):
-    """How far each final image z is from the prompt (plus pixel MSE for an image prompt): [B]."""
+def bake_loss(model, z, prompt, cutn, draws=None):
+    """How far each final image z is from the prompt (plus pixel MSE for an image prompt): [B].
+
+    draws: the cutouts' random choices (cutouts.draw_cutouts), drawn here when not given.
+    """
     b = z.shape[0]
     image = to_image(z)
-    embeds = prompts.embed_images(model, cutouts.make_cutouts(image, model.size, cutn)).view(b, cutn, -1)
+    embeds = prompts.embed_images(model, cutouts.make_cutouts(image, model.size, cutn, draws)).view(b, cutn, -1)
     loss = spherical_distance(embeds, prompt.embed).mean(1)
     if prompt.image is not None:
         resized = F.interpolate(image, size=prompt.image.shape[-2:], mode="bilinear", align_corners=False)

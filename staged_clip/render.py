@@ -16,6 +16,11 @@ def random_start(size, device, batch=1):
     return torch.randn(batch, 3, size, size, device=device)
 
 
+def starts_from(generators, size, device):
+    """Start images [n, 3, size, size], each from its own generator (see cutouts.draws_from)."""
+    return torch.cat([torch.randn(1, 3, size, size, device=device, generator=g) for g in generators])
+
+
 def use_compile(model):
     """Compile the plain renderer's loss with torch.compile (eager again if that fails)."""
     import logging  # on a machine without CUDA, torch's C++ builder warns that it found none
@@ -23,9 +28,13 @@ def use_compile(model):
     model.compiled_loss = torch.compile(losses.image_loss_with, dynamic=False)
 
 
-def loss_and_grad(model, z, target, cutn):
-    """The loss of a leaf z and its gradient, through the compiled loss when there is one."""
-    draws = cutouts.draw_cutouts(z.shape[0], cutn, z.shape[-1], model.size, z.device)
+def loss_and_grad(model, z, target, cutn, draw=None):
+    """The loss of a leaf z and its gradient, through the compiled loss when there is one.
+
+    draw: what draws the cutouts' random choices (cutouts.draw_cutouts's arguments;
+    default: draw_cutouts from the global generator).
+    """
+    draws = (draw or cutouts.draw_cutouts)(z.shape[0], cutn, z.shape[-1], model.size, z.device)
     scale = model.loss_scale
     if model.compiled_loss is not None:
         try:
@@ -45,7 +54,8 @@ def adamw_step(z, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=
     """One AdamW step written as plain tensor maths, so autograd can go through it.
 
     The same update as torch.optim.AdamW with its defaults: decoupled weight decay, then
-    the bias-corrected Adam step. Returns (z, m, v).
+    the bias-corrected Adam step. lr may be a tensor that broadcasts against z (each
+    image its own rate). Returns (z, m, v).
     """
     b1, b2 = betas
     z = z * (1 - lr * weight_decay)
@@ -56,30 +66,54 @@ def adamw_step(z, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=
     return z - (lr / (1 - b1**t)) * m / denom, m, v
 
 
-def fast_adamw(params, lr):
-    """torch's AdamW with its defaults, fused on CUDA, foreach elsewhere: one launch a step."""
+def fast_adamw(params, lr, eps=1e-8):
+    """torch's AdamW with its defaults (but eps), fused on CUDA, foreach elsewhere: one launch a step."""
     if params[0].device.type == "cuda":
-        return torch.optim.AdamW(params, lr=lr, fused=True)
-    return torch.optim.AdamW(params, lr=lr, foreach=True)
+        return torch.optim.AdamW(params, lr=lr, eps=eps, fused=True)
+    return torch.optim.AdamW(params, lr=lr, eps=eps, foreach=True)
 
 
-def stage_plain(model, z, target, settings, stage, callback):
-    """One stage of the renderer, nothing kept for a meta-gradient: a fresh fast AdamW on z."""
+def per_image(lr):
+    """A learning rate as adamw_step broadcasts it: a number, or [B] made [B, 1, 1, 1]."""
+    return lr.view(-1, 1, 1, 1) if torch.is_tensor(lr) else lr
+
+
+def stage_plain(model, z, target, settings, lr, stage=0, callback=None, moments=None, draw=None):
+    """One stage of the renderer, nothing kept for a meta-gradient; returns (z, Adam's moments).
+
+    lr: one number, or a tensor [B] (each image its own). With one number and no moments
+    to carry, a fresh torch AdamW (fused or foreach), the reference's renderer; otherwise
+    Adam as tensor maths, from moments (m, v, steps so far) where given, and its moments
+    at the end are returned (None from the fast path).
+    """
     z = z.detach().clone().requires_grad_()
-    optimizer = fast_adamw([z], settings.lr)
+    if moments is None and not settings.carry_moments and not torch.is_tensor(lr):
+        optimizer = fast_adamw([z], lr, settings.inner_eps)
+        for t in range(1, settings.steps + 1):
+            with torch.enable_grad():  # the inner loop needs gradients even under a caller's no_grad
+                loss, z.grad = loss_and_grad(model, z, target, settings.cutn, draw)
+            optimizer.step()
+            if callback is not None:
+                callback(stage, t, loss.detach(), z.detach())
+        return z.detach(), None
+    m, v, done = moments or (torch.zeros_like(z), torch.zeros_like(z), 0)
     for t in range(1, settings.steps + 1):
-        with torch.enable_grad():  # the inner loop needs gradients even under a caller's no_grad
-            loss, z.grad = loss_and_grad(model, z, target, settings.cutn)
-        optimizer.step()
+        with torch.enable_grad():
+            loss, grad = loss_and_grad(model, z, target, settings.cutn, draw)
+        with torch.no_grad():
+            z, m, v = adamw_step(z, grad, m, v, done + t, per_image(lr), eps=settings.inner_eps)
+        z.requires_grad_()
         if callback is not None:
             callback(stage, t, loss.detach(), z.detach())
-    return z.detach()
+    return z.detach(), (m, v, done + settings.steps)
 
 
-def stage_unrolled(model, z, target, settings, create_graph, stage=0, callback=None):
-    """One stage with AdamW as plain tensor maths; with create_graph it stays differentiable."""
-    m = torch.zeros_like(z)
-    v = torch.zeros_like(z)
+def stage_unrolled(model, z, target, settings, lr, create_graph, stage=0, callback=None, moments=None):
+    """One stage with AdamW as plain tensor maths; with create_graph it stays differentiable.
+
+    Returns (z, Adam's moments (m, v, steps so far) at the end).
+    """
+    m, v, done = moments or (torch.zeros_like(z), torch.zeros_like(z), 0)
     for t in range(1, settings.steps + 1):
         with torch.enable_grad():
             if not create_graph:
@@ -88,10 +122,12 @@ def stage_unrolled(model, z, target, settings, create_graph, stage=0, callback=N
             (grad,) = torch.autograd.grad(loss * model.loss_scale, z, create_graph=create_graph)
             grad = grad / model.loss_scale
         with torch.set_grad_enabled(create_graph):
-            z, m, v = adamw_step(z, grad, m, v, t, settings.lr)
+            z, m, v = adamw_step(z, grad, m, v, done + t, per_image(lr), eps=settings.inner_eps)
         if callback is not None:
             callback(stage, t, loss.detach(), z.detach())
-    return z if create_graph else z.detach()
+    if not create_graph:
+        z, m, v = z.detach(), m.detach(), v.detach()
+    return z, (m, v, done + settings.steps)
 
 
 class Renormalize(torch.autograd.Function):
@@ -133,16 +169,31 @@ class CheckpointedStage(torch.autograd.Function):
         return grad_z, grad_target, None, None
 
 
-def rollout(model, z, targets, settings, create_graph=False, callback=None, renormalize=False):
+def stage_lr(settings, lr_scale, stage):
+    """The learning rate of a stage: settings.lr times lr_scale's entry for it ([S] or [S, B]; None: 1).
+
+    A per-stage multiplier stays one number, so the fast path (torch's AdamW) runs.
+    """
+    if lr_scale is None:
+        return settings.lr
+    scale = lr_scale[stage]
+    return settings.lr * (float(scale) if scale.dim() == 0 else scale)
+
+
+def rollout(model, z, targets, settings, create_graph=False, callback=None, renormalize=False, lr_scale=None,
+            draw=None):
     """Optimize images z [B, 3, H, W] through the stages, one target [D] (or [B, D]) each.
 
-    settings gives the steps per stage, the learning rate and the cutouts. A fresh AdamW
-    starts every stage (the reference makes a new optimizer per stage); z carries over.
+    settings gives the steps per stage, the learning rate, the cutouts, Adam's eps and
+    whether its moments carry over. Unless they do, a fresh AdamW starts every stage (the
+    reference makes a new optimizer per stage); z carries over. lr_scale multiplies each
+    stage's learning rate: [S] (learned per stage) or [S, B] (each image its own); None: 1.
+    draw: what draws the cutouts' random choices (see loss_and_grad; the plain path only).
     With create_graph the whole optimization stays differentiable, so a loss on the
     returned z reaches the targets (and what they were made from). callback(stage, step,
     loss, z) is called after every step with detached tensors. Without create_graph the
-    fast path runs: torch's fused (or foreach) AdamW and the compiled loss when the model
-    has one.
+    fast path runs where it can: torch's fused (or foreach) AdamW and the compiled loss
+    when the model has one.
 
     renormalize (with create_graph): the gradient flowing back into each stage from the
     next is divided by its norm, image by image. The exact meta-gradient grows about
@@ -154,27 +205,32 @@ def rollout(model, z, targets, settings, create_graph=False, callback=None, reno
     settings.checkpoint (with create_graph): keep only each stage's input and rerun the
     stage during the backward (the same random draws), so memory holds one stage's graph.
     """
+    moments = None
     if not create_graph:
         targets = targets.detach()
         for i, target in enumerate(targets):
-            z = stage_plain(model, z, target, settings, i, callback)
+            z, moments = stage_plain(model, z, target, settings, stage_lr(settings, lr_scale, i), i, callback,
+                                     moments if settings.carry_moments else None, draw)
         return z
     if not z.requires_grad:
         z = z.detach().requires_grad_()
     for i, target in enumerate(targets):
+        lr = stage_lr(settings, lr_scale, i)
         if renormalize and i > 0:
             z = Renormalize.apply(z)
         if settings.checkpoint:
-            def run(z_in, target_in, graph, report, i=i):
-                return stage_unrolled(model, z_in, target_in, settings, graph, i, report)
+            def run(z_in, target_in, graph, report, i=i, lr=lr):
+                return stage_unrolled(model, z_in, target_in, settings, lr, graph, i, report)[0]
             z = CheckpointedStage.apply(z, target, run, callback)
         else:
-            z = stage_unrolled(model, z, target, settings, True, i, callback)
+            z, moments = stage_unrolled(model, z, target, settings, lr, True, i, callback,
+                                        moments if settings.carry_moments else None)
     return z
 
 
-def render(model, targets, settings, out, desc):
-    """Run the staged renderer from a fresh start with a progress bar (out: an output.Output).
+def render(model, targets, settings, out, desc, lr_scale=None):
+    """Run the staged renderer from a fresh start with a progress bar (out: an output.Output;
+    lr_scale: a bake's learned per-stage multipliers of the learning rate, or None).
 
     Ctrl-C stops it and returns the image so far, so the script still saves something.
     """
@@ -192,7 +248,7 @@ def render(model, targets, settings, out, desc):
             progress.step(stage, step, z)
 
     try:
-        return rollout(model, latest[0], targets, settings, callback=report)
+        return rollout(model, latest[0], targets, settings, callback=report, lr_scale=lr_scale)
     except KeyboardInterrupt:
         log("interrupted: saving the image so far")
         return latest[0].detach()

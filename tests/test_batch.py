@@ -12,7 +12,7 @@ import torch
 import batch_bake
 import common
 from conftest import ROOT, bake_args
-from staged_clip import baking
+from staged_clip import baking, es
 
 PROMPTS = ["a red apple", "a blue car", "a green tree", "a yellow sun", "a purple hat"]
 
@@ -144,7 +144,7 @@ def test_a_model_retrained_under_the_same_name_is_baked_again(monkeypatch, tiny_
 
 def test_an_interrupted_run_resumes_without_baking_twice(monkeypatch, capsys, run):
     started = count_bakes(monkeypatch)
-    real = baking.meta_step
+    real = es.meta_step  # the default bake's
     calls = []
 
     def stop_in_second_prompt(*args, **kwargs):
@@ -152,7 +152,7 @@ def test_an_interrupted_run_resumes_without_baking_twice(monkeypatch, capsys, ru
         if len(calls) == 3:  # the first meta step of the second prompt (2 meta steps each)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(baking, "meta_step", stop_in_second_prompt)
+    monkeypatch.setattr(es, "meta_step", stop_in_second_prompt)
     write_list(PROMPTS[:3])
     with pytest.raises(SystemExit, match="1 prompt.s. not started"):
         run()

@@ -23,7 +23,8 @@ def run_evaluate(tiny_ckpt, wide_ckpt, *extra):
     Path("p.txt").write_text("\n".join(PROMPTS) + "\n")
     evaluate.main(["p.txt", "--clip-model", tiny_ckpt, "--score-model", wide_ckpt, "--device", "cpu",
                    "--seeds", "2", "--size", "16", "--steps", "2", "--stages", "2", "--meta-steps", "2",
-                   "--seed", "0", "--out", "grid.png", "--json", "e.json", "--table", "e.md", *extra])
+                   "--seed", "0", "--population", "2", "--validation-starts", "2", "--out", "grid.png",
+                   "--json", "e.json", "--table", "e.md", *extra])
     return json.loads(Path("e.json").read_text())
 
 
@@ -37,14 +38,21 @@ def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt
             assert len(values) == len(PROMPTS) * 2 and entry["mean"] == pytest.approx(sum(values) / len(values))
             assert 0 <= entry["win_rate_vs_normal"] <= 1
     assert set(result["summary"]) == set(evaluation.METHODS)
-    assert set(result["stage_distance"]) == {"unrolled", "none"}
+    assert set(result["stage_distance"]) == set(common.META_GRADS)
+    for method in evaluation.METHODS[1:]:  # every bake method against normal and the reference-style bake
+        for scorer in evaluation.SCORERS:
+            entry = result["summary"][method][scorer]
+            low, high = entry["interval_vs_normal"]
+            assert low <= entry["win_rate_vs_normal"] <= high
+            assert method == "microwave_none" or "win_rate_vs_microwave_none" in entry
+    assert result["summary"]["microwave_es"]["bake_seconds"] > 0
     table = Path("e.md").read_text()
     assert table in out and all(f"| {m} |" in table for m in evaluation.METHODS)
     with Image.open("grid.png") as grid:
         step = evaluation.CELL + evaluation.GAP
         assert grid.size == (200 + step * len(evaluation.METHODS), 24 + step * len(PROMPTS))
     for text in PROMPTS:  # both bakes of every prompt, made with the settings asked for
-        for mode in ("unrolled", "none"):
+        for mode in common.META_GRADS:
             baked = common.load_baked(result["bakes"][text][mode])
             assert baked["prompt"] == text and baked["config"]["meta_grad"] == mode
             assert baked["config"]["steps"] == 2 and baked["config"]["size"] == 16
@@ -55,8 +63,8 @@ def test_leave_one_out_never_uses_a_prompts_own_bake(tiny_ckpt, wide_ckpt):
     for text in PROMPTS:
         used = result["leave_one_out"][text]
         own = result["bakes"][text]
-        assert len(used) == 2 and own["unrolled"] not in used and own["none"] not in used
-        others = {result["bakes"][t]["unrolled"] for t in PROMPTS if t != text}
+        assert len(used) == 2 and not set(own.values()) & set(used)
+        others = {result["bakes"][t][result["auto_from"]] for t in PROMPTS if t != text}
         assert set(used) == others  # k = 2 of the two others: exactly the other prompts' bakes
 
 
@@ -109,7 +117,7 @@ def test_matching_bakes_are_reused(tiny_ckpt, wide_ckpt, monkeypatch, capsys):
 
     monkeypatch.setattr(baking, "bake_prompt", no_bake)
     second = run_evaluate(tiny_ckpt, wide_ckpt)
-    assert capsys.readouterr().out.count("reusing") == 2 * len(PROMPTS)
+    assert capsys.readouterr().out.count("reusing") == len(common.META_GRADS) * len(PROMPTS)
     assert second["scores"] == first["scores"]  # the same starts and cutouts: the same images
     with pytest.raises(AssertionError, match="baked again"):  # another seed: other bakes
         run_evaluate(tiny_ckpt, wide_ckpt, "--seed", "5")

@@ -16,7 +16,7 @@ import common
 import microwave
 import normal
 from conftest import bake_args, render_args
-from staged_clip import baked, baking, models
+from staged_clip import baked, baking, es, models
 
 SCRIPTS = [bake, microwave, auto_microwave, normal, batch_bake]
 
@@ -77,7 +77,7 @@ def test_bake_writes_stages_metadata_and_image(tiny_ckpt, tmp_path, capsys):
     assert baked["prompt"] == "a red apple" and baked["complete"] is True
     assert len(baked["history"]) == 2 and all(h > 0 for h in baked["history"])
     cfg = baked["config"]
-    assert cfg["seed"] == 5 and cfg["meta_grad"] == "unrolled" and cfg["size"] == 16 and cfg["style"] is True
+    assert cfg["seed"] == 5 and cfg["meta_grad"] == "es" and cfg["size"] == 16 and cfg["style"] is True
     size, text, _ = png_info("b.png")
     assert size == (32, 32) and text["prompt"] == "a red apple"
     assert sorted(p.name for p in (tmp_path / "bk").iterdir()) == ["a_red_apple.pt"]
@@ -103,7 +103,7 @@ def test_bake_an_image_prompt(tiny_ckpt):
 
 def on_second_meta_step(monkeypatch, action):
     """Make the bake's second meta step call action() first."""
-    real = baking.meta_step
+    real = es.meta_step  # the default bake's
     calls = []
 
     def patched(*args, **kwargs):
@@ -112,7 +112,7 @@ def on_second_meta_step(monkeypatch, action):
             action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(baking, "meta_step", patched)
+    monkeypatch.setattr(es, "meta_step", patched)
 
 
 def raise_(error):
@@ -238,7 +238,7 @@ def test_ctrl_c_before_any_meta_step_saves_nothing(tiny_ckpt, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(baking, "meta_step", interrupted)
+    monkeypatch.setattr(es, "meta_step", interrupted)
     with pytest.raises(SystemExit) as info:
         bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")])
     assert "nothing was saved" in str(info.value.code)

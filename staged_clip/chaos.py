@@ -1,0 +1,128 @@
+"""The chaos probe: how much the staged renderer's final loss answers a small change of the
+stages, against how much it varies between starts, and whether meta-gradients agree.
+
+If perturbing the stages by sigma radians moves the final loss by about as much whatever
+sigma is, down to rounding, the loss is chaotic in the stages, and no gradient through the
+rollout, nor a small ES perturbation, sees more than noise. The renderer's settings
+(Adam's eps, moments carried over) are what to change to make it less so.
+"""
+
+import math
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from . import es, losses, prompts, render
+from .models import math_attention
+
+SIGMAS = (0.0, 0.001, 0.01, 0.05, 0.15, 0.5)
+
+
+def generators(seed, n, device, tag="chaos"):
+    """n generators, one per start, the same for every sigma (so rows differ only in sigma)."""
+    return [torch.Generator(device=device).manual_seed(es.mix_seed(seed, tag, j)) for j in range(n)]
+
+
+def loss_differences(model, prompt, shift, settings, sigmas=SIGMAS, pairs=8, seed=0):
+    """For each sigma: the mean |L(stages + sigma u) - L(stages - sigma u)| over pairs, where each
+    pair shares its start and cutouts, the stages sit on the prompt and u turns each stage by
+    sigma radians in a random direction; and, once, the spread (standard deviation) of L
+    across the starts, and their mean. Returns ({sigma: mean difference}, spread, mean loss)."""
+    search = es.Search(prompt.embed, settings.stages, 0, seed)
+    eps_l = torch.zeros(pairs, settings.stages, device=model.device)
+    eps = torch.randn(pairs, settings.stages, search.rank, generator=torch.Generator().manual_seed(seed))
+    eps = F.normalize(eps, dim=-1).to(model.device)  # [pairs, S, k]: one unit direction per stage
+    plain = settings.replace(learn_lr=False, learn_stages=True, sigma=1.0)
+    found, spread, mean = {}, None, None
+    for sigma in sigmas:  # normalize(p + tan(sigma) u) lies sigma radians from p
+        plus, minus, _ = es.pair_losses(model, search, math.tan(sigma) * eps, eps_l, prompt, shift, plain,
+                                        generators(seed, pairs, model.device))
+        found[sigma] = (plus - minus).abs().mean().item()
+        if spread is None:
+            spread = statistics.stdev(((plus + minus) / 2).tolist()) if pairs > 1 else 0.0
+            mean = ((plus + minus) / 2).mean().item()
+    return found, spread, mean
+
+
+def pixel_gradient(model, prompt, shift, settings, seed=0):
+    """The median size of a pixel's gradient at a fresh start's first step (what Adam's eps meets)."""
+    g = generators(seed, 1, model.device, "pixel")[0]
+    z = render.starts_from([g], settings.size, model.device).requires_grad_()
+    _, grad = render.loss_and_grad(model, z, (prompt.embed + shift)[None], settings.cutn)
+    return grad.abs().median().item()
+
+
+def cosines(vectors):
+    """Mean cosine similarity of the rows of [n, S, ...] with each other, stage by stage, averaged."""
+    flat = F.normalize(vectors.flatten(2).transpose(0, 1), dim=-1)  # [S, n, ...]
+    n = flat.shape[1]
+    similar = flat @ flat.transpose(1, 2)  # [S, n, n]
+    return ((similar.sum((1, 2)) - similar.diagonal(dim1=1, dim2=2).sum(1)) / (n * (n - 1))).mean().item()
+
+
+def unrolled_agreement(model, prompt, shift, settings, starts=4, seed=0):
+    """Mean cosine, stage by stage, between exact meta-gradients of the stages (on the prompt)
+    from different starts."""
+    grads = []
+    for j, z0 in enumerate(render.starts_from(generators(seed, starts, model.device, "unrolled"), settings.size,
+                                              model.device)):
+        stages = prompt.embed.detach().expand(settings.stages, -1).clone().requires_grad_()
+        with math_attention(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(es.mix_seed(seed, "draws", j))  # the cutouts of this start
+            z = render.rollout(model, z0[None], prompts.shape_targets(stages, shift), settings, create_graph=True,
+                               renormalize=True)
+            losses.bake_loss(model, z, prompt, settings.cutn).sum().backward()
+        grads.append(stages.grad.detach())
+    return cosines(torch.stack(grads))
+
+
+def es_agreement(model, prompt, shift, settings, pairs=8, estimates=2, seed=0):
+    """Mean cosine between ES estimates from disjoint sets of pairs, at the prompt:
+    (of the stage directions, stage by stage; of the log learning-rate multipliers)."""
+    search = es.Search(prompt.embed, settings.stages, settings.es_rank, seed)
+    found = []
+    for k in range(estimates):
+        eps_c, eps_l = search.perturbations(pairs, seed, f"agreement{k}", settings)
+        plus, minus, _ = es.pair_losses(model, search, eps_c, eps_l, prompt, shift, settings,
+                                        generators(seed, pairs, model.device, f"agreement{k}"))
+        grad_c, grad_l, _ = es.estimate(plus - minus, eps_c, eps_l, settings)
+        found.append((grad_c, grad_l))
+    return (cosines(torch.stack([c for c, _ in found])),
+            cosines(torch.stack([lr for _, lr in found])[:, None]))
+
+
+def probe(model, prompt, shift, settings, sigmas=SIGMAS, pairs=8, seed=0):
+    """Everything above for one prompt and renderer setting, as a dict."""
+    differences, spread, loss = loss_differences(model, prompt, shift, settings, sigmas, pairs, seed)
+    stages, lr = es_agreement(model, prompt, shift, settings.replace(learn_stages=True, learn_lr=True), pairs,
+                              seed=seed)
+    return {"prompt": prompt.text, "differences": differences, "spread": spread, "loss": loss,
+            "pixel_gradient": pixel_gradient(model, prompt, shift, settings, seed),
+            "unrolled_agreement": unrolled_agreement(model, prompt, shift, settings, seed=seed),
+            "es_agreement_stages": stages, "es_agreement_lr": lr}
+
+
+def markdown(rows, sigmas, settings):
+    """A table of probe rows (one per prompt) and their mean."""
+    head = (f"Chaos probe: renderer {settings.size} px, {settings.stages} x {settings.steps} steps, cutn "
+            f"{settings.cutn}, inner eps {settings.inner_eps:g}, moments {'carried' if settings.carry_moments else 'reset'}"
+            f" each stage. Mean |L(+sigma) - L(-sigma)| per sigma (radians), the mean and spread of L across starts, the "
+            f"median pixel gradient, and the mean cosine between meta-gradients of different starts (unrolled) "
+            f"or disjoint pairs (ES: stages, lr multipliers).")
+    cols = [f"sigma {s:g}" for s in sigmas]
+    lines = [head, "", "| prompt | " + " | ".join(cols) + " | loss | spread | pixel grad | unrolled cos | ES cos stages | ES cos lr |",
+             "|---" * (len(cols) + 7) + "|"]
+
+    def row(name, r):
+        values = [f"{r['differences'][s]:.4f}" for s in sigmas]
+        return (f"| {name} | " + " | ".join(values) + f" | {r['loss']:.4f} | {r['spread']:.4f} | {r['pixel_gradient']:.2e} | "
+                f"{r['unrolled_agreement']:.2f} | {r['es_agreement_stages']:.2f} | {r['es_agreement_lr']:.2f} |")
+
+    for r in rows:
+        lines.append(row(r["prompt"], r))
+    mean = {"differences": {s: statistics.fmean(r["differences"][s] for r in rows) for s in sigmas}}
+    for key in ("loss", "spread", "pixel_gradient", "unrolled_agreement", "es_agreement_stages", "es_agreement_lr"):
+        mean[key] = statistics.fmean(r[key] for r in rows)
+    lines.append(row("**mean**", mean))
+    return "\n".join(lines) + "\n", mean

@@ -1,0 +1,196 @@
+"""The bake's evolution-strategies estimator: antithetic pairs of plain rollouts, each pair
+sharing its start and its cutouts.
+
+The exact meta-gradient through the staged renderer is chaotic (rounding alone moves the
+final image; one start's gradient says little about another's), so instead of
+differentiating through the rollout this estimates the gradient of the meta-loss smoothed
+by Gaussian perturbations, from pairs L(theta + sigma eps) and L(theta - sigma eps) with
+common random numbers (Salimans et al. 2017; Metz et al., ICML 2019, "Understanding and
+correcting pathologies in the training of learned optimizers"; Metz et al. 2021, "Gradients
+are not all you need"). A pair is two plain rollouts: no double backward, so fused Adam,
+lower precision and compiling apply, and the population is one batch.
+"""
+
+import hashlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import cutouts, distributed, losses, prompts, render
+from .errors import UserError, log
+
+CLIP_AT = 3.0  # pair differences are clipped to this many times their median size
+
+
+def mix_seed(*parts):
+    """A seed below 2**61 from parts, the same in every process and run.
+
+    E.g. mix_seed(7, 12, 3): pair 3's start and cutouts in meta step 12 of a bake of seed 7.
+    """
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**61
+
+
+class Search:
+    """What an ES bake learns around a prompt p: stage directions and learning-rate multipliers.
+
+    Stage i is normalize(p + basis @ coef[i]): basis [D, k] is orthonormal and orthogonal to
+    p, with k = D - 1 (every direction) or rank (a fixed random subspace, the same for every
+    stage); coef [S, k] starts at 0, so the stages start on the prompt. The multipliers
+    exp(log_lr) [S] start at 1. A perturbation eps moves coef by sigma * eps with eps of
+    variance 1 / k per coordinate (so basis @ eps has length about 1: about sigma
+    radians), and log_lr by lr_sigma * eps' with eps' of variance 1.
+    """
+
+    def __init__(self, prompt_embed, stages, rank=0, seed=0):
+        p = F.normalize(prompt_embed.detach().double().cpu(), dim=-1)
+        dim = p.shape[0]
+        k = dim - 1 if not rank else min(rank, dim - 1)
+        a = torch.randn(dim, k, generator=torch.Generator().manual_seed(mix_seed(seed, "basis")), dtype=torch.float64)
+        a -= p[:, None] * (p @ a)[None]  # orthogonal to p
+        device = prompt_embed.device
+        self.prompt = p.float().to(device)
+        self.basis = torch.linalg.qr(a).Q.float().to(device)  # [D, k]
+        self.coef = torch.zeros(stages, k, device=device)
+        self.log_lr = torch.zeros(stages, device=device)
+
+    @property
+    def rank(self):
+        return self.basis.shape[1]
+
+    def stages(self, coef=None):
+        """Unit stage directions [..., S, D] of coefficients [..., S, k] (default: the current ones)."""
+        coef = self.coef if coef is None else coef
+        return F.normalize(self.prompt + coef @ self.basis.T, dim=-1)
+
+    def lr_scale(self, log_lr=None):
+        """The learning-rate multipliers [S] (default: the current ones)."""
+        return (self.log_lr if log_lr is None else log_lr).exp()
+
+    def perturbations(self, n, seed, step, settings):
+        """n perturbations of meta step `step`: (eps of coef [n, S, k], eps of log_lr [n, S]).
+
+        Drawn from one seed in every process; what is not learned stays 0.
+        """
+        g = torch.Generator().manual_seed(mix_seed(seed, step, "perturb"))
+        s, k = self.coef.shape
+        eps_c = torch.randn(n, s, k, generator=g) / math.sqrt(k)
+        eps_l = torch.randn(n, s, generator=g)
+        return ((eps_c if settings.learn_stages else torch.zeros_like(eps_c)).to(self.coef.device),
+                (eps_l if settings.learn_lr else torch.zeros_like(eps_l)).to(self.coef.device))
+
+    def optimizer(self, settings):
+        """Adam on coef and log_lr, its steps in units of each one's perturbation: about
+        es_lr * sigma radians a meta step for a stage, es_lr * lr_sigma for a log multiplier."""
+        return torch.optim.Adam([{"params": [self.coef], "lr": settings.es_lr * settings.sigma / math.sqrt(self.rank)},
+                                 {"params": [self.log_lr], "lr": settings.es_lr * settings.lr_sigma}])
+
+    def state(self):
+        """A copy of what is learned: (coef, log_lr)."""
+        return self.coef.detach().clone(), self.log_lr.detach().clone()
+
+
+def pair_losses(model, search, eps_c, eps_l, prompt, shift, settings, generators):
+    """Final-image losses of the pairs whose generators are given: (L+ [n], L- [n], one final image).
+
+    Pair j's + and - rollouts start from the same image and see the same cutouts at every
+    step, both drawn from generators[j] alone; the population is one batch [+..., -...].
+    """
+    n = len(generators)
+    device = model.device
+    starts = render.starts_from(generators, settings.size, device)
+    coef = torch.cat([search.coef + settings.sigma * eps_c, search.coef - settings.sigma * eps_c])  # [2n, S, k]
+    log_lr = torch.cat([search.log_lr + settings.lr_sigma * eps_l, search.log_lr - settings.lr_sigma * eps_l])
+    targets = prompts.shape_targets(search.stages(coef), shift).transpose(0, 1)  # [S, 2n, D]
+    draw = cutouts.draws_from(generators, repeat=2)
+    lr_scale = log_lr.exp().T if settings.learn_lr else None  # [S, 2n]
+    z = render.rollout(model, torch.cat([starts, starts]), targets, settings, lr_scale=lr_scale, draw=draw)
+    with torch.no_grad():
+        final = losses.bake_loss(model, z, prompt, settings.cutn, draw(2 * n, settings.cutn, z.shape[-1],
+                                                                       model.size, device))
+    return final[:n], final[n:], z[:1]
+
+
+def estimate(diff, eps_c, eps_l, settings):
+    """The smoothed loss's gradient from pair differences diff = L+ - L- [n]:
+    (gradient of coef [S, k], of log_lr [S], pairs used).
+
+    For eps ~ N(0, C), E[(L(theta + sigma eps) - L(theta - sigma eps)) eps] is about
+    2 sigma C grad L, so grad L = C^-1 mean(diff eps) / (2 sigma). Non-finite pairs are
+    dropped, and the rest clipped to CLIP_AT times their median size: the chaotic
+    renderer's differences have heavy tails (a pair whose image flips), which would decide
+    a step alone. Clipping, unlike rank shaping, keeps each difference's sign and, where it
+    is typical, its size, so the estimate stays one of the smoothed gradient.
+    """
+    ok = torch.isfinite(diff)
+    if not ok.any():
+        return None
+    d = diff[ok]
+    bound = CLIP_AT * d.abs().median()
+    d = d.clamp(-bound, bound) if bound > 0 else d
+    k = eps_c.shape[-1]
+    grad_c = k * (d.view(-1, 1, 1) * eps_c[ok]).mean(0) / (2 * settings.sigma)
+    grad_l = (d.view(-1, 1) * eps_l[ok]).mean(0) / (2 * settings.lr_sigma)
+    return grad_c, grad_l, int(ok.sum())
+
+
+def population_losses(model, search, eps_c, eps_l, prompt, shift, settings, step):
+    """L+ and L- of every pair of meta step `step`, this process rolling out its chunks:
+    ([n, 2] in every process, one final image of this process's).
+
+    Out of GPU memory, the chunks are halved until they fit (saying so once; --es-chunk
+    sets them for the next run).
+    """
+    n = settings.population
+    values = torch.full((n, 2), float("nan"), device=model.device)
+    mine, image = [], None
+    size = settings.es_chunk
+    while True:
+        try:
+            for chunk in distributed.chunks(n, size):
+                chunk = [j for j in chunk if j not in mine]  # after a halving, what is left
+                if not chunk:
+                    continue
+                generators = [torch.Generator(device=model.device).manual_seed(mix_seed(settings.seed, step, j))
+                              for j in chunk]
+                plus, minus, z = pair_losses(model, search, eps_c[chunk], eps_l[chunk], prompt, shift, settings,
+                                             generators)
+                values[chunk] = torch.stack([plus, minus], 1)
+                mine += chunk
+                image = z if image is None else image
+            break
+        except torch.OutOfMemoryError:
+            done = len(distributed.chunks(n, size)[0])
+            if done == 1:
+                raise
+            size = max(1, done // 2)
+            torch.cuda.empty_cache()
+            log(f"out of GPU memory rolling out {done} pairs at once: {size} at a time from now "
+                f"(--es-chunk {size} sets it)")
+            settings.es_chunk = size  # for the bake's later meta steps too
+    return distributed.gather(values, mine), image
+
+
+def meta_step(model, search, optimizer, prompt, shift, settings, step, progress):
+    """One ES meta step: roll out the population, estimate the gradient, update the search.
+
+    The fading 'stay near the prompt' term's gradient is exact (autograd), added to the
+    estimate. Returns (meta loss: the pairs' mean loss plus that term, a final image).
+    """
+    eps_c, eps_l = search.perturbations(settings.population, settings.seed, step, settings)
+    values, image = population_losses(model, search, eps_c, eps_l, prompt, shift, settings, step)
+    found = estimate(values[:, 0] - values[:, 1], eps_c, eps_l, settings)
+    if found is None:
+        raise UserError("every pair's loss was NaN: lower --lr or --sigma")
+    grad_c, grad_l, _ = found
+    coef = search.coef.detach().requires_grad_()
+    regularizer = settings.stage_reg * losses.stage_regularizer(search.stages(coef), prompt.embed, progress)
+    if regularizer.requires_grad:
+        grad_c = grad_c + torch.autograd.grad(regularizer, coef)[0]
+    optimizer.zero_grad(set_to_none=True)
+    search.coef.grad = grad_c if settings.learn_stages else torch.zeros_like(grad_c)
+    search.log_lr.grad = grad_l
+    optimizer.step()
+    finite = values[torch.isfinite(values).all(1)]
+    return float(finite.mean() + regularizer.detach()), image
