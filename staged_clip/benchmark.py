@@ -47,6 +47,7 @@ class Memory:
             before = torch.cuda.memory_allocated(self.device)
             work()
             return torch.cuda.max_memory_allocated(self.device) - before
+        trim_heap()
         before = proc_status("VmRSS")
         if before is None or not reset_peak_rss():
             work()
@@ -67,6 +68,15 @@ def return_freed_memory():
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD: fixed, 256 KiB
         libc.malloc_trim(0)  # and give back what the heap holds free now
+    except (OSError, AttributeError):
+        pass
+
+
+def trim_heap():
+    """Hand the heap's free memory back to the system (glibc), so that a block's new use shows as growth."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
@@ -256,7 +266,8 @@ def time_es_meta_step(model, clock, memory, settings, tune_malloc=False):
     seconds = clock.time(step)
     if model.device.type == "cpu" and tune_malloc:
         return_freed_memory()
-    return seconds, memory.measure(step), memory.measure(batch)
+    batch_peak = memory.measure(batch)  # first: on a CPU, what the step leaves in the heap would hide it
+    return seconds, memory.measure(step), batch_peak
 
 
 def device_name(device):
@@ -343,7 +354,12 @@ def measure(model, settings, repeat, warmup, reference=False, reference_precisio
             f"({gib(batch_peak):.2f} GiB)" if peak is not None and batch_peak else "peak memory not measurable here")
     yield row(f"ES meta step, {settings.stages} x {settings.steps}, {es_settings.population} pairs "
               f"(batches of {2 * pairs})", seconds, note, peak_gib=gib(peak), batch_peak_gib=gib(batch_peak))
+    # a validation rolls out validation_starts images where a meta step rolls out 2 x population
     gate_every = es_settings.gate_every()
-    yield row(f"ES bake, {settings.meta_steps} meta steps of {settings.stages} x {settings.steps} (projected)",
-              seconds * settings.meta_steps, f"= ES meta step x {settings.meta_steps}, without the validations "
-              f"({es_settings.validation_starts} rollouts every {gate_every} meta steps)")
+    validations = 1 + settings.meta_steps // gate_every if gate_every else 0
+    per_validation = es_settings.validation_starts / (2 * es_settings.population)
+    total = settings.meta_steps + validations * per_validation
+    yield row(f"ES bake, {settings.meta_steps} meta steps of {DEFAULTS.stages} x {DEFAULTS.steps}"
+              + (" (projected)" if scale != 1 else ""), seconds * scale * total,
+              f"= ES meta step x {scale:g} x ({settings.meta_steps} + {validations} validations x "
+              f"{per_validation:g}); peak memory as one meta step's")

@@ -20,6 +20,9 @@ META_GRADS = ("unrolled", "none", "es")
 SPEED_ONLY = ("checkpoint", "threads", "es_chunk")
 # renderer settings that a replay takes from its bake, unless told otherwise
 RENDERER_OF_BAKE = ("lr", "inner_eps", "carry_moments")
+# fields that play a part only in an ES bake, or only where the gate validates
+ES_ONLY = ("population", "sigma", "lr_sigma", "es_lr", "es_rank", "learn_stages", "learn_lr")
+GATE_ONLY = ("validation_starts",)
 GATE_EVERY = 5  # meta steps between validations, by default, for an ES bake
 
 
@@ -103,8 +106,15 @@ class Settings:
     def same_bake(self, config):
         """Whether a baked file's config was made with these settings (its seed and speed-only fields aside).
 
-        Older files lack fields added since: those count as made at their defaults.
+        Older files lack fields added since: those count as made at their defaults. Fields
+        that play no part in the bake (ES's, for another estimator; the gate's, where it is
+        off) do not count.
         """
-        defaults = Settings()
-        return all(config.get(f.name, getattr(defaults, f.name)) == getattr(self, f.name)
-                   for f in dataclasses.fields(self) if f.name not in ("seed", *SPEED_ONLY))
+        other = Settings(**{f.name: config.get(f.name, getattr(Settings(), f.name)) for f in dataclasses.fields(self)})
+        skip = {"seed", *SPEED_ONLY, "validate_every"}
+        if self.meta_grad != "es":
+            skip.update(ES_ONLY)
+        if not self.gate_every():
+            skip.update(GATE_ONLY)
+        return other.gate_every() == self.gate_every() and all(
+            getattr(other, f.name) == getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip)

@@ -301,3 +301,17 @@ def test_two_processes_bake_the_same_stages_as_one(tiny_ckpt, tmp_path):
     assert torch.equal(a["stages"], b["stages"]) and torch.equal(a["lr_scale"], b["lr_scale"])
     assert a["history"] == b["history"] and a["validation"] == b["validation"]
     assert sorted(p.name for p in Path("baked").iterdir()) == ["one.pt", "two.pt"]  # only rank 0 wrote
+
+
+def test_a_setting_that_plays_no_part_does_not_make_another_bake():
+    unrolled = common.Settings(meta_grad="unrolled")
+    assert unrolled.same_bake(common.Settings(meta_grad="unrolled", population=9, validation_starts=3).config())
+    assert not unrolled.same_bake(common.Settings(meta_grad="unrolled", steps=7).config())
+    gated = common.Settings(meta_grad="unrolled", validate_every=2)
+    assert not gated.same_bake(unrolled.config())  # the gate on makes another bake
+    assert not gated.same_bake(common.Settings(meta_grad="unrolled", validate_every=2, validation_starts=3).config())
+    es_ = common.Settings(meta_grad="es")
+    assert not es_.same_bake(common.Settings(meta_grad="es", population=9).config())
+    assert es_.same_bake(common.Settings(meta_grad="es", validate_every=5).config())  # the default, said aloud
+    assert es_.same_bake(common.Settings(meta_grad="es", es_chunk=1, threads=1).config())  # speed only
+
