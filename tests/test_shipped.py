@@ -1,0 +1,33 @@
+"""The bakes shipped in baked/ for the offline world: what baked/README.md says made them, and
+auto-microwaving from them on a fresh clone."""
+
+import torch
+from PIL import Image
+
+import common
+from conftest import ROOT
+from staged_clip import baked
+
+
+SHIPPED = common.Settings(size=64, stages=5, steps=10, meta_steps=30)  # baked/README.md's command
+
+
+def test_baked_ships_a_default_bake_of_every_toy_prompt():
+    model = common.load_clip("toy", torch.device("cpu"))
+    texts = common.read_prompts(ROOT / "prompts_toy.txt")
+    for text in texts:
+        path = baked.baked_path(ROOT / "baked", text)
+        assert baked.already_baked(path, text, SHIPPED, model), f"{path.name}: missing or not the README's bake"
+        found = baked.load_baked(path)
+        assert found["config"]["meta_grad"] == common.Settings().meta_grad and found["lr_scale"] is not None
+    assert len({p.name for p in (ROOT / "baked").glob("*.pt")}) == len(texts)  # nothing else ships
+
+
+def test_auto_microwave_runs_from_the_shipped_bakes(tmp_path, capsys):
+    import auto_microwave
+    auto_microwave.main(["a green triangle on the left", "--clip-model", "toy", "--baked-dir", str(ROOT / "baked"),
+                         "--size", "16", "--steps", "2", "--cutn", "1", "--seed", "0", "--out", str(tmp_path / "a.png")])
+    said = capsys.readouterr().out
+    used = [line for line in said.splitlines() if str(ROOT / "baked") in line or "(baked/" in line]
+    assert len(used) == 2  # it names the two shipped bakes it composes
+    assert Image.open(tmp_path / "a.png").size == (512, 512)
