@@ -38,7 +38,7 @@ def main(argv=None):
     near = [b for _, b in chosen]
     path, scale = common.compose_path(torch.stack([b["stages"] for b in near]).to(model.device), args.mode,
                                       common.scales_of(near, model.device))  # [S, D], [S]
-    settings = settings.replaying(near[0]["config"])  # Adam's eps and moments as the nearest bake's
+    settings = common.replay_settings(settings, near[0]["config"], near[0]["path"])  # renderer as the nearest bake's
     stages = common.lerp_unit(path, prompt.embed, args.mix)
     shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
     z = common.render(model, common.shape_targets(stages, shift), settings, common.Output.from_args(args),

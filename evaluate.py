@@ -12,16 +12,21 @@ start for every method, make an image by:
 Each final image (as saved: quantized) is scored by its spherical distance to the prompt
 under the guiding model and under a held-out scorer model (lower is better). Writes a
 markdown table (win rates with 95% intervals), a JSON file with every score, and a grid
-of images (prompts x methods). --chaos instead measures how chaotic the renderer is.
+of images (prompts x methods). --params runs it all once per image parametrization, on
+the same prompts and starts, and compares each with rgb method by method (one table, a
+grid per parametrization: OUT_<param>.png). --chaos instead measures how chaotic the
+renderer is.
 
 Examples:
   python evaluate.py prompts_toy.txt --clip-model toy --seeds 5 --size 64 --stages 5 --steps 10 --meta-steps 12
   python evaluate.py prompts_toy.txt --clip-model toy --first 4 --size 64 --stages 5 --steps 10 --chaos
+  python evaluate.py prompts_toy.txt --clip-model toy --seeds 5 --size 64 --stages 5 --steps 10 --params rgb,pyramid,fourier
 """
 
 import argparse
 import json
 import math
+from pathlib import Path
 
 import common
 from common import evaluation
@@ -55,6 +60,9 @@ def parse_args(argv=None):
     g.add_argument("--sigmas", type=sigma_list, default=",".join(f"{s:g}" for s in common.chaos.SIGMAS),
                    metavar="LIST", help="the chaos probe's perturbation sizes, radians, comma-separated")
     g.add_argument("--pairs", type=common.positive_int, default=8, help="the chaos probe's pairs per size")
+    g.add_argument("--params", type=param_list, default=None, metavar="LIST",
+                   help="image parametrizations to evaluate in turn, comma-separated (default: --param's); "
+                        "bakes of each but rgb go to BAKED_DIR/<param>/")
     g.add_argument("--json", default="evaluation.json", metavar="PATH", help="every score, and the summary")
     g.add_argument("--table", default="evaluation.md", metavar="PATH", help="the markdown table")
     args = p.parse_args(argv)
@@ -64,6 +72,9 @@ def parse_args(argv=None):
         args.score_model = "toy-scorer"
     if args.seed >= evaluation.START_SEED - evaluation.MAX_STARTS:
         p.error("--seed must be below 2**62 - 2**20 (seeds above are the evaluation's starts)")
+    args.params = args.params or [args.param]
+    if args.chaos and len(args.params) > 1:
+        p.error("--chaos probes one parametrization: give --param instead of --params")
     default = common.Settings().meta_grad
     args.auto_from = args.auto_from or (default if default in args.meta_grads else args.meta_grads[0])
     if args.auto_from not in args.meta_grads:
@@ -76,6 +87,14 @@ def estimators(text):
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names or any(n not in common.META_GRADS for n in names) or len(set(names)) < len(names):
         raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list from {', '.join(common.META_GRADS)}")
+    return names
+
+
+def param_list(text):
+    """--params: a comma-separated list of image parametrizations."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or any(n not in common.PARAMS for n in names) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list from {', '.join(common.PARAMS)}")
     return names
 
 
@@ -120,12 +139,50 @@ def main(argv=None):
         return chaos(args, model, settings, shift, texts)
     scorer = common.load_clip(args.score_model, model.device)
     scorer.set_precision(args.precision)
+    runs = {}
+    for param in args.params:
+        folder = Path(args.baked_dir) if param == "rgb" else Path(args.baked_dir) / param
+        runs[param] = evaluate_one(args, model, scorer, settings.replace(param=param), shift, texts, wandb, folder)
+        if len(args.params) > 1:
+            print(f"evaluated {param}")
+    if len(args.params) == 1:
+        result, table, grid = runs[args.params[0]]
+        return write(args, result, table, {args.out: grid})
+    base = "rgb" if "rgb" in runs else args.params[0]
+    found = {param: result for param, (result, _, _) in runs.items()}
+    evaluation.compare_params(found, found[base]["methods"], base)
+    table = evaluation.params_table(found, found[base]["methods"], len(texts), args.seeds, base)
+    table += "".join(f"\n## {param}\n\n{own}" for param, (_, own, _) in runs.items())
+    grids = {grid_path(args.out, param, base): grid for param, (_, _, grid) in runs.items()}
+    write(args, {"params": found, "base": base}, table, grids)
+
+
+def grid_path(out, param, base):
+    """Where a parametrization's grid goes: OUT for the base, OUT_<param>.png for the others."""
+    return out if param == base else str(Path(out).with_name(f"{Path(out).stem}_{param}{Path(out).suffix}"))
+
+
+def write(args, result, table, grids):
+    """Write the JSON, the table and the grids, and print the table."""
+    scores = [s for run in result.get("params", {"": result}).values() for s in run["scores"]]
+    if any(not math.isfinite(s[k]) for s in scores for k in evaluation.SCORERS):
+        common.log("note: some scores are not finite")
+    common.write_text(args.json, json.dumps(result, indent=2) + "\n")
+    common.write_text(args.table, table)
+    for path, grid in grids.items():
+        common.atomic_write(path, lambda tmp, grid=grid: grid.save(tmp, format="PNG"))
+    print(table)
+    print(f"wrote {args.table}, {args.json} and {', '.join(grids)}")
+
+
+def evaluate_one(args, model, scorer, settings, shift, texts, wandb, baked_dir):
+    """The evaluation at one parametrization (settings.param): (the JSON's result, the table, the grid)."""
 
     def info(own, text):
         return common.run_info("evaluate.py", args, own, model.device, prompt=text, meta_grad=own.meta_grad)
 
     try:
-        bakes = evaluation.bake_all(model, shift, texts, settings, args.meta_grads, args.baked_dir, wandb,
+        bakes = evaluation.bake_all(model, shift, texts, settings, args.meta_grads, baked_dir, wandb,
                                     args.save_size, info)
     except common.BakeInterrupted as stop:
         raise SystemExit(stop.message()) from None
@@ -141,22 +198,15 @@ def main(argv=None):
     distances = evaluation.stage_distances(bakes, guide_prompts)
     table = evaluation.markdown_table(summary, distances, methods, len(texts), args.seeds, args.clip_model,
                                       args.score_model)
-    result = {"prompts": texts, "clip_model": args.clip_model, "score_model": args.score_model,
-              "seeds": args.seeds, "seed": settings.seed, "methods": methods, "auto_from": args.auto_from,
+    result = {"prompts": texts, "param": settings.param, "pyramid_levels": settings.pyramid_levels,
+              "clip_model": args.clip_model, "score_model": args.score_model, "seeds": args.seeds, "seed": settings.seed, "methods": methods, "auto_from": args.auto_from,
               "bake_config": {mode: {k: v for k, v in bakes[0, mode]["config"].items() if k != "seed"}
                               for mode in args.meta_grads},
               "bakes": {text: {mode: str(bakes[i, mode]["path"]) for mode in args.meta_grads}
                         for i, text in enumerate(texts)},
               "leave_one_out": {text: [str(b["path"]) for _, b in chosen[i]] for i, text in enumerate(texts)},
               "stage_distance": distances, "scores": scores, "summary": summary}
-    if any(not math.isfinite(s[k]) for s in scores for k in evaluation.SCORERS):
-        common.log("note: some scores are not finite")
-    common.write_text(args.json, json.dumps(result, indent=2) + "\n")
-    common.write_text(args.table, table)
-    grid = evaluation.make_grid(texts, grid_images, methods)
-    common.atomic_write(args.out, lambda tmp: grid.save(tmp, format="PNG"))
-    print(table)
-    print(f"wrote {args.table}, {args.json} and {args.out}")
+    return result, table, evaluation.make_grid(texts, grid_images, methods)
 
 
 if __name__ == "__main__":

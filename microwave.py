@@ -27,7 +27,7 @@ def main(argv=None):
     args = parse_args(argv)
     baked = common.load_baked(args.baked)  # a bad file fails before CLIP loads
     model, settings = common.start(args)
-    settings = settings.replaying(baked["config"])
+    settings = common.replay_settings(settings, baked["config"], args.baked)
     common.check_stage_width(baked, model.dim)
     if baked["clip_model"] is not None and not model.made(baked):
         other = "other weights of the same name" if baked["clip_model"] == model.name else baked["clip_model"]

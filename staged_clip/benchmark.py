@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import baking, distributed, es, losses, models, prompts, render
+from . import baking, distributed, es, losses, models, params, prompts, render
 from .settings import SCRIPT_DEFAULTS, Settings
 
 DEFAULTS = Settings()  # the default bake, which the bake row projects to
@@ -310,6 +310,13 @@ def measure(model, settings, repeat, warmup, reference=False, reference_precisio
             note = f"reference design {theirs * 1000:.1f} ms: {theirs / ours:.1f}x faster"
             extra = {"reference_ms": theirs * 1000, "speedup": theirs / ours}
         yield row(f"inner step, {script} ({size} px, cutn {cutn}, batch 1)", ours, note, **extra)
+    size, cutn = SCRIPT_DEFAULTS["bake.py"]["size"], SCRIPT_DEFAULTS["bake.py"]["cutn"]
+    at_bake = settings.replace(size=size, cutn=cutn)
+    rgb = time_inner_step(model, clock, at_bake.replace(param="rgb"), repeat, warmup)  # timed beside the others
+    for param in params.PARAMS[1:]:
+        seconds = time_inner_step(model, clock, at_bake.replace(param=param), repeat, warmup)
+        yield row(f"inner step, bake.py ({size} px, cutn {cutn}), --param {param}", seconds,
+                  f"{seconds / rgb:.2f}x rgb's {rgb * 1000:.1f} ms", rgb_ms=rgb * 1000)
     if inner_only:
         return
     if settings.batch > 1:

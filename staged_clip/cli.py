@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from . import models, output, prompts, render
-from .errors import UserError
+from . import models, output, params, prompts, render
+from .errors import UserError, log
 from .randomness import seed_everything
 from .settings import GATE_EVERY, LR, META_GRADS, SCRIPT_DEFAULTS, Settings
 
@@ -85,10 +85,12 @@ def add_model_args(group, clip_model=models.DEFAULT_CLIP_MODEL):
 
 
 def add_render_args(group, size, steps, cutn, lr=LR, inner_eps=Settings.inner_eps,
-                    carry_moments=Settings.carry_moments):
-    """--size, --steps, --lr, --cutn, Adam's eps and moments, and the style shaping of targets.
+                    carry_moments=Settings.carry_moments, param=Settings.param):
+    """--size, --steps, --lr, --cutn, Adam's eps and moments, the image's parametrization, and the
+    style shaping of targets.
 
-    lr, inner_eps, carry_moments: None for a replay, whose bake says (files without: the reference's).
+    lr, inner_eps, carry_moments, param: None for a replay, whose bake says (files without: the
+    reference's, rgb).
     """
     group.add_argument("--size", type=positive_int, default=size, help="side of the optimized image tensor")
     group.add_argument("--steps", type=positive_int, default=steps, help="Adam steps (per stage where staged)")
@@ -101,6 +103,12 @@ def add_render_args(group, size, steps, cutn, lr=LR, inner_eps=Settings.inner_ep
     group.add_argument("--carry-moments", action=argparse.BooleanOptionalAction, default=carry_moments,
                        help="keep Adam's moments and step count from stage to stage instead of a fresh Adam "
                             "each stage" + baked)
+    group.add_argument("--param", choices=params.PARAMS, default=param,
+                       help="what Adam optimizes: the pixels (rgb, the reference's), a pyramid of levels at "
+                            "size, size/2, ... 4 px summed, or a 1/frequency-scaled spectrum with decorrelated "
+                            "colours (fourier)" + baked.replace("reference's", "reference's rgb"))
+    group.add_argument("--pyramid-levels", type=positive_int, default=None,
+                       help="levels of --param pyramid (default: every halving down to 4 px)")
     group.add_argument("--no-style", dest="style", action="store_false",
                        help="turn off target shaping (style and negative texts; on by default)")
     group.add_argument("--style-text", default=prompts.STYLE_TEXT, help="text added to every target")
@@ -244,12 +252,24 @@ def start(args, writes_baked=False):
     if getattr(args, "checkpoint", False) and getattr(args, "carry_moments", False):
         raise UserError("--checkpoint reruns each stage alone, so it cannot carry Adam's moments between stages: "
                         "drop one of --checkpoint and --carry-moments")
+    if getattr(args, "param", None) is not None:
+        params.check(args.param, args.size, args.pyramid_levels)
     device = models.pick_device(args.device)
     threads = use_threads(getattr(args, "threads", None))
     model = models.load_clip(args.clip_model, device)
     use_speed_flags(model, args)
     settings = Settings.from_args(args, seed=seed_everything(args.seed), threads=threads)
     return model, settings
+
+
+def replay_settings(settings, config, source):
+    """settings for replaying a bake of this config (Settings.replaying), with a one-line note
+    where --param asks for another parametrization than the bake's (source: what to name)."""
+    replay = settings.replaying(config)
+    made = config.get("param", "rgb")
+    if settings.param is not None and settings.param != made:
+        log(f"note: {source} was baked with --param {made}; replaying it with --param {settings.param}")
+    return replay
 
 
 def use_speed_flags(model, args):

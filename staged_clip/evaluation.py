@@ -265,3 +265,46 @@ def make_grid(texts, images, methods=METHODS):
             cell = Image.fromarray(images[r][method]).resize((CELL, CELL), Image.NEAREST)
             grid.paste(cell, (label_w + c * step, head_h + r * step))
     return grid
+
+
+# --- parametrizations compared
+
+def versus(scores, other, method, scorer):
+    """How often a method's image under one parametrization (scores) beats the same method's under
+    another (other) from the same start: (wins, pairs), ties half."""
+    theirs = {(s["prompt"], s["start"]): s[scorer] for s in other if s["method"] == method}
+    mine = [(s[scorer], theirs[s["prompt"], s["start"]]) for s in scores
+            if s["method"] == method and (s["prompt"], s["start"]) in theirs]
+    return sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in mine), len(mine)
+
+
+def compare_params(runs, methods, base="rgb"):
+    """Add to each parametrization's summary its win rate (and interval) against base's, method by
+    method, on paired starts. runs: {param: {"scores", "summary"}}, base among them."""
+    for param, found in runs.items():
+        for method in methods:
+            for scorer in SCORERS:
+                won, n = versus(found["scores"], runs[base]["scores"], method, scorer)
+                entry = found["summary"][method][scorer]
+                entry[f"win_rate_vs_{base}"] = won / n if n else None
+                entry[f"interval_vs_{base}"] = interval(won, n)
+
+
+def params_table(runs, methods, n_prompts, n_starts, base="rgb"):
+    """A markdown table: a row per method, a column per parametrization (mean distances, guide / scorer,
+    and the win rate against base's same method on paired starts)."""
+    names = list(runs)
+    lines = [f"Each parametrization against {base}, method by method, on the same {n_prompts} prompts x "
+             f"{n_starts} starts: mean distance to the prompt under the guide / the scorer (lower is better), "
+             f"and how often its image beats {base}'s from the same start (guide / scorer).", "",
+             "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for method in methods:
+        cells = []
+        for param in names:
+            g, s = runs[param]["summary"][method]["guide"], runs[param]["summary"][method]["scorer"]
+            cell = f"{g['mean']:.4f} / {s['mean']:.4f}"
+            if param != base:
+                cell += f"; {g[f'win_rate_vs_{base}']:.0%} / {s[f'win_rate_vs_{base}']:.0%}"
+            cells.append(cell)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -100,10 +100,12 @@ def save_image(path, z, save_size, info):
 def run_info(script, args, settings, device, **extra):
     """What a PNG records about its making: script, prompt, seed, model and every setting.
 
-    The seed, device and thread count are the ones used, also where the user left them
-    to be chosen.
+    The seed, device, thread count and renderer (learning rate, Adam's eps and moments, the
+    parametrization) are the ones used, also where the user left them to be chosen or to
+    be read from a bake.
     """
-    used = {"seed": settings.seed, "device": str(device), "threads": settings.threads}
+    used = {"seed": settings.seed, "device": str(device), "threads": settings.threads,
+            **{k: getattr(settings, k) for k in ("lr", "inner_eps", "carry_moments", "param", "pyramid_levels")}}
     flags = {k: v for k, v in vars(args).items() if k != "out"}
     return {"software": f"staged-clip {script}", "seed": str(settings.seed), "clip_model": args.clip_model,
             "settings": {**flags, **{k: v for k, v in used.items() if k in flags}}, **extra}

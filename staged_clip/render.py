@@ -7,7 +7,7 @@ so that the bake's loss on the final image reaches the stages (create_graph).
 
 import torch
 
-from . import cutouts, losses, output, randomness
+from . import cutouts, losses, output, params, randomness
 from .errors import log
 
 
@@ -28,17 +28,19 @@ def use_compile(model):
     model.compiled_loss = torch.compile(losses.image_loss_with, dynamic=False)
 
 
-def loss_and_grad(model, z, target, cutn, draw=None):
+def loss_and_grad(model, z, target, cutn, draw=None, decode=None):
     """The loss of a leaf z and its gradient, through the compiled loss when there is one.
 
     draw: what draws the cutouts' random choices (cutouts.draw_cutouts's arguments;
-    default: draw_cutouts from the global generator).
+    default: draw_cutouts from the global generator). decode: what makes the image from z
+    (a parametrization's; None: z is the image).
     """
-    draws = (draw or cutouts.draw_cutouts)(z.shape[0], cutn, z.shape[-1], model.size, z.device)
+    image = z if decode is None else decode(z)
+    draws = (draw or cutouts.draw_cutouts)(image.shape[0], cutn, image.shape[-1], model.size, image.device)
     scale = model.loss_scale
     if model.compiled_loss is not None:
         try:
-            loss = model.compiled_loss(model, z, target, cutn, draws)
+            loss = model.compiled_loss(model, image, target, cutn, draws)
             return loss, torch.autograd.grad(loss * scale, z)[0] / scale
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
             if isinstance(e, (KeyboardInterrupt, torch.OutOfMemoryError)):
@@ -46,7 +48,7 @@ def loss_and_grad(model, z, target, cutn, draw=None):
             log(f"--compile failed ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "
                 f"running eager")
             model.compiled_loss = None
-    loss = losses.image_loss_with(model, z, target, cutn, draws)
+    loss = losses.image_loss_with(model, image, target, cutn, draws)
     return loss, torch.autograd.grad(loss * scale, z)[0] / scale
 
 
@@ -78,53 +80,63 @@ def per_image(lr):
     return lr.view(-1, 1, 1, 1) if torch.is_tensor(lr) else lr
 
 
-def stage_plain(model, z, target, settings, lr, stage=0, callback=None, moments=None, draw=None):
+def shown(z, decode):
+    """The image of z, detached: z itself, or what decode makes of it."""
+    if decode is None:
+        return z.detach()
+    with torch.no_grad():
+        return decode(z.detach())
+
+
+def stage_plain(model, z, target, settings, lr, stage=0, callback=None, moments=None, draw=None, decode=None):
     """One stage of the renderer, nothing kept for a meta-gradient; returns (z, Adam's moments).
 
     lr: one number, or a tensor [B] (each image its own). With one number and no moments
     to carry, a fresh torch AdamW (fused or foreach), the reference's renderer; otherwise
     Adam as tensor maths, from moments (m, v, steps so far) where given, and its moments
-    at the end are returned (None from the fast path).
+    at the end are returned (None from the fast path). decode: the parametrization's, where
+    z holds its parameters rather than pixels (callback still sees images).
     """
     z = z.detach().clone().requires_grad_()
     if moments is None and not settings.carry_moments and not torch.is_tensor(lr):
         optimizer = fast_adamw([z], lr, settings.inner_eps)
         for t in range(1, settings.steps + 1):
             with torch.enable_grad():  # the inner loop needs gradients even under a caller's no_grad
-                loss, z.grad = loss_and_grad(model, z, target, settings.cutn, draw)
+                loss, z.grad = loss_and_grad(model, z, target, settings.cutn, draw, decode)
             optimizer.step()
             if callback is not None:
-                callback(stage, t, loss.detach(), z.detach())
+                callback(stage, t, loss.detach(), shown(z, decode))
         return z.detach(), None
     m, v, done = moments or (torch.zeros_like(z), torch.zeros_like(z), 0)
     for t in range(1, settings.steps + 1):
         with torch.enable_grad():
-            loss, grad = loss_and_grad(model, z, target, settings.cutn, draw)
+            loss, grad = loss_and_grad(model, z, target, settings.cutn, draw, decode)
         with torch.no_grad():
             z, m, v = adamw_step(z, grad, m, v, done + t, per_image(lr), eps=settings.inner_eps)
         z.requires_grad_()
         if callback is not None:
-            callback(stage, t, loss.detach(), z.detach())
+            callback(stage, t, loss.detach(), shown(z, decode))
     return z.detach(), (m, v, done + settings.steps)
 
 
-def stage_unrolled(model, z, target, settings, lr, create_graph, stage=0, callback=None, moments=None):
+def stage_unrolled(model, z, target, settings, lr, create_graph, stage=0, callback=None, moments=None,
+                   decode=None):
     """One stage with AdamW as plain tensor maths; with create_graph it stays differentiable.
 
-    Returns (z, Adam's moments (m, v, steps so far) at the end).
+    Returns (z, Adam's moments (m, v, steps so far) at the end). decode: as stage_plain's.
     """
     m, v, done = moments or (torch.zeros_like(z), torch.zeros_like(z), 0)
     for t in range(1, settings.steps + 1):
         with torch.enable_grad():
             if not create_graph:
                 z = z.detach().requires_grad_()
-            loss = losses.image_loss(model, z, target, settings.cutn)
+            loss = losses.image_loss(model, z if decode is None else decode(z), target, settings.cutn)
             (grad,) = torch.autograd.grad(loss * model.loss_scale, z, create_graph=create_graph)
             grad = grad / model.loss_scale
         with torch.set_grad_enabled(create_graph):
             z, m, v = adamw_step(z, grad, m, v, done + t, per_image(lr), eps=settings.inner_eps)
         if callback is not None:
-            callback(stage, t, loss.detach(), z.detach())
+            callback(stage, t, loss.detach(), shown(z, decode))
     if not create_graph:
         z, m, v = z.detach(), m.detach(), v.detach()
     return z, (m, v, done + settings.steps)
@@ -181,7 +193,7 @@ def stage_lr(settings, lr_scale, stage):
 
 
 def rollout(model, z, targets, settings, create_graph=False, callback=None, renormalize=False, lr_scale=None,
-            draw=None):
+            draw=None, decode=None):
     """Optimize images z [B, 3, H, W] through the stages, one target [D] (or [B, D]) each.
 
     settings gives the steps per stage, the learning rate, the cutouts, Adam's eps and
@@ -204,13 +216,21 @@ def rollout(model, z, targets, settings, create_graph=False, callback=None, reno
 
     settings.checkpoint (with create_graph): keep only each stage's input and rerun the
     stage during the backward (the same random draws), so memory holds one stage's graph.
+
+    settings.param (params.py): what Adam optimizes. For rgb, the pixels; otherwise z is
+    encoded into the parametrization's tensor (whose image is z), the stages optimize that,
+    and its image is returned (decode: set by that inner call; callers leave it None).
     """
+    param = params.of(settings, z.shape[-1], z.device) if decode is None else None
+    if param is not None:  # decode: the parametrization's, once z is its tensor (this call's own, below)
+        return param.decode(rollout(model, param.encode(z), targets, settings, create_graph, callback, renormalize,
+                                    lr_scale, draw, param.decode))
     moments = None
     if not create_graph:
         targets = targets.detach()
         for i, target in enumerate(targets):
             z, moments = stage_plain(model, z, target, settings, stage_lr(settings, lr_scale, i), i, callback,
-                                     moments if settings.carry_moments else None, draw)
+                                     moments if settings.carry_moments else None, draw, decode)
         return z
     if not z.requires_grad:
         z = z.detach().requires_grad_()
@@ -220,11 +240,11 @@ def rollout(model, z, targets, settings, create_graph=False, callback=None, reno
             z = Renormalize.apply(z)
         if settings.checkpoint:
             def run(z_in, target_in, graph, report, i=i, lr=lr):
-                return stage_unrolled(model, z_in, target_in, settings, lr, graph, i, report)[0]
+                return stage_unrolled(model, z_in, target_in, settings, lr, graph, i, report, decode=decode)[0]
             z = CheckpointedStage.apply(z, target, run, callback)
         else:
             z, moments = stage_unrolled(model, z, target, settings, lr, True, i, callback,
-                                        moments if settings.carry_moments else None)
+                                        moments if settings.carry_moments else None, decode)
     return z
 
 

@@ -10,8 +10,8 @@ LR = 0.12  # the reference's learning rate, of the image and of the stages
 SCRIPT_DEFAULTS = {
     "normal.py": dict(size=32, steps=250, cutn=8),
     # None: as the replayed bake's renderer
-    "microwave.py": dict(size=64, steps=25, cutn=8, lr=None, inner_eps=None, carry_moments=None),
-    "auto_microwave.py": dict(size=128, steps=25, cutn=8, lr=None, inner_eps=None, carry_moments=None),
+    "microwave.py": dict(size=64, steps=25, cutn=8, lr=None, inner_eps=None, carry_moments=None, param=None),
+    "auto_microwave.py": dict(size=128, steps=25, cutn=8, lr=None, inner_eps=None, carry_moments=None, param=None),
     "bake.py": dict(size=128, steps=30, cutn=1),
 }
 META_GRADS = ("unrolled", "none", "es")
@@ -23,6 +23,7 @@ RENDERER_OF_BAKE = ("lr", "inner_eps", "carry_moments")
 # fields that play a part only in an ES bake, or only where the gate validates
 ES_ONLY = ("population", "sigma", "lr_sigma", "es_lr", "es_rank", "learn_stages", "learn_lr")
 GATE_ONLY = ("validation_starts",)
+PYRAMID_ONLY = ("pyramid_levels",)
 GATE_EVERY = 5  # meta steps between validations, by default, for an ES bake
 
 
@@ -33,7 +34,9 @@ class Settings:
     Renderer: image side, Adam steps per stage, the image's learning rate, cutouts per
     step, the style shaping of targets, the image tower's precision, Adam's eps
     (inner_eps; the reference's 1e-8) and whether Adam's moments carry over from stage to
-    stage (carry_moments; the reference restarts Adam every stage). Bake: the number of
+    stage (carry_moments; the reference restarts Adam every stage), and the image's
+    parametrization (param: rgb, pyramid or fourier, see params.py; pyramid_levels: None
+    for every level down to 4 px). Bake: the number of
     stages, meta steps and their learning rate, the weight of the fading 'stay near the
     prompt' term, the meta-gradient ("unrolled", "none" or "es"), random starts per meta
     step (unrolled, none), per-stage gradient checkpointing. ES: antithetic pairs per meta
@@ -74,6 +77,8 @@ class Settings:
     es_chunk: int = 0
     validate_every: int = None
     validation_starts: int = 8
+    param: str = "rgb"
+    pyramid_levels: int = None
 
     @classmethod
     def from_args(cls, args, **changes):
@@ -92,12 +97,15 @@ class Settings:
         return GATE_EVERY if self.meta_grad == "es" else 0
 
     def replaying(self, config):
-        """These settings for replaying a bake: the image's learning rate, Adam's eps and moments,
-        where not given (None), as the bake's config recorded them (the reference's for files
-        without)."""
+        """These settings for replaying a bake: the image's learning rate, Adam's eps and moments
+        and the parametrization (with its levels), where not given (None), as the bake's config
+        recorded them (the reference's, and rgb, for files without)."""
         defaults = Settings()
-        return self.replace(**{name: config.get(name, getattr(defaults, name)) if getattr(self, name) is None
-                               else getattr(self, name) for name in RENDERER_OF_BAKE})
+        changes = {name: config.get(name, getattr(defaults, name)) if getattr(self, name) is None
+                   else getattr(self, name) for name in RENDERER_OF_BAKE}
+        if self.param is None:
+            changes.update(param=config.get("param", "rgb"), pyramid_levels=config.get("pyramid_levels"))
+        return self.replace(**changes)
 
     def config(self):
         """The dict a baked file records."""
@@ -116,5 +124,7 @@ class Settings:
             skip.update(ES_ONLY)
         if not self.gate_every():
             skip.update(GATE_ONLY)
+        if self.param != "pyramid":
+            skip.update(PYRAMID_ONLY)
         return other.gate_every() == self.gate_every() and all(
             getattr(other, f.name) == getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip)

@@ -93,3 +93,16 @@ def render_args(ckpt, *extra):
     """Tiny render settings for normal.py, microwave.py, auto_microwave.py."""
     return ["--clip-model", ckpt, "--device", "cpu", "--size", "16", "--steps", "3", "--cutn", "4",
             "--save-size", "32", *extra]
+
+
+def reference_rollout(model, z0, targets, steps, cutn, lr=0.12):
+    """The reference's renderer, written out: the pixels under torch's AdamW, a fresh one each stage."""
+    from staged_clip import render
+    z = z0
+    for target in targets:
+        z = z.detach().clone().requires_grad_()
+        optimizer = torch.optim.AdamW([z], lr=lr, foreach=True)
+        for _ in range(steps):
+            loss, z.grad = render.loss_and_grad(model, z, target, cutn)
+            optimizer.step()
+    return z.detach()

@@ -15,7 +15,7 @@ import bake
 import batch_bake
 import common
 import microwave
-from conftest import ROOT, bake_args, render_args
+from conftest import ROOT, bake_args, reference_rollout, render_args
 from staged_clip import baked, baking, cutouts, distributed, es, evaluation, gate, losses, render
 
 ES = ["--meta-grad", "es", "--population", "2"]
@@ -215,15 +215,9 @@ def test_the_default_inner_eps_is_the_reference_renderer_exactly(tiny):
     for settings in (common.Settings(steps=3, cutn=2), common.Settings(steps=3, cutn=2, inner_eps=1e-8)):
         torch.manual_seed(1)
         runs.append(common.rollout(tiny, z0, targets, settings))
-    torch.manual_seed(1)  # the reference's renderer: torch's AdamW, fresh each stage
-    z = z0
-    for target in targets:
-        z = z.detach().clone().requires_grad_()
-        optimizer = torch.optim.AdamW([z], lr=0.12, foreach=True)
-        for _ in range(3):
-            loss, z.grad = render.loss_and_grad(tiny, z, target, 2)
-            optimizer.step()
-    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], z.detach())
+    torch.manual_seed(1)
+    z = reference_rollout(tiny, z0, targets, steps=3, cutn=2)
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], z)
     torch.manual_seed(1)
     assert not torch.allclose(common.rollout(tiny, z0, targets, common.Settings(steps=3, cutn=2, inner_eps=1e-2)),
                               runs[0], atol=1e-3)
