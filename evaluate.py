@@ -14,7 +14,8 @@ under the guiding model and under a held-out scorer model (lower is better). Wri
 markdown table (win rates with 95% intervals), a JSON file with every score, and a grid
 of images (prompts x methods). --params runs it all once per image parametrization, on
 the same prompts and starts, and compares each with rgb method by method (one table, a
-grid per parametrization: OUT_<param>.png). --chaos instead measures how chaotic the
+grid per parametrization: OUT_<param>.png, and OUT_params.png with normal and a replay in
+each side by side). --chaos instead measures how chaotic the
 renderer is.
 
 Examples:
@@ -146,20 +147,27 @@ def main(argv=None):
         if len(args.params) > 1:
             print(f"evaluated {param}")
     if len(args.params) == 1:
-        result, table, grid = runs[args.params[0]]
-        return write(args, result, table, {args.out: grid})
+        result, table, images = runs[args.params[0]]
+        return write(args, result, table, {args.out: evaluation.make_grid(texts, images, result["methods"])})
     base = "rgb" if "rgb" in runs else args.params[0]
     found = {param: result for param, (result, _, _) in runs.items()}
     evaluation.compare_params(found, found[base]["methods"], base)
     table = evaluation.params_table(found, found[base]["methods"], len(texts), args.seeds, base)
     table += "".join(f"\n## {param}\n\n{own}" for param, (_, own, _) in runs.items())
-    grids = {grid_path(args.out, param, base): grid for param, (_, _, grid) in runs.items()}
+    grids = {grid_path(args.out, param, base): evaluation.make_grid(texts, images, found[param]["methods"])
+             for param, (_, _, images) in runs.items()}
+    # side by side: plain optimization and the auto-microwaved estimator's replay, in each parametrization
+    shown = ["normal", f"microwave_{args.auto_from}"]
+    columns = [f"{param}: {method}" for method in shown for param in runs]
+    side = [{f"{param}: {method}": runs[param][2][r][method] for method in shown for param in runs}
+            for r in range(len(texts))]
+    grids[grid_path(args.out, "params", base)] = evaluation.make_grid(texts, side, columns)
     write(args, {"params": found, "base": base}, table, grids)
 
 
-def grid_path(out, param, base):
-    """Where a parametrization's grid goes: OUT for the base, OUT_<param>.png for the others."""
-    return out if param == base else str(Path(out).with_name(f"{Path(out).stem}_{param}{Path(out).suffix}"))
+def grid_path(out, name, base):
+    """Where a grid goes: OUT for the base parametrization's, OUT_<name>.png for the others."""
+    return out if name == base else str(Path(out).with_name(f"{Path(out).stem}_{name}{Path(out).suffix}"))
 
 
 def write(args, result, table, grids):
@@ -176,7 +184,8 @@ def write(args, result, table, grids):
 
 
 def evaluate_one(args, model, scorer, settings, shift, texts, wandb, baked_dir):
-    """The evaluation at one parametrization (settings.param): (the JSON's result, the table, the grid)."""
+    """The evaluation at one parametrization (settings.param): (the JSON's result, the table, and
+    per prompt, the first start's image by each method)."""
 
     def info(own, text):
         return common.run_info("evaluate.py", args, own, model.device, prompt=text, meta_grad=own.meta_grad)
@@ -206,7 +215,7 @@ def evaluate_one(args, model, scorer, settings, shift, texts, wandb, baked_dir):
                         for i, text in enumerate(texts)},
               "leave_one_out": {text: [str(b["path"]) for _, b in chosen[i]] for i, text in enumerate(texts)},
               "stage_distance": distances, "scores": scores, "summary": summary}
-    return result, table, evaluation.make_grid(texts, grid_images, methods)
+    return result, table, grid_images
 
 
 if __name__ == "__main__":

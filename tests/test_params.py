@@ -180,4 +180,5 @@ def test_evaluate_compares_parametrizations(tiny_ckpt):
     assert 0 <= vs <= 1
     table = open("e.md").read()
     assert "| rgb" in table and "pyramid" in table.splitlines()[2]
-    assert Image.open("e.png").size and Image.open("e_pyramid.png").size
+    assert Image.open("e.png").size == Image.open("e_pyramid.png").size  # a grid each, prompts x methods
+    assert Image.open("e_params.png").size[0] < Image.open("e.png").size[0]  # normal and the es replay, in each
