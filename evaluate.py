@@ -208,7 +208,9 @@ def evaluate_one(args, model, scorer, settings, shift, texts, wandb, baked_dir):
     table = evaluation.markdown_table(summary, distances, methods, len(texts), args.seeds, args.clip_model,
                                       args.score_model)
     result = {"prompts": texts, "param": settings.param, "pyramid_levels": settings.pyramid_levels,
-              "clip_model": args.clip_model, "score_model": args.score_model, "seeds": args.seeds, "seed": settings.seed, "methods": methods, "auto_from": args.auto_from,
+              "clip_model": args.clip_model, "score_model": args.score_model, "seeds": args.seeds,
+              "seed": settings.seed, "methods": methods, "auto_from": args.auto_from,
+              "threads": settings.threads,  # the rounding, and so (the renderer being chaotic) the scores, follow it
               "bake_config": {mode: {k: v for k, v in bakes[0, mode]["config"].items() if k != "seed"}
                               for mode in args.meta_grads},
               "bakes": {text: {mode: str(bakes[i, mode]["path"]) for mode in args.meta_grads}
