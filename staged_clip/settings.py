@@ -103,8 +103,9 @@ class Settings:
         defaults = Settings()
         changes = {name: config.get(name, getattr(defaults, name)) if getattr(self, name) is None
                    else getattr(self, name) for name in RENDERER_OF_BAKE}
-        if self.param is None:
-            changes.update(param=config.get("param", "rgb"), pyramid_levels=config.get("pyramid_levels"))
+        if self.param is None:  # the bake's parametrization (and its levels, unless given)
+            changes.update(param=config.get("param", "rgb"),
+                           pyramid_levels=self.pyramid_levels or config.get("pyramid_levels"))
         return self.replace(**changes)
 
     def config(self):

@@ -144,6 +144,9 @@ def test_a_file_without_a_parametrization_replays_as_rgb():
     assert common.Settings(param=None).replaying({"param": "fourier"}).param == "fourier"
     told = common.Settings(param="rgb").replaying({"param": "fourier", "pyramid_levels": 3})
     assert told.param == "rgb"
+    bake = {"param": "pyramid", "pyramid_levels": 3}
+    assert common.Settings(param=None).replaying(bake).pyramid_levels == 3
+    assert common.Settings(param=None, pyramid_levels=2).replaying(bake).pyramid_levels == 2  # told
 
 
 def test_the_batched_unrolled_bake_runs_with_each_parametrization(tiny_ckpt):
