@@ -137,7 +137,7 @@ def bake_prompt(model, prompt, shift, settings, path, out, wandb, info, position
         if validation is None:
             return learner.current()
         stages, scale = validation.best
-        return stages, (scale if learner.current()[1] is not None else None)
+        return stages, (scale if settings.meta_grad == "es" and settings.learn_lr else None)
 
     def save(complete):
         if not primary:

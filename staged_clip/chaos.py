@@ -107,7 +107,7 @@ def markdown(rows, sigmas, settings):
     """A table of probe rows (one per prompt) and their mean."""
     head = (f"Chaos probe: renderer {settings.size} px, {settings.stages} x {settings.steps} steps, cutn "
             f"{settings.cutn}, inner eps {settings.inner_eps:g}, moments {'carried' if settings.carry_moments else 'reset'}"
-            f" each stage. Mean |L(+sigma) - L(-sigma)| per sigma (radians), the mean and spread of L across starts, the "
+            f" each stage, --param {settings.param}. Mean |L(+sigma) - L(-sigma)| per sigma (radians), the mean and spread of L across starts, the "
             f"median pixel gradient, and the mean cosine between meta-gradients of different starts (unrolled) "
             f"or disjoint pairs (ES: stages, lr multipliers).")
     cols = [f"sigma {s:g}" for s in sigmas]

@@ -91,6 +91,23 @@ class Search:
         return self.coef.detach().clone(), self.log_lr.detach().clone()
 
 
+def replay_losses(model, generators, targets, settings, prompt, lr_scale=None, repeat=1):
+    """The bake's loss of the final images of rollouts from seeded starts: (losses [repeat * n], images).
+
+    Image j's start and its cutouts at every step come from generators[j] alone (so not from
+    what else shares the batch); the batch is the n starts repeated `repeat` times, each
+    repeat seeing the same cutouts (an ES pair's + and -). targets and lr_scale as
+    render.rollout takes them.
+    """
+    starts = render.starts_from(generators, settings.size, model.device)
+    draw = cutouts.draws_from(generators, repeat)
+    z = render.rollout(model, torch.cat([starts] * repeat), targets, settings, lr_scale=lr_scale, draw=draw)
+    with torch.no_grad():
+        found = losses.bake_loss(model, z, prompt, settings.cutn,
+                                 draw(len(z), settings.cutn, z.shape[-1], model.size, model.device))
+    return found, z
+
+
 def pair_losses(model, search, eps_c, eps_l, prompt, shift, settings, generators):
     """Final-image losses of the pairs whose generators are given: (L+ [n], L- [n], one final image).
 
@@ -98,17 +115,11 @@ def pair_losses(model, search, eps_c, eps_l, prompt, shift, settings, generators
     step, both drawn from generators[j] alone; the population is one batch [+..., -...].
     """
     n = len(generators)
-    device = model.device
-    starts = render.starts_from(generators, settings.size, device)
     coef = torch.cat([search.coef + settings.sigma * eps_c, search.coef - settings.sigma * eps_c])  # [2n, S, k]
     log_lr = torch.cat([search.log_lr + settings.lr_sigma * eps_l, search.log_lr - settings.lr_sigma * eps_l])
     targets = prompts.shape_targets(search.stages(coef), shift).transpose(0, 1)  # [S, 2n, D]
-    draw = cutouts.draws_from(generators, repeat=2)
     lr_scale = log_lr.exp().T if settings.learn_lr else None  # [S, 2n]
-    z = render.rollout(model, torch.cat([starts, starts]), targets, settings, lr_scale=lr_scale, draw=draw)
-    with torch.no_grad():
-        final = losses.bake_loss(model, z, prompt, settings.cutn, draw(2 * n, settings.cutn, z.shape[-1],
-                                                                       model.size, device))
+    final, z = replay_losses(model, generators, targets, settings, prompt, lr_scale, repeat=2)
     return final[:n], final[n:], z[:1]
 
 

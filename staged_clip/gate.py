@@ -9,7 +9,7 @@ replaying the prompt, whatever its estimator did.
 
 import torch
 
-from . import cutouts, distributed, losses, prompts, render
+from . import distributed, es, prompts
 
 # validation start v has seed VALIDATION_SEED + v: above the seeds of training pairs
 # (es.mix_seed, below 2**61), of bakes (below 2**62) and of evaluate.py's starts (2**62 on)
@@ -37,12 +37,7 @@ class Gate:
         targets = prompts.shape_targets(stages, self.shift)  # [S, D]
         for chunk in distributed.chunks(n, settings.es_chunk):
             generators = [torch.Generator(device=model.device).manual_seed(VALIDATION_SEED + v) for v in chunk]
-            draw = cutouts.draws_from(generators)
-            z = render.rollout(model, render.starts_from(generators, settings.size, model.device), targets,
-                               settings, lr_scale=lr_scale, draw=draw)
-            with torch.no_grad():
-                values[chunk] = losses.bake_loss(model, z, self.prompt, settings.cutn,
-                                                 draw(len(chunk), settings.cutn, z.shape[-1], model.size, z.device))
+            values[chunk] = es.replay_losses(model, generators, targets, settings, self.prompt, lr_scale)[0]
             mine += chunk
         return distributed.gather(values, mine)
 
