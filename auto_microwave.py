@@ -26,11 +26,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     bakes = common.load_baked_dir(args.baked_dir)  # a missing folder fails before CLIP loads
-    model, settings = common.start(args)
+    run = common.start(args, "auto_microwave.py")
+    model = run.model
     prompt = common.load_prompt(model, args.prompt)
     chosen = common.nearest_bakes(model, prompt.embed, bakes, args.k, args.baked_dir)
     n_stages = len(chosen[0][1]["stages"])
-    print(f"nearest baked prompts ({args.mode}):")
+    print(f"nearest baked prompts ({args.mode}), by spherical distance to the prompt (lower is nearer):")
     for dist, bake in chosen:
         print(f"  {dist:.4f}  {bake['prompt']!r}  ({bake['path']})")
     if len(chosen) < args.k:
@@ -38,14 +39,13 @@ def main(argv=None):
     near = [b for _, b in chosen]
     path, scale = common.compose_path(torch.stack([b["stages"] for b in near]).to(model.device), args.mode,
                                       common.scales_of(near, model.device))  # [S, D], [S]
-    settings = common.replay_settings(settings, near[0]["config"], near[0]["path"])  # renderer as the nearest bake's
+    # the renderer as the nearest bake's
+    settings = common.settings_of(args, run, near[0]["config"], near[0]["path"])
     stages = common.lerp_unit(path, prompt.embed, args.mix)
-    shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
-    z = common.render(model, common.shape_targets(stages, shift), settings, common.Output.from_args(args),
-                      desc="auto-microwave", lr_scale=scale)
-    info = {"prompt": prompt.text, "baked_prompts": [b["prompt"] for _, b in chosen]}
-    common.save_image(args.out, z, args.save_size,
-                      common.run_info("auto_microwave.py", args, settings, model.device, **info))
+    targets = common.shape_targets(stages, common.style_shift(model, settings))
+    z, loss = common.render(model, targets, settings, run.output, desc="auto-microwave", lr_scale=scale)
+    run.output.save(z, settings, model.device, loss=loss, prompt=prompt.text,
+                    baked_prompts=[b["prompt"] for _, b in chosen])
     print(f"saved {args.out}")
 
 

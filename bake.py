@@ -21,22 +21,21 @@ def parse_args(argv=None):
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
-    wandb = common.WandbLog.from_args(args)
     path = common.baked_path(args.baked_dir, args.prompt, args.name)
     args.device = common.torchrun_device(args.device)
-    model, settings = common.start(args, writes_baked=True)
+    run = common.start(args, "bake.py", writes_baked=True)
+    settings, model = common.settings_of(args, run), run.model
     rank, processes = common.join_processes(model.device)  # under torchrun: one bake, its pairs shared out
     if processes > 1:
         settings = settings.replace(seed=common.shared_seed(settings.seed))
         common.seed_everything(settings.seed, announce=False)
-        if settings.meta_grad != "es" and rank == 0:
-            common.log(f"note: only --meta-grad es shares a bake among processes; the {processes} processes "
-                       f"all bake alike and the first writes")
+        if not common.learner_of(settings).shares_processes and rank == 0:
+            common.log(f"note: --meta-grad {settings.meta_grad} does not share a bake among processes; the "
+                       f"{processes} processes all bake alike and the first writes")
     prompt = common.load_prompt(model, args.prompt)
-    shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
-    info = common.run_info("bake.py", args, settings, model.device, prompt=prompt.text)
+    baker = common.Baker(model, common.style_shift(model, settings), run.wandb)
     try:
-        history = common.bake_prompt(model, prompt, shift, settings, path, common.Output.from_args(args), wandb, info)
+        history = common.bake_prompt(baker, prompt, settings, path, run.output)
     except common.BakeInterrupted as stop:
         raise SystemExit(stop.message()) from None
     finally:

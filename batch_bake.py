@@ -2,9 +2,11 @@
 """Bake every prompt of a list (one a line; blank lines and # comments ignored), loading CLIP once.
 
 A prompt whose complete bake with the same settings is already in --baked-dir is
-skipped, so a stopped run picks up where it was. A prompt that fails is reported and
-the others go on. With --shard I/N (or under torchrun or a Slurm job array, which set
-it) only every N-th prompt from the I-th is baked, so many processes share one list.
+skipped, so a stopped run picks up where it was; one baked with other settings is baked
+again, saying which. A prompt that fails is reported and the others go on. With --shard
+I/N (or under torchrun or a Slurm job array, which set it) only every N-th prompt from
+the I-th is baked, so many processes share one list. Progress bars show on a terminal;
+in a log file, one line a prompt.
 
 Examples:
   python batch_bake.py prompts.txt
@@ -31,24 +33,19 @@ def parse_args(argv=None):
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
-    wandb = common.WandbLog.from_args(args)
     texts = common.read_prompts(args.prompts_file)
     index, count, source = common.pick_shard(args.shard)
     args.device = common.torchrun_device(args.device)
     paths = common.bake_paths(args.baked_dir, texts)
-    mine = list(range(index, len(texts), count))  # list positions: seeds follow the whole list
+    jobs = [(i, texts[i], paths[i]) for i in range(index, len(texts), count)]  # list positions: seeds follow them
     if source is not None or count > 1:
         print(f"shard {index}/{count}{f' (from {source})' if source != '--shard' else ''}: "
-              f"{len(mine)} of {len(texts)} prompt(s)")
-    model, settings = common.start(args, writes_baked=True)
-    shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
-
-    def info(own, text):
-        return common.run_info("bake.py", args, own, model.device, prompt=text)
-
+              f"{len(jobs)} of {len(texts)} prompt(s)")
+    run = common.start(args, "bake.py", writes_baked=True)
+    settings, model = common.settings_of(args, run), run.model
+    baker = common.Baker(model, common.style_shift(model, settings), run.wandb)
     try:
-        baked, skipped, failed = common.bake_list(model, settings, shift, texts, paths, mine, wandb, args.save_size,
-                                                  info, args.force, args.fail_fast)
+        baked, skipped, failed = common.bake_list(baker, settings, jobs, run.output, args.force, args.fail_fast)
     except common.BakeInterrupted as stop:
         raise SystemExit(stop.message()) from None
     print(f"{len(baked)} baked, {len(skipped)} already baked (skipped), {len(failed)} failed"

@@ -3,7 +3,7 @@
 
 Prints a table (and writes JSON with --json): one inner step at each script's defaults,
 one differentiable (unrolled) inner step, one rollout, one meta step, the projected
-default bake, and peak memory. --reference-design also times the reference's inner step
+default bake, and peak memory. --reference-design also times the original's inner step
 (CLIP's weights receiving gradients, cutouts made one by one, a .item() every step) in
 the same run. Speed does not depend on weight values, so random:ViT-B/32 (the real
 architecture with random weights, built offline) stands in for ViT-B/32.
@@ -16,10 +16,7 @@ Examples:
 
 import json
 
-import torch
-
 import common
-from common import benchmark
 
 TUNE_MALLOC = False  # set when run as a script: the allocator setting lasts for the process
 
@@ -29,7 +26,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("what to time")
     common.add_model_args(g, clip_model="random:ViT-B/32")
     common.add_render_args(g, **common.SCRIPT_DEFAULTS["bake.py"])
-    common.add_bake_settings(g, meta_grad=False)
+    common.add_bake_settings(g, choose_estimator=False)
     common.add_es_settings(g)
     p.set_defaults(seed=0)
     g = p.add_argument_group("benchmark options")
@@ -37,9 +34,9 @@ def parse_args(argv=None):
                    help="timed inner steps per row (their median is shown)")
     g.add_argument("--warmup", type=common.positive_int, default=3, help="untimed inner steps before each row")
     g.add_argument("--reference-design", action="store_true",
-                   help="also time the reference's inner step, side by side")
+                   help="also time the original's inner step, side by side")
     g.add_argument("--reference-precision", choices=list(common.PRECISIONS), default=None,
-                   help="precision of the reference's image tower (default: --precision; the original runs "
+                   help="precision of the original's image tower (default: --precision; the original runs "
                         "fp32 on a CPU, as clip.load gives it there)")
     g.add_argument("--inner-only", action="store_true", help="time the inner steps only (a quick comparison)")
     g.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
@@ -51,18 +48,20 @@ def main(argv=None):
     args = parse_args(argv)
     if args.json:
         common.check_file(args.json, "--json")
-    model, settings = common.start(args)
+    run = common.start(args, "bench.py")
+    settings, model = common.settings_of(args, run), run.model
     if args.reference_design and args.reference_precision:  # refuse one the device lacks before any work
         model.set_precision(args.reference_precision)
         model.set_precision(args.precision)
-    name = benchmark.device_name(model.device)
+    name, torch_version = common.device_name(model.device), common.provenance()["torch"]
     reference_precision = args.reference_precision or args.precision
     print(f"device: {name}; model: {args.clip_model}; precision: {args.precision}; "
           + (f"reference precision: {reference_precision}; " if args.reference_design else "")
-          + f"compile: {args.compile}; torch {torch.__version__}", flush=True)
+          + f"compile: {args.compile}; torch {torch_version}", flush=True)
     rows = []
-    for row in benchmark.measure(model, settings, args.repeat, args.warmup, args.reference_design,
-                                 args.reference_precision, TUNE_MALLOC, args.inner_only):
+    options = common.BenchOptions(args.repeat, args.warmup, args.reference_design, args.reference_precision,
+                                  TUNE_MALLOC, args.inner_only)
+    for row in common.measure(model, settings, options):
         rows.append(row)
         seconds = row["ms"] / 1000
         shown = f"{row['ms']:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
@@ -75,7 +74,7 @@ def main(argv=None):
                   "precision": args.precision, "compile": args.compile, "batch": args.batch,
                   "threads": settings.threads,
                   "reference_precision": reference_precision if args.reference_design else None,
-                  "checkpoint": args.checkpoint, "torch": torch.__version__, "rows": rows}
+                  "checkpoint": args.checkpoint, "torch": torch_version, "rows": rows}
         common.write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
 

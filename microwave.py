@@ -19,6 +19,9 @@ def parse_args(argv=None):
         loose = [x for x in extra if not x.startswith("-")]
         p.error("give a baked file, or a prompt and a baked file (quote a prompt with spaces)" if loose
                 else f"unrecognized arguments: {' '.join(extra)}")
+    if args.prompt is None and not common.looks_baked(args.baked):
+        p.error(f"a baked file is missing: {args.baked!r} is not one; give the prompt and then a baked file, "
+                f"e.g. microwave.py {args.baked!r} baked/NAME.pt")
     return args
 
 
@@ -26,8 +29,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     baked = common.load_baked(args.baked)  # a bad file fails before CLIP loads
-    model, settings = common.start(args)
-    settings = common.replay_settings(settings, baked["config"], args.baked)
+    run = common.start(args, "microwave.py")
+    settings, model = common.settings_of(args, run, baked["config"], args.baked), run.model
     common.check_stage_width(baked, model.dim)
     if baked["clip_model"] is not None and not model.made(baked):
         other = "other weights of the same name" if baked["clip_model"] == model.name else baked["clip_model"]
@@ -40,11 +43,10 @@ def main(argv=None):
         prompt = common.load_prompt(model, args.prompt)
         stages = common.lerp_unit(stages, prompt.embed, args.mix)
         info["prompt"] = prompt.text
-    shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
-    z = common.render(model, common.shape_targets(stages, shift), settings, common.Output.from_args(args),
-                      desc="microwave", lr_scale=common.scales_of([baked], model.device)[0])
-    common.save_image(args.out, z, args.save_size,
-                      common.run_info("microwave.py", args, settings, model.device, **info))
+    targets = common.shape_targets(stages, common.style_shift(model, settings))
+    z, loss = common.render(model, targets, settings, run.output, desc="microwave",
+                            lr_scale=common.scales_of([baked], model.device)[0])
+    run.output.save(z, settings, model.device, loss=loss, **info)
     print(f"microwaved {baked['prompt']!r} ({len(stages)} stages); saved {args.out}")
 
 

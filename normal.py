@@ -17,13 +17,12 @@ def parse_args(argv=None):
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
-    model, settings = common.start(args)
+    run = common.start(args, "normal.py")
+    settings, model = common.settings_of(args, run), run.model
     prompt = common.load_prompt(model, args.prompt)
-    shift = common.style_shift(model, settings.style, settings.style_text, settings.negative_text)
-    targets = (prompt.embed + shift)[None]  # [1, D]: one stage
-    z = common.render(model, targets, settings, common.Output.from_args(args), desc="normal")
-    common.save_image(args.out, z, args.save_size,
-                      common.run_info("normal.py", args, settings, model.device, prompt=prompt.text))
+    targets = (prompt.embed + common.style_shift(model, settings))[None]  # [1, D]: one stage
+    z, loss = common.render(model, targets, settings, run.output, desc="normal")
+    run.output.save(z, settings, model.device, loss=loss, prompt=prompt.text)
     print(f"saved {args.out}")
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import losses, prompts
+from . import learners, losses, output, prompts
 from .errors import UserError, log
 from .output import atomic_write
+from .settings import SPEED_ONLY, Settings
 
 BAKED_FORMAT = "staged-clip-bake"
 BAKED_VERSION = 1
@@ -42,33 +43,32 @@ def baked_path(baked_dir, prompt, name=None):
     return Path(baked_dir) / f"{stem}.pt"
 
 
-def save_baked(path, *, stages, prompt, clip_model, config, history, complete, clip_weights=None, lr_scale=None,
-               validation=None, seconds=None):
-    """Atomically write a baked file (a plain dict, loadable with weights_only=True).
+def save_baked(path, contents):
+    """Atomically write a baked file: a plain dict, loadable with weights_only=True.
 
-    clip_weights: the model's weights_id, so that a bake is known not to match a model
-    retrained under the same name. Optional fields: lr_scale, learned multipliers [S] of
-    each stage's learning rate; validation, the gate's history (a list of dicts); seconds,
-    how long the bake took.
+    contents: prompt, prompt_type, clip_model, stages [S, D], config, history, complete; and,
+    where known, clip_weights (the model's weights_id, so that a bake is known not to match
+    a model retrained under the same name), prompt_embed [D], lr_scale (learned multipliers
+    [S] of each stage's learning rate), validation (the gate's history) and seconds (how long
+    the bake took). Optional fields that are None are left out. The file adds its format,
+    version, width, time of writing, and what its numbers depend on (output.provenance).
     """
-    data = {
-        "format": BAKED_FORMAT,
-        "version": BAKED_VERSION,
-        "prompt": prompt.text,
-        "prompt_type": prompt.kind,
-        "clip_model": clip_model,
-        **({} if clip_weights is None else {"clip_weights": clip_weights}),
-        "embed_dim": int(stages.shape[1]),
-        "stages": stages.detach().float().cpu().clone(),  # [S, D]
-        "prompt_embed": prompt.embed.detach().float().cpu().clone(),  # [D]
-        "config": dict(config),
-        "history": [float(x) for x in history],
-        "complete": bool(complete),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **({} if lr_scale is None else {"lr_scale": lr_scale.detach().float().cpu().clone()}),  # [S]
-        **({} if validation is None else {"validation": list(validation)}),
-        **({} if seconds is None else {"seconds": float(seconds)}),
-    }
+    tensors = {"stages", "prompt_embed", "lr_scale"}
+    data = {"format": BAKED_FORMAT, "version": BAKED_VERSION, "embed_dim": int(contents["stages"].shape[1])}
+    for key, value in contents.items():
+        if value is None and key not in ("prompt", "prompt_type", "stages", "config", "history", "complete"):
+            continue
+        if key in tensors:
+            value = value.detach().float().cpu().clone()
+        data[key] = value
+    data.update(config=dict(contents["config"]), history=[float(x) for x in contents["history"]],
+                complete=bool(contents["complete"]),
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                **output.provenance())
+    if data.get("validation") is not None:
+        data["validation"] = list(data["validation"])
+    if data.get("seconds") is not None:
+        data["seconds"] = float(data["seconds"])
     atomic_write(path, lambda tmp: torch.save(data, tmp))
 
 
@@ -86,6 +86,11 @@ def unreadable_reason(path, error):
         return "it is a text file, not one that torch.save wrote"
     except UnicodeDecodeError:
         return "it is not a file that torch.save wrote"
+
+
+def looks_baked(path):
+    """Whether a command-line argument could name a baked file: a file that is there, or a name ending in .pt."""
+    return Path(path).suffix == ".pt" or Path(path).is_file()
 
 
 def load_baked(path, embed_dim=None):
@@ -180,15 +185,55 @@ def load_baked_dir(baked_dir):
     return bakes
 
 
+def differences(settings, config, seed=False):
+    """The settings a baked file's config was made with that differ from these: [(name, theirs, ours)].
+
+    Its seed and speed-only settings do not count (seed=True: its seed does), nor do
+    settings that play no part in the bake (another estimator's, the gate's where it is off,
+    a pyramid's for another parametrization); its gate counts as the one it ran. Older
+    files lack settings added since: those count as made at their defaults.
+    """
+    theirs = Settings.from_config(config)
+    learner = learners.learner_of(settings)
+    skip = {*SPEED_ONLY, "validate_every"} | ({"seed"} if not seed else set())
+    skip.update(field for other in learners.LEARNERS.values() if other is not learner for field in other.fields)
+    if not learner.gate(settings):
+        skip.add("validation_starts")
+    if settings.param != "pyramid":
+        skip.add("pyramid_levels")
+    found = [(name, value, getattr(settings, name)) for name, value in vars(theirs).items()
+             if name not in skip and value != getattr(settings, name)]
+    other = learners.LEARNERS.get(theirs.meta_grad)
+    gate_every = other.gate(theirs) if other is not None else None
+    if "meta_grad" not in {name for name, _, _ in found} and gate_every != learner.gate(settings):
+        found.append(("validate_every", gate_every, learner.gate(settings)))
+    return found
+
+
+def stale_reason(path, text, settings, model, seed=False):
+    """Why path does not hold a complete bake of this prompt with these settings and this model
+    (a Clip), in a few words; None where it does. seed=True: its seed must match too."""
+    if not path.is_file():
+        return "not baked yet"
+    try:
+        bake = load_baked(path)
+    except UserError:
+        return "unreadable"  # bake it again (the write replaces it atomically)
+    if not bake["complete"]:
+        return "an interrupted bake"
+    if bake["prompt"] != text:
+        return f"a bake of another prompt ({bake['prompt']!r})"
+    if not model.made(bake):
+        return "baked with another model"
+    changed = differences(settings, bake["config"], seed)
+    if changed:
+        return "baked with other settings: " + ", ".join(f"{name} {theirs} (now {ours})" for name, theirs, ours in changed)
+    return None
+
+
 def already_baked(path, text, settings, model):
     """Whether path holds a complete bake of this prompt with these settings and this model (a Clip)."""
-    if not path.is_file():
-        return False
-    try:
-        baked = load_baked(path)
-    except UserError:
-        return False  # unreadable: bake it again (the write replaces it atomically)
-    return baked["complete"] and baked["prompt"] == text and model.made(baked) and settings.same_bake(baked["config"])
+    return stale_reason(path, text, settings, model) is None
 
 
 def baked_prompt_embed(model, bake):

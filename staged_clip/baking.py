@@ -1,57 +1,27 @@
-"""The bake: meta-optimize a prompt's stage embeddings so the staged renderer's final image nears it."""
+"""The bake: a learner meta-optimizes a prompt's stages so the staged renderer's final image nears it;
+the validation gate keeps the best; the stages are saved, and a preview is made of them."""
 
-import math
 import time
+from dataclasses import dataclass
 
 import torch
 
-from . import baked, distributed, es, gate, losses, output, prompts, render
-from .errors import UserError, log
-from .models import math_attention
+from . import baked, distributed, gate, learners, output, prompts, render
+from .errors import UserError
 from .randomness import rng_aside
 from .wandb_log import wandb_image
 
 
-def meta_step(model, stages, optimizer, prompt, shift, settings, progress):
-    """One meta step: roll out the stages from fresh starts, score the final images, update.
+@dataclass(frozen=True)
+class Baker:
+    """What the bakes of one run share: the model, the style shift added to every target [D],
+    wandb logging, and progress bars (off: a batch's log file; position: the bar's line)."""
 
-    settings: size, steps, lr and cutn of the rollout; stage_reg; meta_grad ("unrolled"
-    or "none"); batch (random starts rolled out together; the meta-gradient is the mean
-    of theirs); checkpoint (rerun each stage in the backward instead of keeping it).
-    progress: the share of the bake done, which fades the stage regularizer.
-    Returns (meta loss as a float, final z [batch, 3, size, size]).
-    """
-    batch = settings.batch
-    z = render.random_start(settings.size, model.device, batch)
-    unrolled = settings.meta_grad == "unrolled"
-    with math_attention():
-        targets = prompts.shape_targets(stages, shift)
-        z = render.rollout(model, z, targets, settings, create_graph=unrolled, renormalize=True)
-        with torch.set_grad_enabled(unrolled):
-            image_losses = losses.bake_loss(model, z, prompt, settings.cutn)  # [batch]
-        regularizer = 0.0
-        if settings.stage_reg:
-            regularizer = settings.stage_reg * losses.stage_regularizer(stages, prompt.embed, progress)
-        loss = image_losses.mean() + regularizer
-        optimizer.zero_grad(set_to_none=True)
-        # Summed, each start's gradient reaches its stage boundaries exactly as if it were
-        # rolled out alone (renormalize works image by image); the mean is taken after.
-        total = image_losses.sum() + batch * regularizer
-        if total.requires_grad:
-            (total * model.loss_scale).backward()
-            if batch > 1 or model.loss_scale != 1:
-                stages.grad.div_(batch * model.loss_scale)
-    value = loss.item()
-    if not math.isfinite(value):
-        raise UserError("the meta loss became NaN: lower --meta-lr or --lr")
-    if stages.grad is not None:
-        overflowed = ~stages.grad.isfinite().all(1)
-        if overflowed.any():  # a stage whose gradient overflowed sits this step out
-            stages.grad[overflowed] = 0
-            log(f"meta-gradient overflowed for stage(s) {(overflowed.nonzero()[:, 0] + 1).tolist()}: "
-                f"not updated this step (fewer --steps per stage avoids it)")
-    optimizer.step()
-    return value, z.detach()
+    model: object  # a models.Clip
+    shift: object
+    wandb: object  # a wandb_log.WandbLog
+    bars: bool = True
+    position: int = 0
 
 
 class BakeInterrupted(Exception):
@@ -73,123 +43,124 @@ class BakeInterrupted(Exception):
         return f"interrupted: {saved}{self.rest}"
 
 
-class Reference:
-    """The stages as the reference bakes them: random vectors moved by AdamW (--meta-grad unrolled or none)."""
-
-    def __init__(self, model, prompt, shift, settings):
-        self.model, self.prompt, self.shift, self.settings = model, prompt, shift, settings
-        self.stages = torch.randn(settings.stages, model.dim, device=model.device).requires_grad_()
-        self.optimizer = torch.optim.AdamW([self.stages], lr=settings.meta_lr)
-
-    def step(self, step):
-        return meta_step(self.model, self.stages, self.optimizer, self.prompt, self.shift, self.settings,
-                         step / self.settings.meta_steps)
-
-    def current(self):
-        """(stages [S, D], learning-rate multipliers [S] or None)."""
-        return self.stages.detach(), None
-
-
-class Evolution:
-    """Stage directions and learning-rate multipliers moved by ES from the prompt (--meta-grad es)."""
-
-    def __init__(self, model, prompt, shift, settings):
-        self.model, self.prompt, self.shift, self.settings = model, prompt, shift, settings
-        self.search = es.Search(prompt.embed, settings.stages, settings.es_rank, settings.seed)
-        self.optimizer = self.search.optimizer(settings)
-
-    def step(self, step):
-        return es.meta_step(self.model, self.search, self.optimizer, self.prompt, self.shift, self.settings, step,
-                            step / self.settings.meta_steps)
-
-    def current(self):
-        return self.search.stages(), self.search.lr_scale() if self.settings.learn_lr else None
-
-
-def bake_prompt(model, prompt, shift, settings, path, out, wandb, info, position=0):
+def bake_prompt(baker, prompt, settings, path, out):
     """Bake one prompt: meta-optimize its stages, save them to path and a preview to out.
 
-    settings: a Settings (its seed is recorded); out: an output.Output; wandb: a
-    wandb_log.WandbLog; info: the preview PNG's text chunks (output.run_info).
-    With the validation gate (settings.gate_every()), what is saved is the best that the
-    gate kept. Under torchrun only the first process writes and logs.
-    Ctrl-C saves what was learned so far, marked incomplete, and raises BakeInterrupted.
-    Returns the meta-loss history.
+    settings: a Settings (its seed is recorded); out: the preview's output.Output. With the
+    validation gate, what is saved is the best that the gate kept. Under torchrun only the
+    first process writes and logs. Ctrl-C saves what was learned so far, marked incomplete,
+    and raises BakeInterrupted. Returns the meta-loss history.
     """
-    from tqdm import tqdm
-    began = time.time()
-    primary = distributed.is_primary()
-    config = settings.config()
-    learner = (Evolution if settings.meta_grad == "es" else Reference)(model, prompt, shift, settings)
-    run = wandb.start(prompt.text[:64], {**config, "prompt": prompt.text, "clip_model": model.name}) if primary else None
-    control = None
-    if run is not None:  # plain optimization toward the prompt, same total steps
+    return Bake(baker, prompt, settings, path).run(out)
+
+
+class Bake:
+    """One prompt's bake under way: its learner, its gate, its history and its wandb run."""
+
+    def __init__(self, baker, prompt, settings, path):
+        self.baker, self.prompt, self.settings, self.path = baker, prompt, settings, path
+        self.began = time.time()
+        self.primary = distributed.is_primary()
+        self.learner = learners.learner_of(settings)(baker.model, prompt, baker.shift, settings)
+        self.wandb, self.control = self.start_logging()
+        self.every = self.learner.gate(settings)
+        self.gate = gate.Gate(baker.model, prompt, baker.shift, settings) if self.every else None
+        self.history = []
+
+    def start_logging(self):
+        """The wandb run (None when not logging), and the control image logged beside the bake's:
+        plain optimization toward the prompt, the same total steps."""
+        model, settings = self.baker.model, self.settings
+        run = None
+        if self.primary:
+            run = self.baker.wandb.start(self.prompt.text[:64], {**settings.config(), "prompt": self.prompt.text,
+                                                                 "clip_model": model.name})
+        if run is None:
+            return None, None
         with rng_aside(model.device):  # a seed bakes the same stages with or without logging
             control = render.rollout(model, render.random_start(settings.size, model.device),
-                                     (prompt.embed + shift)[None],
+                                     (self.prompt.embed + self.baker.shift)[None],
                                      settings.replace(steps=settings.steps * settings.stages))
-    every = settings.gate_every()
-    validation = gate.Gate(model, prompt, shift, settings) if every else None
-    history = []
+        return run, control
 
-    def result():
+    def run(self, out):
+        """Every meta step, then the saved bake and its preview (see bake_prompt)."""
+        from tqdm import tqdm
+        bar = tqdm(range(self.settings.meta_steps), desc=self.prompt.text[:30], position=self.baker.position,
+                   leave=self.baker.position == 0, dynamic_ncols=True, disable=not (self.primary and self.baker.bars))
+        try:
+            for step in bar:
+                loss = self.step(step)
+                bar.set_postfix(loss=f"{loss:.4f}")
+        except KeyboardInterrupt:
+            if self.history:
+                self.save(complete=False)
+            raise BakeInterrupted(self.path if self.history else None) from None
+        except UserError as e:  # a NaN loss: the stages from before it are still worth keeping
+            if self.history:
+                self.save(complete=False)
+                raise UserError(f"{e} (the {len(self.history)} meta step(s) before it are saved to {self.path}, "
+                                f"marked incomplete)") from None
+            raise
+        finally:
+            bar.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+        self.save(complete=True)
+        if self.primary:
+            self.preview(out)
+        return self.history
+
+    def step(self, step):
+        """Meta step number `step`, its validation where one is due, and its wandb record; its loss."""
+        loss, z = self.learner.step(step)
+        self.history.append(loss)
+        record = {"meta_loss": loss}
+        last = step == self.settings.meta_steps - 1
+        if self.gate is not None and ((step + 1) % self.every == 0 or last):
+            stages, scale = self.learner.current()
+            kept = self.gate.offer(step, stages, scale if scale is not None else torch.ones_like(stages[:, 0]),
+                                   self.learner.settings)
+            record.update(validation_loss=self.gate.history[-1]["loss"], kept=int(kept))
+        if self.wandb is not None:
+            if step % self.baker.wandb.every == 0 or last:
+                record["baked"] = wandb_image(z, f"meta step {step}")
+                record["control"] = wandb_image(self.control, "plain optimization")
+            self.wandb.log(record, step=step)
+        return loss
+
+    def result(self):
         """What the bake has made: (stages, lr_scale or None), the gate's best where there is a gate."""
-        if validation is None:
-            return learner.current()
-        stages, scale = validation.best
-        return stages, (scale if settings.meta_grad == "es" and settings.learn_lr else None)
+        if self.gate is None:
+            return self.learner.current()
+        stages, scale = self.gate.best
+        return stages, (scale if self.learner.learns_lr(self.settings) else None)
 
-    def save(complete):
-        if not primary:
+    def save(self, complete):
+        """Write the baked file (the first process only)."""
+        if not self.primary:
             return
-        stages, scale = result()
-        baked.save_baked(path, stages=stages, prompt=prompt, clip_model=model.name, config=config,
-                         history=history, complete=complete, clip_weights=model.weights_id, lr_scale=scale,
-                         validation=validation and validation.history, seconds=time.time() - began)
+        stages, scale = self.result()
+        model = self.baker.model
+        baked.save_baked(self.path, {
+            "prompt": self.prompt.text, "prompt_type": self.prompt.kind, "prompt_embed": self.prompt.embed,
+            "clip_model": model.name, "clip_weights": model.weights_id, "stages": stages, "lr_scale": scale,
+            "config": self.settings.config(), "history": self.history, "complete": complete,
+            "validation": self.gate and self.gate.history, "seconds": time.time() - self.began})
 
-    bar = tqdm(range(settings.meta_steps), desc=prompt.text[:30], position=position, leave=position == 0,
-               dynamic_ncols=True, disable=not primary)
-    try:
-        for step in bar:
-            loss, z = learner.step(step)
-            history.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            record = {"meta_loss": loss}
-            if validation is not None and ((step + 1) % every == 0 or step == settings.meta_steps - 1):
-                stages, scale = learner.current()
-                kept = validation.offer(step, stages, scale if scale is not None else torch.ones_like(stages[:, 0]))
-                record.update(validation_loss=validation.history[-1]["loss"], kept=int(kept))
-            if run is not None:
-                if step % wandb.every == 0 or step == settings.meta_steps - 1:
-                    record["baked"] = wandb_image(z, f"meta step {step}")
-                    record["control"] = wandb_image(control, "plain optimization")
-                run.log(record, step=step)
-    except KeyboardInterrupt:
-        if history:
-            save(complete=False)
-        raise BakeInterrupted(path if history else None) from None
-    except UserError as e:  # a NaN loss: the stages from before it are still worth keeping
-        if history:
-            save(complete=False)
-            raise UserError(f"{e} (the {len(history)} meta step(s) before it are saved to {path}, "
-                            f"marked incomplete)") from None
-        raise
-    finally:
-        bar.close()
-        if run is not None:
-            run.finish()
-    save(complete=True)
-    if not primary:
-        return history
-    stages, scale = result()
-    start = render.random_start(settings.size, model.device)
-    progress = output.Progress.of(out, settings, settings.stages, start)
-    try:
-        z = render.rollout(model, start, prompts.shape_targets(stages, shift), settings, lr_scale=scale,
-                           callback=progress and (lambda stage, step, loss, z: progress.step(stage, step, z)))
-    except KeyboardInterrupt:
-        raise BakeInterrupted(path, complete=True) from None
-    if progress is not None:
-        progress.save()
-    output.save_image(out.path, z, out.save_size, {**info, "baked_file": str(path)})
-    return history
+    def preview(self, out):
+        """Replay the saved bake from a fresh start into out's PNG."""
+        model, settings = self.baker.model, self.settings
+        stages, scale = self.result()
+        start = render.random_start(settings.size, model.device)
+        progress = output.Progress.of(out, settings, settings.stages, start)
+        try:
+            z = render.rollout(model, start, prompts.shape_targets(stages, self.baker.shift), settings,
+                               callback=progress and (lambda stage, step, loss, z: progress.step(stage, step, z)),
+                               lr_scale=scale)
+        except KeyboardInterrupt:
+            raise BakeInterrupted(self.path, complete=True) from None
+        if progress is not None:
+            progress.save()
+        out.save(z, settings, model.device, prompt=self.prompt.text, baked_file=str(self.path),
+                 meta_grad=settings.meta_grad, loss=self.history[-1])

@@ -1,25 +1,15 @@
 """Baking a list of prompts: sharding it among processes, resuming, and isolating failures."""
 
-import argparse
+import dataclasses
 import os
+import sys
 import time
 
 import torch
 
-from . import baked, baking, output, prompts
-from .errors import UserError, out_of_memory_message
+from . import baked, baking, prompts
+from .errors import UserError, log, out_of_memory_message
 from .randomness import seed_everything
-
-
-def shard_arg(text):
-    """--shard: 'I/N' -> (I, N) with 0 <= I < N."""
-    try:
-        i, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not I/N (e.g. 0/4)") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"{text!r}: I/N needs 0 <= I < N (e.g. 0/4)")
-    return i, n
 
 
 def env_int(env, name):
@@ -75,38 +65,40 @@ def failure_reason(error):
     return out_of_memory_message(error) or f"{type(error).__name__}: {error}"
 
 
-def bake_list(model, settings, shift, texts, paths, mine, wandb, save_size, info, force=False, fail_fast=False):
-    """Bake the prompts texts[i] for i in mine into paths[i], a preview PNG beside each.
+def bake_list(baker, settings, jobs, out, force=False, fail_fast=False, same_seed=False):
+    """Bake each (i, text, path) of jobs into path, a preview PNG beside it (out: the
+    previews' output.Output, its path aside).
 
-    Each bake's seed is settings.seed + i (i: its place in the whole list), so it does
-    not depend on which shard bakes it. A prompt whose complete bake with these settings
-    is there already is skipped (unless force); one that fails is reported and the others
-    go on (unless fail_fast). save_size: the preview's side; info(settings, text): its
-    PNG text chunks. Returns (baked, skipped, failed),
-    failed as (text, reason) pairs. Ctrl-C raises BakeInterrupted, saying what is left.
+    Bake i's seed is settings.seed + i (i: its place in the whole list), so that it does not
+    depend on which shard bakes it. A prompt whose complete bake with these settings is
+    there already is skipped (unless force; with same_seed, only one of the same seed); one
+    whose file was made otherwise is baked again, saying why; one that fails is reported and
+    the others go on (unless fail_fast). Progress bars only on a terminal: in a log file, one
+    line a prompt. Returns (baked, skipped, failed), failed as (text, reason) pairs. Ctrl-C
+    raises BakeInterrupted, saying what is left.
     """
     from tqdm import tqdm
+    bars = baker.bars and sys.stderr.isatty()
+    baker = dataclasses.replace(baker, bars=bars, position=1)
     done, skipped, failed = [], [], []
-    bar = tqdm(mine, desc="prompts", position=0, dynamic_ncols=True)
-    for i in bar:
-        text, path = texts[i], paths[i]
+    bar = tqdm(jobs, desc="prompts", position=0, dynamic_ncols=True, disable=not bars)
+    for i, text, path in bar:
         bar.set_postfix_str(text[:40])
-        for stale in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.stem}.png.*.tmp")]:
-            stale.unlink(missing_ok=True)  # left by a run killed mid-write (this shard alone writes path)
+        for partial in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.stem}.png.*.tmp")]:
+            partial.unlink(missing_ok=True)  # left by a run killed mid-write (this shard alone writes path)
         own = settings.replace(seed=settings.seed + i)
-        if not force and baked.already_baked(path, text, own, model):
+        if not force and not stale(baker.model, own, text, path, same_seed):
             skipped.append(text)
             continue
         seed_everything(own.seed, announce=False)  # recorded in the baked file
         began = time.time()
         try:
-            prompt = prompts.load_prompt(model, text)
-            preview = output.Output(str(path.with_suffix(".png")), save_size)
-            history = baking.bake_prompt(model, prompt, shift, own, path, preview, wandb, info(own, text), position=1)
+            prompt = prompts.load_prompt(baker.model, text)
+            history = baking.bake_prompt(baker, prompt, own, path, out.at(path.with_suffix(".png")))
         except baking.BakeInterrupted as stop:
             bar.close()
-            left = len(mine) - len(done) - len(skipped) - len(failed) - 1
-            stop.rest = f"; {left} prompt(s) not started (run again to go on)"
+            stop.rest = f"; {len(jobs) - len(done) - len(skipped) - len(failed) - 1} prompt(s) not started " \
+                        f"(run again to go on)"
             raise
         except Exception as e:  # one prompt's failure must not cost the rest of the night
             if torch.cuda.is_available():
@@ -120,3 +112,11 @@ def bake_list(model, settings, shift, texts, paths, mine, wandb, save_size, info
         bar.write(f"baked {text!r} in {time.time() - began:.0f} s, final meta loss {history[-1]:.4f} -> {path}")
     bar.close()
     return done, skipped, failed
+
+
+def stale(model, settings, text, path, same_seed=False):
+    """Whether a prompt must be baked (again) into path; a file there made otherwise is named, with why."""
+    reason = baked.stale_reason(path, text, settings, model, same_seed)
+    if reason is not None and path.is_file():
+        log(f"baking {text!r} again: {path} is {reason}")
+    return reason is not None

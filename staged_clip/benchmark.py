@@ -1,7 +1,8 @@
-"""Timing the renderer and the bake: inner steps (ours and the reference's design), rollouts, meta steps, memory."""
+"""Timing the renderer and the bake: inner steps (ours and the original's design), rollouts, meta steps, memory."""
 
 import contextlib
 import math
+from dataclasses import dataclass
 import platform
 import random
 import statistics
@@ -10,8 +11,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import baking, distributed, es, losses, models, params, prompts, render
-from .settings import SCRIPT_DEFAULTS, Settings
+from . import distributed, es, learners, losses, models, prompts, render
+from .memory import Memory, return_freed_memory
+from .settings import PARAMS, SCRIPT_DEFAULTS, Settings
 
 DEFAULTS = Settings()  # the default bake, which the bake row projects to
 
@@ -32,74 +34,6 @@ class Clock:
         work()
         self.sync()
         return time.perf_counter() - start
-
-
-class Memory:
-    """Peak memory of a block: CUDA's allocator peak, or the process's resident peak on a CPU."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def measure(self, work):
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            before = torch.cuda.memory_allocated(self.device)
-            work()
-            return torch.cuda.max_memory_allocated(self.device) - before
-        trim_heap()
-        before = proc_status("VmRSS")
-        if before is None or not reset_peak_rss():
-            work()
-            return None
-        work()
-        return proc_status("VmHWM") - before
-
-
-def return_freed_memory():
-    """Make glibc hand large freed blocks back to the system, so resident size tracks use.
-
-    By default glibc raises its mmap threshold as blocks are freed and then keeps freed
-    tensors' memory in its heap: a peak measured by resident size would miss new use.
-    The setting lasts for the process, so only bench.py run as a script asks for it.
-    """
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD: fixed, 256 KiB
-        libc.malloc_trim(0)  # and give back what the heap holds free now
-    except (OSError, AttributeError):
-        pass
-
-
-def trim_heap():
-    """Hand the heap's free memory back to the system (glibc), so that a block's new use shows as growth."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def proc_status(field):
-    """A field of /proc/self/status in bytes, or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak_rss():
-    try:  # Linux: writing 5 resets the process's peak resident size to its current one
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def target_for(model):
@@ -131,7 +65,7 @@ def time_inner_step(model, clock, settings, repeat, warmup, batch=1):
 
 
 def reference_cutouts(image, side, cutn):
-    """The reference's cutouts: decided on the host and made one at a time."""
+    """The original's cutouts: decided on the host and made one at a time."""
     if cutn == 1:
         if random.random() < 0.5:
             image = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False)
@@ -161,7 +95,7 @@ def reference_cutouts(image, side, cutn):
 
 
 def time_reference_step(model, clock, size, cutn, repeat, warmup, precision=None):
-    """Seconds per step of the reference's design: weights get gradients, eager, .item() each step.
+    """Seconds per step of the original's design: weights get gradients, eager, .item() each step.
 
     precision: its image tower's (default: the model's, so that only the design differs).
     """
@@ -171,9 +105,9 @@ def time_reference_step(model, clock, size, cutn, repeat, warmup, precision=None
     model.set_precision(precision or ours)
     net.requires_grad_(True)
     patch = net.visual.conv1
-    if isinstance(patch, models.PatchEmbedding):  # the reference's own convolution and attention kernel
+    if isinstance(patch, models.PatchEmbedding):  # the original's own convolution and attention kernel
         net.visual.conv1 = patch.as_conv()
-    cast = (torch.autocast(model.device.type, dtype=models.PRECISIONS[model.precision])
+    cast = (torch.autocast(model.device.type, dtype=models.DTYPES[model.precision])
             if model.precision != "fp32" else contextlib.nullcontext())
     z = render.random_start(size, model.device).requires_grad_()
     optimizer = torch.optim.AdamW([z], lr=DEFAULTS.lr)  # only z: CLIP's gradients pile up, as there
@@ -181,7 +115,7 @@ def time_reference_step(model, clock, size, cutn, repeat, warmup, precision=None
     def steps(n, tick=None):
         for _ in range(n):
             optimizer.zero_grad()
-            cuts = reference_cutouts(z, model.size, cutn)  # the reference feeds raw z to CLIP
+            cuts = reference_cutouts(z, model.size, cutn)  # the original feeds raw z to CLIP
             with cast:
                 embeds = F.normalize(net.encode_image(cuts).float(), dim=-1)
             loss = (losses.spherical_distance(embeds, target).mean()
@@ -189,7 +123,7 @@ def time_reference_step(model, clock, size, cutn, repeat, warmup, precision=None
                     + losses.STD_WEIGHT * (z.std() - 1).pow(2))
             loss.backward()
             optimizer.step()
-            loss.item()  # the reference shows the loss every step
+            loss.item()  # the original shows the loss every step
             if tick is not None:
                 tick()
 
@@ -212,8 +146,8 @@ def time_unrolled_step(model, clock, settings):
     def run(n):
         with models.math_attention():
             z = render.random_start(settings.size, model.device, settings.batch).requires_grad_()
-            z = render.rollout(model, z, prompts.shape_targets(stages, shift), settings.replace(steps=n,
-                               checkpoint=False), create_graph=True)
+            z = render.differentiable_rollout(model, z, prompts.shape_targets(stages, shift),
+                                              settings.replace(steps=n, checkpoint=False))
             losses.bake_loss(model, z, prompts.Prompt("", "text", F.normalize(stages[0].detach(), dim=-1)),
                              settings.cutn).sum().backward()
 
@@ -235,7 +169,7 @@ def time_meta_step(model, clock, memory, settings, tune_malloc=False):
     shift = prompts.style_shift(model)
 
     def step():
-        baking.meta_step(model, stages, optimizer, prompt, shift, settings, 0.0)
+        learners.meta_step(model, stages, optimizer, prompt, shift, settings, 0.0, differentiate=True)
 
     step()  # warm: kernels chosen, caches filled
     seconds = clock.time(step)
@@ -286,41 +220,69 @@ def gib(n):
     return None if n is None else n / 2**30
 
 
-def measure(model, settings, repeat, warmup, reference=False, reference_precision=None, tune_malloc=False,
-            inner_only=False):
-    """The benchmark's rows, one at a time: dicts of what (a label), ms, note and extras.
+def row(what, seconds, note="", **extra):
+    """One row of the benchmark: what (a label), ms, a note, and extras."""
+    return {"what": what, "ms": seconds * 1000, "note": note, **extra}
 
-    Inner steps at each script's defaults (with the reference design's beside them when
-    asked), a batch row when settings.batch > 1, a normal.py run, a rollout, an unrolled
-    step, a meta step with its peak memory, and the default bake projected from it
-    (inner_only: the inner steps alone).
+
+@dataclass(frozen=True)
+class Options:
+    """How to measure: timed inner steps per row (their median is shown), untimed ones before
+    each row, the original's design timed beside ours (at reference_precision; None: the
+    model's), glibc told to return freed memory (a CPU's peak needs it), the inner steps only."""
+
+    repeat: int = 20
+    warmup: int = 3
+    reference: bool = False
+    reference_precision: str = None
+    tune_malloc: bool = False
+    inner_only: bool = False
+
+
+def measure(model, settings, options):
+    """The benchmark's rows, one at a time (row's dicts).
+
+    Inner steps at each script's defaults (with the original design's beside them where
+    asked) and per parametrization; then (unless options.inner_only) a batch row when
+    settings.batch > 1, a normal.py run, a rollout, an unrolled step, a meta step with its
+    peak memory and the default bake projected from it, and the same for an ES bake.
     """
     clock, memory = Clock(model.device), Memory(model.device)
-
-    def row(what, seconds, note="", **extra):
-        return {"what": what, "ms": seconds * 1000, "note": note, **extra}
-
     inner = {}  # seconds per inner step, by script
+    yield from inner_rows(model, settings, options, clock, inner)
+    if options.inner_only:
+        return
+    yield from rollout_rows(model, settings, options, clock, inner)
+    yield from unrolled_rows(model, settings, options, clock, memory)
+    yield from es_rows(model, settings, options, clock, memory)
+
+
+def inner_rows(model, settings, options, clock, inner):
+    """Rows of inner steps: at each script's defaults (recording each in inner), then per parametrization."""
     for script, defaults in SCRIPT_DEFAULTS.items():
         size, cutn = defaults["size"], defaults["cutn"]
-        ours = inner[script] = time_inner_step(model, clock, settings.replace(size=size, cutn=cutn), repeat, warmup)
+        ours = inner[script] = time_inner_step(model, clock, settings.replace(size=size, cutn=cutn), options.repeat,
+                                               options.warmup)
         note, extra = "", {}
-        if reference:
-            theirs = time_reference_step(model, clock, size, cutn, repeat, warmup, reference_precision)
-            note = f"reference design {theirs * 1000:.1f} ms: {theirs / ours:.1f}x faster"
+        if options.reference:
+            theirs = time_reference_step(model, clock, size, cutn, options.repeat, options.warmup,
+                                         options.reference_precision)
+            note = f"the original's design {theirs * 1000:.1f} ms: {theirs / ours:.1f}x faster"
             extra = {"reference_ms": theirs * 1000, "speedup": theirs / ours}
         yield row(f"inner step, {script} ({size} px, cutn {cutn}, batch 1)", ours, note, **extra)
     size, cutn = SCRIPT_DEFAULTS["bake.py"]["size"], SCRIPT_DEFAULTS["bake.py"]["cutn"]
     at_bake = settings.replace(size=size, cutn=cutn)
-    rgb = time_inner_step(model, clock, at_bake.replace(param="rgb"), repeat, warmup)  # timed beside the others
-    for param in params.PARAMS[1:]:
-        seconds = time_inner_step(model, clock, at_bake.replace(param=param), repeat, warmup)
+    rgb = time_inner_step(model, clock, at_bake.replace(param="rgb"), options.repeat, options.warmup)  # beside them
+    for param in PARAMS[1:]:
+        seconds = time_inner_step(model, clock, at_bake.replace(param=param), options.repeat, options.warmup)
         yield row(f"inner step, bake.py ({size} px, cutn {cutn}), --param {param}", seconds,
                   f"{seconds / rgb:.2f}x rgb's {rgb * 1000:.1f} ms", rgb_ms=rgb * 1000)
-    if inner_only:
-        return
+
+
+def rollout_rows(model, settings, options, clock, inner):
+    """Rows of a batch's inner step (where settings.batch > 1), a normal.py run and a rollout."""
     if settings.batch > 1:
-        seconds = time_inner_step(model, clock, settings, repeat, warmup, settings.batch)
+        seconds = time_inner_step(model, clock, settings, options.repeat, options.warmup, settings.batch)
         yield row(f"inner step, {settings.size} px, cutn {settings.cutn}, batch {settings.batch}", seconds,
                   f"{seconds * 1000 / settings.batch:.1f} ms per start")
     normal = settings.replace(**SCRIPT_DEFAULTS["normal.py"])
@@ -336,10 +298,15 @@ def measure(model, settings, repeat, warmup, reference=False, reference_precisio
                                                 target_for(model).expand(settings.stages, -1), settings))
     yield row(f"rollout, {settings.stages} stages x {settings.steps} steps ({settings.size} px, cutn {settings.cutn})",
               seconds)
+
+
+def unrolled_rows(model, settings, options, clock, memory):
+    """Rows of an unrolled inner step, an unrolled meta step and its peak memory, and the default
+    unrolled bake projected from it."""
     unrolled = time_unrolled_step(model, clock, settings)
     yield row(f"unrolled inner step ({settings.size} px, cutn {settings.cutn}, batch {settings.batch}), with backward",
               unrolled)
-    meta, peak = time_meta_step(model, clock, memory, settings.replace(meta_grad="unrolled"), tune_malloc)
+    meta, peak = time_meta_step(model, clock, memory, settings.replace(meta_grad="unrolled"), options.tune_malloc)
     how = f"batch {settings.batch}" + (", checkpointed" if settings.checkpoint else "")
     yield row(f"meta step, {settings.stages} x {settings.steps} unrolled ({how})", meta,
               f"peak memory {gib(peak):.2f} GiB" if peak is not None else "peak memory not measurable here",
@@ -354,18 +321,24 @@ def measure(model, settings, repeat, warmup, reference=False, reference_precisio
         projected["peak_gib_projected"] = gib(peak) * held
         projected["peak_note"] = f"= meta step's peak x {held:g} (the steps held at once; an upper bound)"
     yield projected
+
+
+def es_rows(model, settings, options, clock, memory):
+    """Rows of an ES meta step with its peak memory beside a plain rollout's, and the default ES
+    bake projected from it with its validations."""
     es_settings = settings.replace(meta_grad="es")
-    seconds, peak, batch_peak = time_es_meta_step(model, clock, memory, es_settings, tune_malloc)
+    seconds, peak, batch_peak = time_es_meta_step(model, clock, memory, es_settings, options.tune_malloc)
     pairs = len(distributed.chunks(es_settings.population, es_settings.es_chunk)[0])
     note = (f"peak memory {gib(peak):.2f} GiB, {peak / batch_peak:.1f}x a plain rollout of {2 * pairs} images "
             f"({gib(batch_peak):.2f} GiB)" if peak is not None and batch_peak else "peak memory not measurable here")
     yield row(f"ES meta step, {settings.stages} x {settings.steps}, {es_settings.population} pairs "
               f"(batches of {2 * pairs})", seconds, note, peak_gib=gib(peak), batch_peak_gib=gib(batch_peak))
     # a validation rolls out validation_starts images where a meta step rolls out 2 x population
-    gate_every = es_settings.gate_every()
+    gate_every = learners.learner_of(es_settings).gate(es_settings)
     validations = 1 + settings.meta_steps // gate_every if gate_every else 0
     per_validation = es_settings.validation_starts / (2 * es_settings.population)
     total = settings.meta_steps + validations * per_validation
+    scale = DEFAULTS.stages * DEFAULTS.steps / (settings.stages * settings.steps)
     yield row(f"ES bake, {settings.meta_steps} meta steps of {DEFAULTS.stages} x {DEFAULTS.steps}"
               + (" (projected)" if scale != 1 else ""), seconds * scale * total,
               f"= ES meta step x {scale:g} x ({settings.meta_steps} + {validations} validations x "

@@ -16,15 +16,12 @@ import torch.nn.functional as F
 from . import es, losses, prompts, render
 from .models import math_attention
 
-SIGMAS = (0.0, 0.001, 0.01, 0.05, 0.15, 0.5)
-
-
 def generators(seed, n, device, tag="chaos"):
     """n generators, one per start, the same for every sigma (so rows differ only in sigma)."""
     return [torch.Generator(device=device).manual_seed(es.mix_seed(seed, tag, j)) for j in range(n)]
 
 
-def loss_differences(model, prompt, shift, settings, sigmas=SIGMAS, pairs=8, seed=0):
+def loss_differences(model, prompt, shift, settings, sigmas, pairs=8, seed=0):
     """For each sigma: the mean |L(stages + sigma u) - L(stages - sigma u)| over pairs, where each
     pair shares its start and cutouts, the stages sit on the prompt and u turns each stage by
     sigma radians in a random direction; and, once, the spread (standard deviation) of L
@@ -70,8 +67,8 @@ def unrolled_agreement(model, prompt, shift, settings, starts=4, seed=0):
         stages = prompt.embed.detach().expand(settings.stages, -1).clone().requires_grad_()
         with math_attention(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(es.mix_seed(seed, "draws", j))  # the cutouts of this start
-            z = render.rollout(model, z0[None], prompts.shape_targets(stages, shift), settings, create_graph=True,
-                               renormalize=True)
+            z = render.differentiable_rollout(model, z0[None], prompts.shape_targets(stages, shift), settings,
+                                              renormalize=True)
             losses.bake_loss(model, z, prompt, settings.cutn).sum().backward()
         grads.append(stages.grad.detach())
     return cosines(torch.stack(grads))
@@ -92,7 +89,7 @@ def es_agreement(model, prompt, shift, settings, pairs=8, estimates=2, seed=0):
             cosines(torch.stack([lr for _, lr in found])[:, None]))
 
 
-def probe(model, prompt, shift, settings, sigmas=SIGMAS, pairs=8, seed=0):
+def probe(model, prompt, shift, settings, sigmas, pairs=8, seed=0):
     """Everything above for one prompt and renderer setting, as a dict."""
     differences, spread, loss = loss_differences(model, prompt, shift, settings, sigmas, pairs, seed)
     stages, lr = es_agreement(model, prompt, shift, settings.replace(learn_stages=True, learn_lr=True), pairs,
@@ -101,6 +98,16 @@ def probe(model, prompt, shift, settings, sigmas=SIGMAS, pairs=8, seed=0):
             "pixel_gradient": pixel_gradient(model, prompt, shift, settings, seed),
             "unrolled_agreement": unrolled_agreement(model, prompt, shift, settings, seed=seed),
             "es_agreement_stages": stages, "es_agreement_lr": lr}
+
+
+def probe_all(model, shift, settings, texts, sigmas, pairs=8):
+    """The probe on each prompt: (the JSON's result, the markdown table)."""
+    rows = []
+    for text in texts:
+        rows.append(probe(model, prompts.load_prompt(model, text), shift, settings, sigmas, pairs, settings.seed))
+        print(f"probed {text!r}", flush=True)
+    table, mean = markdown(rows, sigmas, settings)
+    return {"settings": settings.config(), "rows": rows, "mean": mean}, table
 
 
 def markdown(rows, sigmas, settings):

@@ -86,10 +86,6 @@ class Search:
         return torch.optim.Adam([{"params": [self.coef], "lr": settings.es_lr * settings.sigma / math.sqrt(self.rank)},
                                  {"params": [self.log_lr], "lr": settings.es_lr * settings.lr_sigma}])
 
-    def state(self):
-        """A copy of what is learned: (coef, log_lr)."""
-        return self.coef.detach().clone(), self.log_lr.detach().clone()
-
 
 def replay_losses(model, generators, targets, settings, prompt, lr_scale=None, repeat=1):
     """The bake's loss of the final images of rollouts from seeded starts: (losses [repeat * n], images).
@@ -148,18 +144,18 @@ def estimate(diff, eps_c, eps_l, settings):
 
 def population_losses(model, search, eps_c, eps_l, prompt, shift, settings, step):
     """L+ and L- of every pair of meta step `step`, this process rolling out its chunks:
-    ([n, 2] in every process, one final image of this process's).
+    ([n, 2] in every process, one final image of this process's, the settings to go on with).
 
-    Out of GPU memory, the chunks are halved until they fit (saying so once; --es-chunk
-    sets them for the next run).
+    Out of GPU memory, the chunks are halved until they fit (saying so once); the settings
+    come back with that smaller es_chunk, for the bake's later meta steps (--es-chunk sets
+    it for the next run).
     """
     n = settings.population
     values = torch.full((n, 2), float("nan"), device=model.device)
     mine, image = [], None
-    size = settings.es_chunk
     while True:
         try:
-            for chunk in distributed.chunks(n, size):
+            for chunk in distributed.chunks(n, settings.es_chunk):
                 chunk = [j for j in chunk if j not in mine]  # after a halving, what is left
                 if not chunk:
                     continue
@@ -172,25 +168,25 @@ def population_losses(model, search, eps_c, eps_l, prompt, shift, settings, step
                 image = z if image is None else image
             break
         except torch.OutOfMemoryError:
-            done = len(distributed.chunks(n, size)[0])
+            done = len(distributed.chunks(n, settings.es_chunk)[0])
             if done == 1:
                 raise
-            size = max(1, done // 2)
+            settings = settings.replace(es_chunk=max(1, done // 2))
             torch.cuda.empty_cache()
-            log(f"out of GPU memory rolling out {done} pairs at once: {size} at a time from now "
-                f"(--es-chunk {size} sets it)")
-            settings.es_chunk = size  # for the bake's later meta steps too
-    return distributed.gather(values, mine), image
+            log(f"out of GPU memory rolling out {done} pairs at once: {settings.es_chunk} at a time from now "
+                f"(--es-chunk {settings.es_chunk} sets it)")
+    return distributed.gather(values, mine), image, settings
 
 
 def meta_step(model, search, optimizer, prompt, shift, settings, step, progress):
     """One ES meta step: roll out the population, estimate the gradient, update the search.
 
     The fading 'stay near the prompt' term's gradient is exact (autograd), added to the
-    estimate. Returns (meta loss: the pairs' mean loss plus that term, a final image).
+    estimate. Returns (meta loss: the pairs' mean loss plus that term, a final image, the
+    settings to go on with: see population_losses).
     """
     eps_c, eps_l = search.perturbations(settings.population, settings.seed, step, settings)
-    values, image = population_losses(model, search, eps_c, eps_l, prompt, shift, settings, step)
+    values, image, settings = population_losses(model, search, eps_c, eps_l, prompt, shift, settings, step)
     found = estimate(values[:, 0] - values[:, 1], eps_c, eps_l, settings)
     if found is None:
         raise UserError("every pair's loss was NaN: lower --lr or --sigma")
@@ -204,4 +200,4 @@ def meta_step(model, search, optimizer, prompt, shift, settings, step, progress)
     search.log_lr.grad = grad_l
     optimizer.step()
     finite = values[torch.isfinite(values).all(1)]
-    return float(finite.mean() + regularizer.detach()), image
+    return float(finite.mean() + regularizer.detach()), image, settings

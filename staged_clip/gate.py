@@ -41,11 +41,14 @@ class Gate:
             mine += chunk
         return distributed.gather(values, mine)
 
-    def offer(self, step, stages, lr_scale):
+    def offer(self, step, stages, lr_scale, settings=None):
         """Replay a candidate; keep it as the best where its mean loss over the starts is lower.
 
-        A candidate whose replay is not finite is never kept. Returns whether it was kept.
+        A candidate whose replay is not finite is never kept. settings: the bake's now, where
+        they changed (an ES bake lowers es_chunk where memory runs out). Returns whether it was kept.
         """
+        if settings is not None:
+            self.settings = settings
         stages, lr_scale = stages.detach().clone(), lr_scale.detach().clone()
         found = self.losses(stages, lr_scale)
         kept = bool(torch.isfinite(found).all() and found.mean() < self.best_losses.mean())

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from clip.model import CLIP, build_model
 
 from .errors import UserError, log
+from .settings import DEFAULT_CLIP_MODEL
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_CLIP_MODEL = "ViT-B/32"
 DOWNLOAD_TIMEOUT = 20  # seconds; without a network the download must fail fast, not hang
 # Architectures for "random:NAME": the real shapes with random weights, built offline.
 # (embed_dim, image_resolution, vision_layers, vision_width, patch, context, vocab,
@@ -29,7 +29,7 @@ RANDOM_ARCHS = {
     "ViT-B/16": (512, 224, 12, 768, 16, 77, 49408, 512, 8, 12),
     "ViT-L/14": (768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
 }
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # of settings.PRECISIONS
 # Small CLIPs trained on a drawn world of coloured shapes (the toy package), shipped for offline use.
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 TOY_MODELS = {name: MODELS_DIR / f"{name}.pt" for name in ("toy", "toy-scorer")}
@@ -162,17 +162,17 @@ class Clip:
         """Run the image tower in fp32, fp16 or bf16 (a UserError where the device cannot)."""
         if name != "fp32":
             try:
-                with warnings.catch_warnings(), torch.autocast(self.device.type, dtype=PRECISIONS[name]):
+                with warnings.catch_warnings(), torch.autocast(self.device.type, dtype=DTYPES[name]):
                     warnings.simplefilter("ignore")  # autocast warns, and turns itself off, where unsupported
                     dtype = (torch.ones(2, 2, device=self.device) @ torch.ones(2, 2, device=self.device)).dtype
             except (RuntimeError, ValueError, AssertionError) as e:
                 raise UserError(f"--precision {name} is not supported on {self.device.type} "
                                 f"({str(e).splitlines()[0][:60]}): use --precision fp32") from None
-            if dtype != PRECISIONS[name]:
+            if dtype != DTYPES[name]:
                 raise UserError(f"--precision {name} is not supported on {self.device.type} "
                                 f"(autocast gave {dtype}): use --precision fp32")
             if name not in self._towers:  # the first time only
-                self._towers[name] = stored_in(self.model.visual, PRECISIONS[name])
+                self._towers[name] = stored_in(self.model.visual, DTYPES[name])
                 flags = cpu_flags() if self.device.type == "cpu" else None
                 if flags is not None and not flags.intersection(NATIVE_FLAGS[name]):
                     log(f"note: this CPU has no {name} instructions ({' or '.join(NATIVE_FLAGS[name])}), so "
@@ -219,7 +219,7 @@ class Clip:
             yield
             return
         with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]))
+            stack.enter_context(torch.autocast(self.device.type, dtype=DTYPES[self.precision]))
             if self.device.type == "cpu":
                 stack.enter_context(math_attention())
             yield

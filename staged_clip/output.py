@@ -1,18 +1,26 @@
 """What a run writes: atomic files, the pixel-art PNG that records its making, and progress frames."""
 
+import dataclasses
+import functools
 import json
 import os
+import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
 from .errors import UserError, log
 from .losses import to_image
+from .settings import SAVE_SIZE
 
-SAVE_SIZE = 512
 QUANT_LEVELS = 16
+ROOT = Path(__file__).resolve().parent.parent  # the project's folder, whose commit a run records
+# the settings a PNG records as the run used them, where the user left them to be chosen or read from a bake
+USED = ("seed", "threads", "lr", "inner_eps", "carry_moments", "param", "pyramid_levels")
 
 
 def atomic_write(path, write):
@@ -97,32 +105,56 @@ def save_image(path, z, save_size, info):
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", pnginfo=meta))
 
 
-def run_info(script, args, settings, device, **extra):
-    """What a PNG records about its making: script, prompt, seed, model and every setting.
+@functools.cache
+def commit():
+    """The project's git commit (with -dirty where tracked files changed), or "unknown"."""
+    def git(*words):
+        return subprocess.run(["git", "-C", str(ROOT), *words], capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0:
+            return "unknown"
+        dirty = git("diff", "--quiet", "HEAD").returncode == 1
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
-    The seed, device, thread count and renderer (learning rate, Adam's eps and moments, the
-    parametrization) are the ones used, also where the user left them to be chosen or to
-    be read from a bake.
-    """
-    used = {"seed": settings.seed, "device": str(device), "threads": settings.threads,
-            **{k: getattr(settings, k) for k in ("lr", "inner_eps", "carry_moments", "param", "pyramid_levels")}}
-    flags = {k: v for k, v in vars(args).items() if k != "out"}
-    return {"software": f"staged-clip {script}", "seed": str(settings.seed), "clip_model": args.clip_model,
-            "settings": {**flags, **{k: v for k, v in used.items() if k in flags}}, **extra}
+
+def provenance():
+    """What a result's pixels depend on beyond its settings: the torch version and the project's commit."""
+    return {"torch": str(torch.__version__), "commit": commit()}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Output:
-    """Where a run's image goes: the PNG, its side, and --save-progress (None: off)."""
+    """Where a run's image goes and what its PNG records: the path (None: the script decides),
+    its side, --save-progress (None: off), the script, its parsed flags (without --out), and
+    when the run began."""
 
-    path: str
+    path: str = None
     save_size: int = SAVE_SIZE
     save_progress: int = None
+    script: str = None
+    flags: dict = dataclasses.field(default_factory=dict)
+    began: float = dataclasses.field(default_factory=time.time)
 
-    @classmethod
-    def from_args(cls, args, path=None):
-        """The output a script's flags ask for (path: another PNG than --out)."""
-        return cls(path if path is not None else args.out, args.save_size, getattr(args, "save_progress", None))
+    def at(self, path):
+        """This output, for another image (a bake's preview), without progress frames."""
+        return dataclasses.replace(self, path=str(path), save_progress=None)
+
+    def record(self, settings, device, **extra):
+        """What a PNG records about its making: the script, prompt, seed, model and every setting
+        (as used, where the user left one to be chosen or read from a bake), the torch version,
+        the project's commit and the seconds since the run began; extra: more text chunks."""
+        used = {"device": str(device), **{k: getattr(settings, k) for k in USED}}
+        return {"software": f"staged-clip {self.script}", "seed": str(settings.seed),
+                "clip_model": self.flags.get("clip_model"),
+                "settings": {**self.flags, **{k: v for k, v in used.items() if k in self.flags}}, **extra,
+                **provenance(), "seconds": round(time.time() - self.began, 1)}
+
+    def save(self, z, settings, device, **extra):
+        """Save z as this output's PNG, recording its making (record)."""
+        save_image(self.path, z, self.save_size, self.record(settings, device, **extra))
 
 
 class Progress:

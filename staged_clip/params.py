@@ -17,14 +17,11 @@ inside decode (Adam's step does not depend on its gradient's scale, so a factor 
 level moves that level's share of the image w times as far a step).
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-
-PARAMS = ("rgb", "pyramid", "fourier")
+from .settings import PARAMS
 SMALLEST_LEVEL = 4  # px: the pyramid's coarsest level is no smaller
 
 # The square root of the colour correlation of natural images (Lucid's, from ImageNet):
@@ -124,7 +121,7 @@ class Fourier:
 
 def of(settings, size, device=None):
     """The parametrization settings ask for at this image side: None for rgb (pixels as they are)."""
-    param = getattr(settings, "param", "rgb")
+    param = settings.param
     if param == "rgb":
         return None
     check(param, size, settings.pyramid_levels)

@@ -2,19 +2,21 @@
 
 import math
 import os
+import re
 from pathlib import Path
 
 import clip
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from .errors import UserError, log
+from .settings import Settings
 
-STYLE_TEXT = "#pixelart simplistic 8-bit sprite art"
-NEGATIVE_TEXT = "text, graffitti, words"
 STYLE_WEIGHT = 0.5
 NEGATIVE_WEIGHT = 0.5
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+COLON = re.compile(r"(?<!\\):")  # a colon that starts a weight: any but an escaped one, \:
+COLON_HINT = "a number after a colon is a weight; write \\: for a colon in the text"
 
 
 def embed_texts(model, texts):
@@ -56,32 +58,63 @@ def load_image(path, side):
     return TF.to_tensor(im).unsqueeze(0)  # [1, 3, side, side]
 
 
-def parse_prompt(text):
-    """Split "a red apple | green:0.5 | text:-1" into [(text, weight), ...].
+def parse_parts(text):
+    """Split "a red apple | green:0.5 | text:-1" into [(text, weight, weight given?), ...].
 
-    A weight is read from the right of each part, so a colon inside the text survives:
-    "a clock: noon" is one part of weight 1, "photo: x:2" is ("photo: x", 2.0). Only a
-    number after the last colon is a weight: "time: 12:30" is ("time: 12", 30.0).
+    A part's weight is the number after its last colon: "photo: x:2" is ("photo: x", 2.0), and
+    "time: 12:30" is ("time: 12", 30.0). A colon followed by a space ("a clock: noon") or
+    escaped ("12\\:30") is text. Anything else after a colon is refused, as is an empty prompt.
     """
     parts = []
     for part in text.split("|"):
-        body, sep, tail = part.rpartition(":")
-        weight = 1.0
-        if sep:
+        colons = list(COLON.finditer(part))
+        weight, given = 1.0, bool(colons)
+        if colons:
+            body, tail = part[:colons[-1].start()], part[colons[-1].end():]
             try:
                 weight = float(tail)
                 part = body
             except ValueError:
-                pass
+                if not tail[:1].isspace() or not tail.strip():
+                    raise UserError(f"{tail.strip()!r} after the colon in {part.strip()!r} is not a weight "
+                                    f"({COLON_HINT}, e.g. green:0.5)") from None
+                given = False
             if not math.isfinite(weight):
                 raise UserError(f"the weight {tail.strip()!r} in {text!r} is not a finite number: "
                                 f"use e.g. :0.5 or :-1")
-        part = part.strip()
+        part = part.replace("\\:", ":").strip()
         if part:
-            parts.append((part, weight))
+            parts.append((part, weight, given))
     if not parts:
         raise UserError("empty prompt: give some text, e.g. \"a red apple\", or an image file")
     return parts
+
+
+def parse_prompt(text):
+    """The parts of a text prompt with their weights: [(text, weight), ...] (see parse_parts)."""
+    return [(part, weight) for part, weight, _ in parse_parts(text)]
+
+
+def weights_note(text):
+    """A line naming the parts of a text prompt and their weights, where a colon gave one (else None)."""
+    parts = parse_parts(text)
+    if not any(given for _, _, given in parts):
+        return None
+    return (f"note: {text!r} is read as " + ", ".join(f"{part!r} at weight {weight:g}" for part, weight, _ in parts)
+            + f" ({COLON_HINT})")
+
+
+def check_prompt(text, out=None):
+    """Refuse a prompt that cannot be read, before any model loads, and name its weights where a
+    colon gave some; an image prompt must not be the output (out) itself."""
+    text = text.strip()
+    if is_image_path(text):
+        if out is not None and Path(text).resolve() == Path(out).resolve():
+            raise UserError(f"--out {out} is the image prompt itself: choose another --out")
+        return
+    note = weights_note(text)
+    if note:
+        log(note)
 
 
 class Prompt:
@@ -122,14 +155,23 @@ def read_prompts(path):
             prompts.append(line)
     if not prompts:
         raise UserError(f"{path} holds no prompts: write one prompt a line")
+    for prompt in prompts:
+        try:
+            note = None if is_image_path(prompt) else weights_note(prompt)
+        except UserError:
+            note = None  # said when that prompt is baked; the others go on
+        if note:
+            log(note)
     return prompts
 
 
-def style_shift(model, style=True, style_text=STYLE_TEXT, negative_text=NEGATIVE_TEXT):
-    """The vector added to every target: +0.5 style, -0.5 negative (zero with style off)."""
-    if not style:
+def style_shift(model, settings=None):
+    """The vector added to every target [D]: +0.5 settings.style_text, -0.5 settings.negative_text
+    (zero with settings.style off; settings: a Settings, None for its defaults)."""
+    settings = settings or Settings()
+    if not settings.style:
         return torch.zeros(model.dim, device=model.device)
-    style_e, negative_e = embed_texts(model, [style_text, negative_text])
+    style_e, negative_e = embed_texts(model, [settings.style_text, settings.negative_text])
     return STYLE_WEIGHT * style_e - NEGATIVE_WEIGHT * negative_e
 
 

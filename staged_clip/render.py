@@ -2,7 +2,7 @@
 
 Two ways through a stage: the fast one (torch's fused AdamW, the compiled loss) for
 making images, and one written as plain tensor maths that autograd can differentiate,
-so that the bake's loss on the final image reaches the stages (create_graph).
+so that the bake's loss on the final image reaches the stages (differentiable_rollout).
 """
 
 import torch
@@ -52,20 +52,49 @@ def loss_and_grad(model, z, target, cutn, draw=None, decode=None):
     return loss, torch.autograd.grad(loss * scale, z)[0] / scale
 
 
-def adamw_step(z, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+class Aim:
+    """What a stage optimizes z toward: the model's loss toward a target, with cutn cutouts a step
+    whose random choices come from draw (see loss_and_grad), of the image decode makes of z
+    (a parametrization's; None: z is the image)."""
+
+    def __init__(self, model, target, cutn, draw=None, decode=None):
+        self.model, self.target, self.cutn, self.draw, self.decode = model, target, cutn, draw, decode
+
+    def loss_and_grad(self, z):
+        """The loss of a leaf z and its gradient, by the fast path (the compiled loss where there is one)."""
+        return loss_and_grad(self.model, z, self.target, self.cutn, self.draw, self.decode)
+
+    def grad(self, z, create_graph):
+        """The loss of z and its gradient by plain autograd; with create_graph, differentiable again."""
+        image = z if self.decode is None else self.decode(z)
+        loss = losses.image_loss(self.model, image, self.target, self.cutn)
+        (grad,) = torch.autograd.grad(loss * self.model.loss_scale, z, create_graph=create_graph)
+        return loss, grad / self.model.loss_scale
+
+    def image(self, z):
+        """The image of z, detached: z itself, or what decode makes of it."""
+        if self.decode is None:
+            return z.detach()
+        with torch.no_grad():
+            return self.decode(z.detach())
+
+
+def adamw_step(z, grad, state, lr, eps=1e-8, betas=(0.9, 0.999), weight_decay=1e-2):
     """One AdamW step written as plain tensor maths, so autograd can go through it.
 
     The same update as torch.optim.AdamW with its defaults: decoupled weight decay, then
-    the bias-corrected Adam step. lr may be a tensor that broadcasts against z (each
-    image its own rate). Returns (z, m, v).
+    the bias-corrected Adam step. state: Adam's moments and this step's number, (m, v, t).
+    lr may be a tensor that broadcasts against z (each image its own rate).
+    Returns (z, (m, v, t)).
     """
+    m, v, t = state
     b1, b2 = betas
     z = z * (1 - lr * weight_decay)
     m = m * b1 + grad * (1 - b1)
     v = v * b2 + grad * grad * (1 - b2)
     # clamp: sqrt has an infinite derivative at 0, which would poison the meta-gradient
     denom = (v / (1 - b2**t)).clamp_min(1e-30).sqrt() + eps
-    return z - (lr / (1 - b1**t)) * m / denom, m, v
+    return z - (lr / (1 - b1**t)) * m / denom, (m, v, t)
 
 
 def fast_adamw(params, lr, eps=1e-8):
@@ -80,63 +109,52 @@ def per_image(lr):
     return lr.view(-1, 1, 1, 1) if torch.is_tensor(lr) else lr
 
 
-def shown(z, decode):
-    """The image of z, detached: z itself, or what decode makes of it."""
-    if decode is None:
-        return z.detach()
-    with torch.no_grad():
-        return decode(z.detach())
-
-
-def stage_plain(model, z, target, settings, lr, stage=0, callback=None, moments=None, draw=None, decode=None):
+def stage_plain(aim, z, settings, lr, report=None, moments=None):
     """One stage of the renderer, nothing kept for a meta-gradient; returns (z, Adam's moments).
 
     lr: one number, or a tensor [B] (each image its own). With one number and no moments
-    to carry, a fresh torch AdamW (fused or foreach), the reference's renderer; otherwise
+    to carry, a fresh torch AdamW (fused or foreach), the original's renderer; otherwise
     Adam as tensor maths, from moments (m, v, steps so far) where given, and its moments
-    at the end are returned (None from the fast path). decode: the parametrization's, where
-    z holds its parameters rather than pixels (callback still sees images).
+    at the end are returned (None from the fast path). report(step, loss, image) after
+    every step, with detached tensors.
     """
     z = z.detach().clone().requires_grad_()
     if moments is None and not settings.carry_moments and not torch.is_tensor(lr):
         optimizer = fast_adamw([z], lr, settings.inner_eps)
         for t in range(1, settings.steps + 1):
             with torch.enable_grad():  # the inner loop needs gradients even under a caller's no_grad
-                loss, z.grad = loss_and_grad(model, z, target, settings.cutn, draw, decode)
+                loss, z.grad = aim.loss_and_grad(z)
             optimizer.step()
-            if callback is not None:
-                callback(stage, t, loss.detach(), shown(z, decode))
+            if report is not None:
+                report(t, loss.detach(), aim.image(z))
         return z.detach(), None
     m, v, done = moments or (torch.zeros_like(z), torch.zeros_like(z), 0)
     for t in range(1, settings.steps + 1):
         with torch.enable_grad():
-            loss, grad = loss_and_grad(model, z, target, settings.cutn, draw, decode)
+            loss, grad = aim.loss_and_grad(z)
         with torch.no_grad():
-            z, m, v = adamw_step(z, grad, m, v, done + t, per_image(lr), eps=settings.inner_eps)
+            z, (m, v, _) = adamw_step(z, grad, (m, v, done + t), per_image(lr), settings.inner_eps)
         z.requires_grad_()
-        if callback is not None:
-            callback(stage, t, loss.detach(), shown(z, decode))
+        if report is not None:
+            report(t, loss.detach(), aim.image(z))
     return z.detach(), (m, v, done + settings.steps)
 
 
-def stage_unrolled(model, z, target, settings, lr, create_graph, stage=0, callback=None, moments=None,
-                   decode=None):
+def stage_unrolled(aim, z, settings, lr, create_graph, report=None, moments=None):
     """One stage with AdamW as plain tensor maths; with create_graph it stays differentiable.
 
-    Returns (z, Adam's moments (m, v, steps so far) at the end). decode: as stage_plain's.
+    Returns (z, Adam's moments (m, v, steps so far) at the end). report: as stage_plain's.
     """
     m, v, done = moments or (torch.zeros_like(z), torch.zeros_like(z), 0)
     for t in range(1, settings.steps + 1):
         with torch.enable_grad():
             if not create_graph:
                 z = z.detach().requires_grad_()
-            loss = losses.image_loss(model, z if decode is None else decode(z), target, settings.cutn)
-            (grad,) = torch.autograd.grad(loss * model.loss_scale, z, create_graph=create_graph)
-            grad = grad / model.loss_scale
+            loss, grad = aim.grad(z, create_graph)
         with torch.set_grad_enabled(create_graph):
-            z, m, v = adamw_step(z, grad, m, v, done + t, per_image(lr), eps=settings.inner_eps)
-        if callback is not None:
-            callback(stage, t, loss.detach(), shown(z, decode))
+            z, (m, v, _) = adamw_step(z, grad, (m, v, done + t), per_image(lr), settings.inner_eps)
+        if report is not None:
+            report(t, loss.detach(), aim.image(z))
     if not create_graph:
         z, m, v = z.detach(), m.detach(), v.detach()
     return z, (m, v, done + settings.steps)
@@ -192,86 +210,94 @@ def stage_lr(settings, lr_scale, stage):
     return settings.lr * (float(scale) if scale.dim() == 0 else scale)
 
 
-def rollout(model, z, targets, settings, create_graph=False, callback=None, renormalize=False, lr_scale=None,
-            draw=None, decode=None):
-    """Optimize images z [B, 3, H, W] through the stages, one target [D] (or [B, D]) each.
+def stage_reporter(callback, stage):
+    """callback(stage, step, loss, image) as a stage reports it: report(step, loss, image)."""
+    return None if callback is None else (lambda step, loss, image: callback(stage, step, loss, image))
 
-    settings gives the steps per stage, the learning rate, the cutouts, Adam's eps and
-    whether its moments carry over. Unless they do, a fresh AdamW starts every stage (the
-    reference makes a new optimizer per stage); z carries over. lr_scale multiplies each
-    stage's learning rate: [S] (learned per stage) or [S, B] (each image its own); None: 1.
-    draw: what draws the cutouts' random choices (see loss_and_grad; the plain path only).
-    With create_graph the whole optimization stays differentiable, so a loss on the
-    returned z reaches the targets (and what they were made from). callback(stage, step,
-    loss, z) is called after every step with detached tensors. Without create_graph the
-    fast path runs where it can: torch's fused (or foreach) AdamW and the compiled loss
-    when the model has one.
 
-    renormalize (with create_graph): the gradient flowing back into each stage from the
-    next is divided by its norm, image by image. The exact meta-gradient grows about
-    100-fold per stage going backwards (each fresh Adam's first steps are nearly sign
-    steps, whose derivative is huge where a pixel's gradient is near zero) and overflows
-    float32 within ten stages; renormalized, every stage's gradient keeps its exact
-    direction, only its length changes.
+def rollout(model, z, targets, settings, callback=None, lr_scale=None, draw=None):
+    """Optimize images z [B, 3, H, W] through the stages, one target [D] (or [B, D]) each, by the
+    fast path: torch's fused (or foreach) AdamW and the compiled loss where the model has one.
 
-    settings.checkpoint (with create_graph): keep only each stage's input and rerun the
-    stage during the backward (the same random draws), so memory holds one stage's graph.
-
-    settings.param (params.py): what Adam optimizes. For rgb, the pixels; otherwise z is
-    encoded into the parametrization's tensor (whose image is z), the stages optimize that,
-    and its image is returned (decode: set by that inner call; callers leave it None).
+    settings: steps per stage, learning rate, cutouts, Adam's eps, whether its moments carry
+    over (else a fresh AdamW every stage, as the original makes), and the parametrization
+    (params.py: Adam runs on its tensor, encoded from z; its image comes back). lr_scale
+    multiplies each stage's learning rate: [S] or [S, B] (each image its own); None: 1. draw:
+    what draws the cutouts' random choices (see loss_and_grad). callback(stage, step, loss,
+    image) after every step, with detached tensors.
     """
-    param = params.of(settings, z.shape[-1], z.device) if decode is None else None
-    if param is not None:  # decode: the parametrization's, once z is its tensor (this call's own, below)
-        return param.decode(rollout(model, param.encode(z), targets, settings, create_graph, callback, renormalize,
-                                    lr_scale, draw, param.decode))
+    param = params.of(settings, z.shape[-1], z.device)
+    if param is not None:
+        z = param.encode(z)
     moments = None
-    if not create_graph:
-        targets = targets.detach()
-        for i, target in enumerate(targets):
-            z, moments = stage_plain(model, z, target, settings, stage_lr(settings, lr_scale, i), i, callback,
-                                     moments if settings.carry_moments else None, draw, decode)
-        return z
+    for i, target in enumerate(targets.detach()):
+        aim = Aim(model, target, settings.cutn, draw, param and param.decode)
+        z, moments = stage_plain(aim, z, settings, stage_lr(settings, lr_scale, i), stage_reporter(callback, i),
+                                 moments if settings.carry_moments else None)
+    return z if param is None else param.decode(z)
+
+
+def differentiable_rollout(model, z, targets, settings, callback=None, renormalize=False, lr_scale=None):
+    """rollout, differentiable: a loss on the returned images reaches the targets (and what they
+    were made from) through every Adam step, written as tensor maths.
+
+    renormalize: the gradient flowing back into each stage from the next is divided by its
+    norm, image by image. The exact meta-gradient grows about 100-fold per stage going
+    backwards (each fresh Adam's first steps are nearly sign steps, whose derivative is huge
+    where a pixel's gradient is near zero) and overflows float32 within ten stages;
+    renormalized, each stage's gradient keeps its exact direction, only its length changes.
+    settings.checkpoint: keep only each stage's input and rerun the stage in the backward
+    (the same random draws), so that memory holds one stage's graph.
+    """
+    param = params.of(settings, z.shape[-1], z.device)
+    z = z if param is None else param.encode(z)
+    decode = param and param.decode
     if not z.requires_grad:
         z = z.detach().requires_grad_()
+    moments = None
     for i, target in enumerate(targets):
-        lr = stage_lr(settings, lr_scale, i)
+        lr, report = stage_lr(settings, lr_scale, i), stage_reporter(callback, i)
         if renormalize and i > 0:
             z = Renormalize.apply(z)
         if settings.checkpoint:
-            def run(z_in, target_in, graph, report, i=i, lr=lr):
-                return stage_unrolled(model, z_in, target_in, settings, lr, graph, i, report, decode=decode)[0]
-            z = CheckpointedStage.apply(z, target, run, callback)
+            def run(z_in, target_in, graph, report, lr=lr):
+                return stage_unrolled(Aim(model, target_in, settings.cutn, decode=decode), z_in, settings, lr, graph,
+                                      report)[0]
+            z = CheckpointedStage.apply(z, target, run, report)
         else:
-            z, moments = stage_unrolled(model, z, target, settings, lr, True, i, callback,
-                                        moments if settings.carry_moments else None, decode)
-    return z
+            z, moments = stage_unrolled(Aim(model, target, settings.cutn, decode=decode), z, settings, lr, True,
+                                        report, moments if settings.carry_moments else None)
+    return z if param is None else param.decode(z)
 
 
 def render(model, targets, settings, out, desc, lr_scale=None):
     """Run the staged renderer from a fresh start with a progress bar (out: an output.Output;
     lr_scale: a bake's learned per-stage multipliers of the learning rate, or None).
 
-    Ctrl-C stops it and returns the image so far, so the script still saves something.
+    Returns (the final image, the loss of its last step). Ctrl-C stops it and returns the
+    image so far, so the script still saves something.
     """
     from tqdm import tqdm
-    latest = [random_start(settings.size, model.device)]
+    latest = [random_start(settings.size, model.device), None]  # the image and loss so far
     bar = tqdm(total=len(targets) * settings.steps, desc=desc, dynamic_ncols=True)
     progress = output.Progress.of(out, settings, len(targets), latest[0])
 
     def report(stage, step, loss, z):
-        latest[0] = z
+        latest[:] = z, loss
         bar.update(1)
         if step % 10 == 0 or step == settings.steps:  # .item() waits for the device: not every step
             bar.set_postfix(stage=f"{stage + 1}/{len(targets)}", loss=f"{loss.item():.4f}")
         if progress is not None:
             progress.step(stage, step, z)
 
+    def last_loss():
+        return None if latest[1] is None else latest[1].item()
+
     try:
-        return rollout(model, latest[0], targets, settings, callback=report, lr_scale=lr_scale)
+        return rollout(model, latest[0], targets, settings, callback=report, lr_scale=lr_scale), last_loss()
     except KeyboardInterrupt:
         log("interrupted: saving the image so far")
-        return latest[0].detach()
+        return latest[0].detach(), last_loss()
     finally:
         bar.close()
         if progress is not None:

@@ -1,131 +1,104 @@
-"""The settings of the renderer and the bake: one dataclass, from the parsed flags to the optimizer."""
+"""The settings of a run: one frozen dataclass from the parsed flags to the optimizer, and the
+choices and defaults the command line offers.
+
+Nothing here imports torch, so that a script's --help answers before torch loads.
+"""
 
 import dataclasses
 from dataclasses import dataclass
 
-from .prompts import NEGATIVE_TEXT, STYLE_TEXT
+ORIGINAL = '"Meta-Optimization of CLIP Guided RGB Tensors"'  # the original, whose numbers are the defaults
+LR = 0.12  # the original's learning rate, of the image and of the stages
+STYLE_TEXT = "#pixelart simplistic 8-bit sprite art"  # added to every target (the original's)
+NEGATIVE_TEXT = "text, graffitti, words"  # subtracted from every target (the original's, spelling kept)
+DEFAULT_CLIP_MODEL = "ViT-B/32"
+SAVE_SIZE = 512  # side of a saved PNG, nearest-neighbour upscaled
+PRECISIONS = ("fp32", "fp16", "bf16")  # of CLIP's image tower
+PARAMS = ("rgb", "pyramid", "fourier")  # what Adam optimizes (params.py)
+META_GRADS = ("unrolled", "none", "es")  # the bake's estimators (learners.py)
+GATE_EVERY = 5  # meta steps between validations, by default, for an estimator that validates by default (es)
 
-LR = 0.12  # the reference's learning rate, of the image and of the stages
-# each script's renderer defaults, the reference's: image side, steps (per stage), cutouts
+# each script's renderer defaults, the original's: image side, steps (per stage), cutouts;
+# None: as the replayed bake's renderer (the original's for a file that does not say)
 SCRIPT_DEFAULTS = {
     "normal.py": dict(size=32, steps=250, cutn=8),
-    # None: as the replayed bake's renderer
     "microwave.py": dict(size=64, steps=25, cutn=8, lr=None, inner_eps=None, carry_moments=None, param=None),
     "auto_microwave.py": dict(size=128, steps=25, cutn=8, lr=None, inner_eps=None, carry_moments=None, param=None),
     "bake.py": dict(size=128, steps=30, cutn=1),
 }
-META_GRADS = ("unrolled", "none", "es")
 # fields that only change how fast a result comes (or its rounding), not which result: not
 # compared when deciding whether two bakes are the same bake
 SPEED_ONLY = ("checkpoint", "threads", "es_chunk")
-# renderer settings that a replay takes from its bake, unless told otherwise
-RENDERER_OF_BAKE = ("lr", "inner_eps", "carry_moments")
-# fields that play a part only in an ES bake, or only where the gate validates
-ES_ONLY = ("population", "sigma", "lr_sigma", "es_lr", "es_rank", "learn_stages", "learn_lr")
-GATE_ONLY = ("validation_starts",)
-PYRAMID_ONLY = ("pyramid_levels",)
-GATE_EVERY = 5  # meta steps between validations, by default, for an ES bake
+# the renderer's settings that a replay takes from its bake, unless told otherwise
+RENDERER_OF_BAKE = ("lr", "inner_eps", "carry_moments", "param", "pyramid_levels")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    """What the renderer and the bake compute with; a baked file's config is these fields.
+    """What the renderer and the bake compute with; a baked file's config is these fields."""
 
-    Renderer: image side, Adam steps per stage, the image's learning rate, cutouts per
-    step, the style shaping of targets, the image tower's precision, Adam's eps
-    (inner_eps; the reference's 1e-8) and whether Adam's moments carry over from stage to
-    stage (carry_moments; the reference restarts Adam every stage), and the image's
-    parametrization (param: rgb, pyramid or fourier, see params.py; pyramid_levels: None
-    for every level down to 4 px). Bake: the number of
-    stages, meta steps and their learning rate, the weight of the fading 'stay near the
-    prompt' term, the meta-gradient ("unrolled", "none" or "es"), random starts per meta
-    step (unrolled, none), per-stage gradient checkpointing. ES: antithetic pairs per meta
-    step, the perturbation's size for stage directions (radians) and for log learning-rate
-    multipliers, Adam's step on them, the search's rank (0: every direction), what it
-    learns, pairs per batch. The validation gate: every validate_every meta steps (0: off;
-    None: GATE_EVERY for es, off otherwise) the bake is replayed from validation_starts
-    fixed starts and kept only where it beats the best so far. seed: the run's seed (a
-    bake's own in a batch). threads: CPU threads (speed only; None leaves torch's choice).
-    """
-
-    size: int = SCRIPT_DEFAULTS["bake.py"]["size"]
-    steps: int = SCRIPT_DEFAULTS["bake.py"]["steps"]
-    lr: float = LR
-    cutn: int = SCRIPT_DEFAULTS["bake.py"]["cutn"]
-    stages: int = 10
-    meta_steps: int = 100
-    meta_lr: float = LR
-    stage_reg: float = 1.0
-    meta_grad: str = "es"
-    batch: int = 1
-    checkpoint: bool = False
-    precision: str = "fp32"
-    seed: int = None
-    style: bool = True
+    # the renderer
+    size: int = SCRIPT_DEFAULTS["bake.py"]["size"]  # side of the optimized image tensor
+    steps: int = SCRIPT_DEFAULTS["bake.py"]["steps"]  # Adam steps per stage
+    lr: float = LR  # the image's learning rate
+    cutn: int = SCRIPT_DEFAULTS["bake.py"]["cutn"]  # cutouts CLIP sees per step
+    precision: str = "fp32"  # of CLIP's image tower
+    style: bool = True  # shape every target with the style and negative texts
     style_text: str = STYLE_TEXT
     negative_text: str = NEGATIVE_TEXT
-    threads: int = None
-    inner_eps: float = 1e-8
-    carry_moments: bool = False
-    population: int = 4
-    sigma: float = 0.05
-    lr_sigma: float = 0.3
-    es_lr: float = 0.2
-    es_rank: int = 0
-    learn_stages: bool = True
-    learn_lr: bool = True
-    es_chunk: int = 0
-    validate_every: int = None
-    validation_starts: int = 8
-    param: str = "rgb"
-    pyramid_levels: int = None
-
-    @classmethod
-    def from_args(cls, args, **changes):
-        """The settings a script's parsed flags ask for (flags it lacks keep their defaults)."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **changes})
+    inner_eps: float = 1e-8  # Adam's eps (the original's: torch's default)
+    carry_moments: bool = False  # keep Adam's moments from stage to stage (the original restarts Adam)
+    param: str = "rgb"  # what Adam optimizes: the pixels, a pyramid or a spectrum (params.py)
+    pyramid_levels: int = None  # levels of a pyramid (None: every halving down to 4 px)
+    # the bake
+    stages: int = 10
+    meta_steps: int = 100
+    meta_lr: float = LR  # the stages' learning rate (unrolled, none)
+    stage_reg: float = 1.0  # weight of the fading 'stay near the prompt' term
+    meta_grad: str = "es"  # the estimator: a name of learners.LEARNERS
+    batch: int = 1  # random starts rolled out together per meta step (unrolled, none)
+    checkpoint: bool = False  # rerun each stage in the unrolled backward instead of keeping its graph
+    # the ES estimator
+    population: int = 4  # antithetic pairs per meta step
+    sigma: float = 0.05  # perturbation of a stage's direction, radians
+    lr_sigma: float = 0.3  # perturbation of a stage's log learning-rate multiplier
+    es_lr: float = 0.2  # Adam's step, in units of the perturbation
+    es_rank: int = 0  # dimensions of the subspace stage directions are searched in (0: all)
+    learn_stages: bool = True  # learn the stage directions
+    learn_lr: bool = True  # learn a learning-rate multiplier per stage
+    es_chunk: int = 0  # pairs rolled out in one batch (0: a process's whole share)
+    # the validation gate
+    validate_every: int = None  # meta steps between validations (0: off; None: the estimator's default)
+    validation_starts: int = 8  # fixed starts each validation replays from
+    # the run
+    seed: int = 0  # the run's seed (a bake's own, in a batch)
+    threads: int = 0  # CPU threads used (0: not set, torch's choice)
 
     def replace(self, **changes):
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
-    def gate_every(self):
-        """Meta steps between validations (0: no gate): validate_every, else the estimator's default."""
-        if self.validate_every is not None:
-            return self.validate_every
-        return GATE_EVERY if self.meta_grad == "es" else 0
-
-    def replaying(self, config):
-        """These settings for replaying a bake: the image's learning rate, Adam's eps and moments
-        and the parametrization (with its levels), where not given (None), as the bake's config
-        recorded them (the reference's, and rgb, for files without)."""
-        defaults = Settings()
-        changes = {name: config.get(name, getattr(defaults, name)) if getattr(self, name) is None
-                   else getattr(self, name) for name in RENDERER_OF_BAKE}
-        if self.param is None:  # the bake's parametrization (and its levels, unless given)
-            changes.update(param=config.get("param", "rgb"),
-                           pyramid_levels=self.pyramid_levels or config.get("pyramid_levels"))
-        return self.replace(**changes)
-
     def config(self):
         """The dict a baked file records."""
         return dataclasses.asdict(self)
 
-    def same_bake(self, config):
-        """Whether a baked file's config was made with these settings (its seed and speed-only fields aside).
+    @classmethod
+    def from_config(cls, config):
+        """The settings a baked file's config records; fields it lacks (added since) at their defaults."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names})
 
-        Older files lack fields added since: those count as made at their defaults. Fields
-        that play no part in the bake (ES's, for another estimator; the gate's, where it is
-        off) do not count.
-        """
-        other = Settings(**{f.name: config.get(f.name, getattr(Settings(), f.name)) for f in dataclasses.fields(self)})
-        skip = {"seed", *SPEED_ONLY, "validate_every"}
-        if self.meta_grad != "es":
-            skip.update(ES_ONLY)
-        if not self.gate_every():
-            skip.update(GATE_ONLY)
-        if self.param != "pyramid":
-            skip.update(PYRAMID_ONLY)
-        return other.gate_every() == self.gate_every() and all(
-            getattr(other, f.name) == getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip)
+
+def replayed(given, config):
+    """The renderer's settings for replaying a bake: each of RENDERER_OF_BAKE as given, or where
+    given is None, as the bake's config recorded it (the original's, and rgb, for files without).
+
+    A pyramid's levels follow the parametrization: the bake's, unless given, for the bake's
+    pyramid. E.g. replayed({"lr": None, "param": None, ...}, {"lr": 0.2}) has lr 0.2, param rgb.
+    """
+    default = Settings()
+    found = {name: config.get(name, getattr(default, name)) if given.get(name) is None else given[name]
+             for name in RENDERER_OF_BAKE}
+    if given.get("param") is not None and given.get("pyramid_levels") is None:
+        found["pyramid_levels"] = None  # another parametrization than the bake's: its own default
+    return found

@@ -34,18 +34,13 @@ def logged_in():
 
 
 class WandbLog:
-    """Where a bake logs: --wandb (resolved by wandb_mode), --wandb-project and --log-every.
+    """Where a bake logs: the mode (wandb_mode's answer), the project and how often images go.
 
     After a run fails to start, later bakes of a batch do not try (and wait) again.
     """
 
     def __init__(self, mode="disabled", project="staged-clip", every=10):
         self.mode, self.project, self.every = mode, project, every
-
-    @classmethod
-    def from_args(cls, args):
-        """The logging a script's flags ask for, --wandb resolved (a bad choice fails here, before work)."""
-        return cls(wandb_mode(args.wandb), args.wandb_project, args.log_every)
 
     def start(self, name, config):
         """A wandb run, or None when disabled or when wandb cannot start (never prompts)."""

@@ -9,8 +9,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import common  # noqa: E402
 from clip.model import CLIP  # noqa: E402
+
+from staged_clip import baked, models  # noqa: E402
 
 TINY_DIM = 32
 
@@ -43,7 +44,7 @@ def wide_ckpt(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny(tiny_ckpt):
     """The tiny CLIP loaded through the project's own loader."""
-    return common.load_clip(tiny_ckpt, "cpu")
+    return models.load_clip(tiny_ckpt, "cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -78,9 +79,10 @@ class Payload:
 
 def write_bake(path, stages, prompt="a red apple", complete=True):
     """A baked file of these stages, with a random prompt embedding and tiny settings."""
-    prompt = common.Prompt(prompt, "text", torch.nn.functional.normalize(torch.randn(stages.shape[1]), dim=0))
-    common.save_baked(path, stages=stages, prompt=prompt, clip_model="tiny.pt",
-                      config={"size": 16, "steps": 2}, history=[0.9, 0.8], complete=complete)
+    embed = torch.nn.functional.normalize(torch.randn(stages.shape[1]), dim=0)
+    baked.save_baked(path, {"prompt": prompt, "prompt_type": "text", "prompt_embed": embed, "clip_model": "tiny.pt",
+                            "stages": stages, "config": {"size": 16, "steps": 2}, "history": [0.9, 0.8],
+                            "complete": complete})
 
 
 def bake_args(ckpt, *extra):

@@ -8,6 +8,7 @@ import torch
 
 import common
 from conftest import Payload, write_bake
+from staged_clip import models
 
 
 def test_round_trip_keeps_stages_and_metadata(tmp_path):
@@ -131,7 +132,7 @@ def test_clip_loads_from_a_torchscript_archive(tmp_path):
     model = tiny_clip_model().eval()
     traced = torch.jit.trace(model, (torch.rand(1, 3, 32, 32), clip.tokenize(["a cat"])), check_trace=False)
     traced.save(str(tmp_path / "traced.pt"))
-    loaded = common.load_clip(str(tmp_path / "traced.pt"), "cpu")
+    loaded = models.load_clip(str(tmp_path / "traced.pt"), "cpu")
     assert loaded.dim == 32 and loaded.size == 32
     assert torch.equal(loaded.model.token_embedding.weight, model.token_embedding.weight)
 

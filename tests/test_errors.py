@@ -12,7 +12,6 @@ import torch
 import auto_microwave
 import bake
 import batch_bake
-import common
 import microwave
 import normal
 from conftest import ROOT, Payload, bake_args, render_args, write_bake
@@ -156,7 +155,7 @@ def test_too_many_inputs_for_microwave(tiny_ckpt, capsys):
 
 @pytest.mark.parametrize("argv,expect", [
     (["microwave.py", "missing.pt", "--clip-model", "random:ViT-B/32"], "not found"),
-    (["normal.py", "", "--clip-model", "nosuch-model"], "unknown CLIP model"),
+    (["normal.py", "a cat", "--clip-model", "nosuch-model"], "unknown CLIP model"),
 ])
 def test_real_command_line_has_no_traceback(tmp_path, argv, expect):
     result = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], cwd=tmp_path,

@@ -16,7 +16,7 @@ import batch_bake
 import common
 import microwave
 from conftest import ROOT, bake_args, reference_rollout, render_args
-from staged_clip import baked, baking, cutouts, distributed, es, evaluation, gate, losses, render
+from staged_clip import baked, distributed, es, gate, losses, render, settings, stats
 
 ES = ["--meta-grad", "es", "--population", "2"]
 
@@ -51,7 +51,7 @@ def test_the_es_estimate_follows_the_true_gradient_of_a_smooth_loss(tiny, smooth
     search.coef += 0.1 * torch.randn_like(search.coef)
     search.log_lr += 0.2 * torch.randn_like(search.log_lr)
     eps_c, eps_l = search.perturbations(settings.population, 0, 0, settings)
-    values, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, shift, settings, 0)
+    values, _, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, shift, settings, 0)
     grad_c, grad_l, used = es.estimate(values[:, 0] - values[:, 1], eps_c, eps_l, settings)
     coef, log_lr = search.coef.clone().requires_grad_(), search.log_lr.clone().requires_grad_()
     targets = common.shape_targets(search.stages(coef), shift)[:, None]  # [S, 1, D]
@@ -84,7 +84,7 @@ def test_each_pair_shares_its_start_and_cutouts_and_pairs_differ(tiny, monkeypat
     settings = common.Settings(stages=2, size=16, steps=2, cutn=4, population=3, seed=1)
     search = es.Search(prompt.embed, 2, seed=1)
     eps_c, eps_l = search.perturbations(3, 1, 0, settings)
-    values, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, common.style_shift(tiny), settings, 0)
+    values, _, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, common.style_shift(tiny), settings, 0)
     (z, draws, targets), = seen
     assert torch.equal(z[:3], z[3:]) and not torch.equal(z[0], z[1])  # + and - share a start; pairs differ
     for key, value in draws.items():
@@ -102,8 +102,8 @@ def test_a_pair_does_not_depend_on_what_shares_its_batch(tiny):
     search = es.Search(prompt.embed, 2, seed=2)
     eps_c, eps_l = search.perturbations(4, 2, 5, settings)
     shift = common.style_shift(tiny)
-    whole, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, shift, settings, 5)
-    single, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, shift, settings.replace(es_chunk=1), 5)
+    whole, _, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, shift, settings, 5)
+    single, _, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, shift, settings.replace(es_chunk=1), 5)
     assert torch.allclose(whole, single, atol=1e-3)  # the same draws; only rounding may differ
 
 
@@ -169,10 +169,10 @@ def test_batch_bake_bakes_with_es(tiny_ckpt):
 
 def test_learned_step_sizes_survive_a_round_trip_and_change_the_replay(tiny_ckpt, tiny):
     stages = F.normalize(torch.randn(3, 32), dim=-1)
-    prompt = common.Prompt("a red apple", "text", stages[0])
     for name, scale in [("base.pt", None), ("ones.pt", torch.ones(3)), ("fast.pt", torch.tensor([3.0, 0.5, 2.0]))]:
-        common.save_baked(name, stages=stages, prompt=prompt, clip_model=tiny_ckpt, config={}, history=[],
-                          complete=True, lr_scale=scale)
+        baked.save_baked(name, {"prompt": "a red apple", "prompt_type": "text", "prompt_embed": stages[0],
+                                "clip_model": tiny_ckpt, "stages": stages, "config": {}, "history": [],
+                                "complete": True, "lr_scale": scale})
     assert common.load_baked("base.pt")["lr_scale"] is None
     assert torch.equal(common.load_baked("fast.pt")["lr_scale"], torch.tensor([3.0, 0.5, 2.0]))
     pixels = {}
@@ -186,10 +186,10 @@ def test_learned_step_sizes_survive_a_round_trip_and_change_the_replay(tiny_ckpt
 
 def test_bad_learned_step_sizes_are_refused(tmp_path):
     stages = torch.randn(2, 8)
-    prompt = common.Prompt("x", "text", stages[0])
     for bad in (torch.tensor([1.0, -1.0]), torch.tensor([1.0, float("inf")]), torch.ones(3)):
-        common.save_baked(tmp_path / "b.pt", stages=stages, prompt=prompt, clip_model="m", config={}, history=[],
-                          complete=True, lr_scale=bad)
+        baked.save_baked(tmp_path / "b.pt", {"prompt": "x", "prompt_type": "text", "prompt_embed": stages[0],
+                                             "clip_model": "m", "stages": stages, "config": {}, "history": [],
+                                             "complete": True, "lr_scale": bad})
         with pytest.raises(common.UserError, match="lr_scale"):
             common.load_baked(tmp_path / "b.pt")
 
@@ -212,14 +212,14 @@ def test_the_default_inner_eps_is_the_reference_renderer_exactly(tiny):
     z0 = torch.randn(1, 3, 16, 16)
     targets = F.normalize(torch.randn(2, tiny.dim), dim=-1)
     runs = []
-    for settings in (common.Settings(steps=3, cutn=2), common.Settings(steps=3, cutn=2, inner_eps=1e-8)):
+    for renderer in (common.Settings(steps=3, cutn=2), common.Settings(steps=3, cutn=2, inner_eps=1e-8)):
         torch.manual_seed(1)
-        runs.append(common.rollout(tiny, z0, targets, settings))
+        runs.append(render.rollout(tiny, z0, targets, renderer))
     torch.manual_seed(1)
     z = reference_rollout(tiny, z0, targets, steps=3, cutn=2)
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], z)
     torch.manual_seed(1)
-    assert not torch.allclose(common.rollout(tiny, z0, targets, common.Settings(steps=3, cutn=2, inner_eps=1e-2)),
+    assert not torch.allclose(render.rollout(tiny, z0, targets, common.Settings(steps=3, cutn=2, inner_eps=1e-2)),
                               runs[0], atol=1e-3)
 
 
@@ -227,7 +227,7 @@ def test_carried_moments_are_one_adam_through_every_stage(tiny):
     z0 = torch.randn(1, 3, 16, 16)
     targets = F.normalize(torch.randn(3, tiny.dim), dim=-1)
     torch.manual_seed(2)
-    carried = common.rollout(tiny, z0, targets, common.Settings(steps=2, cutn=2, carry_moments=True,
+    carried = render.rollout(tiny, z0, targets, common.Settings(steps=2, cutn=2, carry_moments=True,
                                                                 inner_eps=1e-3))
     torch.manual_seed(2)
     z = z0.clone().requires_grad_()
@@ -238,7 +238,7 @@ def test_carried_moments_are_one_adam_through_every_stage(tiny):
             optimizer.step()
     assert torch.allclose(carried, z.detach(), atol=1e-5)
     torch.manual_seed(2)
-    fresh = common.rollout(tiny, z0, targets, common.Settings(steps=2, cutn=2, inner_eps=1e-3))
+    fresh = render.rollout(tiny, z0, targets, common.Settings(steps=2, cutn=2, inner_eps=1e-3))
     assert not torch.allclose(carried, fresh, atol=1e-3)
 
 
@@ -249,19 +249,19 @@ def test_checkpoint_with_carried_moments_is_one_line(tiny_ckpt, capsys):
 
 
 def test_a_replay_takes_its_bakes_renderer_unless_told(tiny_ckpt):
-    base = common.Settings(inner_eps=None, carry_moments=None)
-    assert base.replaying({}).inner_eps == 1e-8 and base.replaying({}).carry_moments is False  # older files
-    assert base.replaying({"inner_eps": 1e-3, "carry_moments": True}).inner_eps == 1e-3
-    told = common.Settings(inner_eps=1e-4, carry_moments=False)
-    assert told.replaying({"inner_eps": 1e-3, "carry_moments": True}) == told
+    base = {"inner_eps": None, "carry_moments": None}
+    assert settings.replayed(base, {})["inner_eps"] == 1e-8 and settings.replayed(base, {})["carry_moments"] is False
+    assert settings.replayed(base, {"inner_eps": 1e-3, "carry_moments": True})["inner_eps"] == 1e-3  # older files
+    told = {"inner_eps": 1e-4, "carry_moments": False}
+    assert settings.replayed(told, {"inner_eps": 1e-3, "carry_moments": True}).items() >= told.items()
 
 
 # --- evaluation's figures
 
 def test_wilson_interval_known_answer():
-    low, high = evaluation.interval(27, 36)
+    low, high = stats.interval(27, 36)
     assert low == pytest.approx(0.59, abs=0.01) and high == pytest.approx(0.86, abs=0.01)
-    assert evaluation.interval(0, 10)[0] == 0.0 and evaluation.interval(10, 10)[1] == 1.0
+    assert stats.interval(0, 10)[0] == 0.0 and stats.interval(10, 10)[1] == 1.0
 
 
 def test_the_chaos_probe_writes_its_table(tiny_ckpt, capsys):
@@ -297,15 +297,19 @@ def test_two_processes_bake_the_same_stages_as_one(tiny_ckpt, tmp_path):
     assert sorted(p.name for p in Path("baked").iterdir()) == ["one.pt", "two.pt"]  # only rank 0 wrote
 
 
+def same(settings, config):
+    return not baked.differences(settings, config)
+
+
 def test_a_setting_that_plays_no_part_does_not_make_another_bake():
     unrolled = common.Settings(meta_grad="unrolled")
-    assert unrolled.same_bake(common.Settings(meta_grad="unrolled", population=9, validation_starts=3).config())
-    assert not unrolled.same_bake(common.Settings(meta_grad="unrolled", steps=7).config())
+    assert same(unrolled, common.Settings(meta_grad="unrolled", population=9, validation_starts=3).config())
+    assert baked.differences(unrolled, common.Settings(meta_grad="unrolled", steps=7).config()) == [("steps", 7, 30)]
     gated = common.Settings(meta_grad="unrolled", validate_every=2)
-    assert not gated.same_bake(unrolled.config())  # the gate on makes another bake
-    assert not gated.same_bake(common.Settings(meta_grad="unrolled", validate_every=2, validation_starts=3).config())
+    assert not same(gated, unrolled.config())  # the gate on makes another bake
+    assert not same(gated, common.Settings(meta_grad="unrolled", validate_every=2, validation_starts=3).config())
     es_ = common.Settings(meta_grad="es")
-    assert not es_.same_bake(common.Settings(meta_grad="es", population=9).config())
-    assert es_.same_bake(common.Settings(meta_grad="es", validate_every=5).config())  # the default, said aloud
-    assert es_.same_bake(common.Settings(meta_grad="es", es_chunk=1, threads=1).config())  # speed only
+    assert not same(es_, common.Settings(meta_grad="es", population=9).config())
+    assert same(es_, common.Settings(meta_grad="es", validate_every=5).config())  # the default, said aloud
+    assert same(es_, common.Settings(meta_grad="es", es_chunk=1, threads=1).config())  # speed only
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import common
 from conftest import tiny_clip_model
-from staged_clip import prompts
+from staged_clip import learners, losses, models, prompts, render
 
 CFG = common.Settings(size=8, steps=2, lr=0.12, cutn=1, stage_reg=0.0)
 RUN = common.Settings(steps=3, lr=0.12, cutn=1)  # a rollout of 3 steps a stage
@@ -22,7 +22,7 @@ def one_meta_step(model, meta_grad, seed=0, stages=None):
     opt = torch.optim.AdamW([stages], lr=0.12)
     prompt = common.load_prompt(model, "a red apple")
     shift = common.style_shift(model)
-    loss, z = common.meta_step(model, stages, opt, prompt, shift, CFG.replace(meta_grad=meta_grad), 0.0)
+    loss, z = learners.meta_step(model, stages, opt, prompt, shift, CFG, 0.0, meta_grad == "unrolled")
     return before, stages, loss, z
 
 
@@ -48,17 +48,17 @@ def test_none_still_moves_stages_by_the_regularizer(tiny):
     opt = torch.optim.AdamW([stages], lr=0.12)
     prompt = common.load_prompt(tiny, "a red apple")
     cfg = CFG.replace(stage_reg=1.0, meta_grad="none")
-    common.meta_step(tiny, stages, opt, prompt, common.style_shift(tiny), cfg, 0.0)
-    closer = common.spherical_distance(stages.detach(), prompt.embed)
+    learners.meta_step(tiny, stages, opt, prompt, common.style_shift(tiny), cfg, 0.0, differentiate=False)
+    closer = losses.spherical_distance(stages.detach(), prompt.embed)
     # the fade (1 - i / S) pulls the first stage hardest toward the prompt
-    assert (closer < common.spherical_distance(before, prompt.embed)).all()
+    assert (closer < losses.spherical_distance(before, prompt.embed)).all()
 
 
 def test_unrolled_gradient_matches_finite_differences(monkeypatch):
     """The differentiable inner loop gives the true derivative of the final-image loss."""
     monkeypatch.setattr(prompts, "embed_images", lambda model, images: F.normalize(
         model.model.encode_image((images - model.mean) / model.std), dim=-1))  # keep float64
-    model = common.Clip(tiny_clip_model(), "tiny", torch.device("cpu"))
+    model = models.Clip(tiny_clip_model(), "tiny", torch.device("cpu"))
     model.model.double()  # float64 so that central differences are exact enough
     for module in model.model.modules():  # clip's LayerNorm computes in float32 whatever its input
         if isinstance(module, torch.nn.LayerNorm):
@@ -73,10 +73,10 @@ def test_unrolled_gradient_matches_finite_differences(monkeypatch):
 
     def final_loss(s, create_graph):
         torch.manual_seed(0)  # the same cutout choices every call
-        with common.math_attention():
-            z = common.rollout(model, z0.clone(), common.shape_targets(s, shift), RUN,
-                               create_graph=create_graph)
-            return common.bake_loss(model, z, prompt, 1)
+        with models.math_attention():
+            roll = render.differentiable_rollout if create_graph else render.rollout
+            z = roll(model, z0.clone(), common.shape_targets(s, shift), RUN)
+            return losses.bake_loss(model, z, prompt, 1)
 
     s = stages.clone().requires_grad_()
     final_loss(s, True).backward()
@@ -95,8 +95,9 @@ def test_rollout_with_and_without_graph_agree(tiny):
     results = []
     for create_graph in (False, True):
         torch.manual_seed(5)
-        with common.math_attention():
-            results.append(common.rollout(tiny, z0, targets, RUN.replace(cutn=4), create_graph=create_graph).detach())
+        with models.math_attention():
+            roll = render.differentiable_rollout if create_graph else render.rollout
+            results.append(roll(tiny, z0, targets, RUN.replace(cutn=4)).detach())
     assert torch.allclose(results[0], results[1], atol=1e-5)
     assert not torch.allclose(results[0], z0)
 
@@ -111,10 +112,10 @@ def test_renormalized_meta_gradient_keeps_each_stage_direction(tiny):
     for renormalize in (False, True):
         s = stages.clone().requires_grad_()
         torch.manual_seed(0)
-        with common.math_attention():
-            z = common.rollout(tiny, z0.clone(), common.shape_targets(s, common.style_shift(tiny)), RUN,
-                               create_graph=True, renormalize=renormalize)
-            common.bake_loss(tiny, z, prompt, 1).backward()
+        with models.math_attention():
+            z = render.differentiable_rollout(tiny, z0.clone(), common.shape_targets(s, common.style_shift(tiny)),
+                                              RUN, renormalize=renormalize)
+            losses.bake_loss(tiny, z, prompt, 1).backward()
         grads.append(s.grad)
     exact, renormalized = grads
     assert torch.allclose(F.cosine_similarity(exact, renormalized, dim=1), torch.ones(4), atol=1e-4)
@@ -129,7 +130,7 @@ def test_an_overflowed_stage_gradient_skips_only_that_stage(tiny, capsys):
     before = stages.detach().clone()
     opt = torch.optim.AdamW([stages], lr=0.12)
     prompt = common.load_prompt(tiny, "a red apple")
-    common.meta_step(tiny, stages, opt, prompt, common.style_shift(tiny), CFG.replace(meta_grad="unrolled"), 0.0)
+    learners.meta_step(tiny, stages, opt, prompt, common.style_shift(tiny), CFG, 0.0, differentiate=True)
     assert stages.detach()[1:].isfinite().all() and not torch.allclose(stages.detach()[1:], before[1:])
     assert torch.allclose(stages.detach()[0], before[0] * (1 - 0.12 * 0.01))  # weight decay only
     assert "stage(s) [1]" in capsys.readouterr().err

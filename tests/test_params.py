@@ -14,14 +14,14 @@ import evaluate
 import microwave
 import normal
 from conftest import bake_args, reference_rollout, render_args
-from staged_clip import losses, params
+from staged_clip import losses, models, params, render, settings
 
 PARAMS = ["rgb", "pyramid", "fourier"]
 
 
 def run(tiny, param, z0, targets, **changes):
     torch.manual_seed(1)
-    return common.rollout(tiny, z0, targets, common.Settings(steps=3, cutn=2, param=param, **changes))
+    return render.rollout(tiny, z0, targets, common.Settings(steps=3, cutn=2, param=param, **changes))
 
 
 # --- the maths
@@ -101,8 +101,8 @@ def test_the_unrolled_gradient_reaches_the_targets_and_checkpointing_keeps_it(ti
         targets.requires_grad_()
         torch.manual_seed(1)
         settings = common.Settings(steps=2, cutn=2, param=param, checkpoint=checkpoint)
-        with common.math_attention():  # the one attention kernel with a double backward
-            z = common.rollout(tiny, z0, targets, settings, create_graph=True)
+        with models.math_attention():  # the one attention kernel with a double backward
+            z = render.differentiable_rollout(tiny, z0, targets, settings)
             z.pow(2).sum().backward()
         grads.append(targets.grad)
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
@@ -140,13 +140,13 @@ def test_a_bake_replays_with_its_parametrization_unless_told(tiny_ckpt, meta_gra
 
 
 def test_a_file_without_a_parametrization_replays_as_rgb():
-    assert common.Settings(param=None).replaying({}).param == "rgb"
-    assert common.Settings(param=None).replaying({"param": "fourier"}).param == "fourier"
-    told = common.Settings(param="rgb").replaying({"param": "fourier", "pyramid_levels": 3})
-    assert told.param == "rgb"
+    assert settings.replayed({"param": None}, {})["param"] == "rgb"
+    assert settings.replayed({"param": None}, {"param": "fourier"})["param"] == "fourier"
+    told = settings.replayed({"param": "rgb"}, {"param": "fourier", "pyramid_levels": 3})
+    assert told["param"] == "rgb" and told["pyramid_levels"] is None
     bake = {"param": "pyramid", "pyramid_levels": 3}
-    assert common.Settings(param=None).replaying(bake).pyramid_levels == 3
-    assert common.Settings(param=None, pyramid_levels=2).replaying(bake).pyramid_levels == 2  # told
+    assert settings.replayed({"param": None}, bake)["pyramid_levels"] == 3
+    assert settings.replayed({"param": None, "pyramid_levels": 2}, bake)["pyramid_levels"] == 2  # told
 
 
 def test_the_batched_unrolled_bake_runs_with_each_parametrization(tiny_ckpt):

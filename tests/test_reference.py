@@ -14,7 +14,7 @@ import common
 import microwave
 import normal
 from conftest import bake_args, render_args
-from staged_clip import baked, prompts, render
+from staged_clip import baked, losses, prompts, render, settings
 
 
 @pytest.mark.parametrize("script,argv,expected", [
@@ -28,8 +28,9 @@ from staged_clip import baked, prompts, render
 def test_script_defaults(script, argv, expected):
     parsed = script.parse_args(argv)
     # a replay renders as its bake did; a file from the reference says nothing, so the reference's numbers
-    settings = common.Settings.from_args(parsed).replaying({})
-    args = {**vars(parsed), "lr": settings.lr, "inner_eps": settings.inner_eps, "carry_moments": settings.carry_moments}
+    renderer = settings.replayed(vars(parsed), {})
+    args = {**vars(parsed), "lr": renderer["lr"], "inner_eps": renderer["inner_eps"],
+            "carry_moments": renderer["carry_moments"]}
     shared = dict(clip_model="ViT-B/32", device=None, seed=None, lr=0.12, save_size=512, style=True,
                   style_text="#pixelart simplistic 8-bit sprite art", negative_text="text, graffitti, words",
                   inner_eps=1e-8, carry_moments=False)
@@ -50,7 +51,7 @@ def test_image_loss_terms_and_weights(tiny, monkeypatch):
     expected = out_of_range + 1.4 * tv + 0.05 * spread
     for seen, clip_term in [(target, 0.0), (other, math.pi**2 / 8)]:
         monkeypatch.setattr(prompts, "embed_images", lambda model, images, e=seen: e.expand(len(images), -1))
-        loss = common.image_loss(tiny, z, target, cutn=4).item()
+        loss = losses.image_loss(tiny, z, target, cutn=4).item()
         assert loss == pytest.approx(expected + clip_term, rel=1e-5)
 
 
@@ -60,17 +61,17 @@ def test_stage_regularizer_fades_over_stages_and_steps():
     near_last = near_first.flip(0)
     quarter = math.pi**2 / 8
     # sum_i d_i / S * (1 - progress) * (1 - i / S)
-    assert common.stage_regularizer(near_first, prompt, 0.25).item() == pytest.approx(quarter * 0.5 / 2 * 0.75)
-    assert common.stage_regularizer(near_last, prompt, 0.25).item() == pytest.approx(quarter * 1.0 / 2 * 0.75)
-    assert common.stage_regularizer(near_last, prompt, 1.0).item() == pytest.approx(0.0)
+    assert losses.stage_regularizer(near_first, prompt, 0.25).item() == pytest.approx(quarter * 0.5 / 2 * 0.75)
+    assert losses.stage_regularizer(near_last, prompt, 0.25).item() == pytest.approx(quarter * 1.0 / 2 * 0.75)
+    assert losses.stage_regularizer(near_last, prompt, 1.0).item() == pytest.approx(0.0)
 
 
 def test_style_shift_adds_half_style_and_takes_half_negative(tiny):
-    style, negative = common.embed_texts(tiny, [common.STYLE_TEXT, common.NEGATIVE_TEXT])
+    style, negative = prompts.embed_texts(tiny, [settings.STYLE_TEXT, settings.NEGATIVE_TEXT])
     assert torch.allclose(common.style_shift(tiny), 0.5 * style - 0.5 * negative, atol=1e-6)
-    assert torch.equal(common.style_shift(tiny, style=False), torch.zeros(tiny.dim))
-    custom = common.style_shift(tiny, True, "a watercolor", "blurry")
-    a, b = common.embed_texts(tiny, ["a watercolor", "blurry"])
+    assert torch.equal(common.style_shift(tiny, common.Settings(style=False)), torch.zeros(tiny.dim))
+    custom = common.style_shift(tiny, common.Settings(style_text="a watercolor", negative_text="blurry"))
+    a, b = prompts.embed_texts(tiny, ["a watercolor", "blurry"])
     assert torch.allclose(custom, 0.5 * a - 0.5 * b, atol=1e-6)
 
 

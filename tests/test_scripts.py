@@ -16,7 +16,7 @@ import common
 import microwave
 import normal
 from conftest import bake_args, render_args
-from staged_clip import baked, baking, es, models
+from staged_clip import baked, es, models
 
 SCRIPTS = [bake, microwave, auto_microwave, normal, batch_bake]
 
@@ -299,27 +299,27 @@ def test_a_png_records_the_seed_device_and_threads_it_used(tiny_ckpt):
 
 
 def test_threads_leave_the_cores_other_processes_keep_busy(monkeypatch):
-    from staged_clip import cli
+    from staged_clip import startup
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(startup.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     torch.set_num_threads(4)
-    monkeypatch.setattr(cli, "busy_cores", lambda: 1)
-    assert cli.use_threads() == 3 and torch.get_num_threads() == 3
-    monkeypatch.setattr(cli, "busy_cores", lambda: 9)
-    assert cli.use_threads() == 1  # at least one
-    assert cli.use_threads(2) == 2  # --threads wins
+    monkeypatch.setattr(startup, "busy_cores", lambda: 1)
+    assert startup.use_threads() == 3 and torch.get_num_threads() == 3
+    monkeypatch.setattr(startup, "busy_cores", lambda: 9)
+    assert startup.use_threads() == 1  # at least one
+    assert startup.use_threads(2) == 2  # --threads wins
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert cli.use_threads() == 3  # so does the environment's OpenMP setting
+    assert startup.use_threads() == 3  # so does the environment's OpenMP setting
 
 
 def test_busy_cores_reads_what_other_processes_used_meanwhile(monkeypatch, tmp_path):
-    from staged_clip import cli
+    from staged_clip import startup
     stat = tmp_path / "stat"
     # cpu user nice system idle iowait ...: over the while, 300 of 400 ticks idle on 4 cores
     stat.write_text("cpu 100 0 100 800 0 0 0\n")
-    monkeypatch.setattr(cli.time, "sleep", lambda s: stat.write_text("cpu 200 0 100 1100 0 0 0\n"))
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 4)
-    assert cli.busy_cores(stat=stat) == 1
+    monkeypatch.setattr(startup.time, "sleep", lambda s: stat.write_text("cpu 200 0 100 1100 0 0 0\n"))
+    monkeypatch.setattr(startup.os, "cpu_count", lambda: 4)
+    assert startup.busy_cores(stat=stat) == 1
 
 
 def test_help_shows_no_default_for_a_switch_and_microwave_takes_one_file(capsys):

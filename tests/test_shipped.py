@@ -6,14 +6,14 @@ from PIL import Image
 
 import common
 from conftest import ROOT
-from staged_clip import baked
+from staged_clip import baked, models
 
 
 SHIPPED = common.Settings(size=64, stages=5, steps=10, meta_steps=30)  # baked/README.md's command
 
 
 def test_baked_ships_a_default_bake_of_every_toy_prompt():
-    model = common.load_clip("toy", torch.device("cpu"))
+    model = models.load_clip("toy", torch.device("cpu"))
     texts = common.read_prompts(ROOT / "prompts_toy.txt")
     for text in texts:
         path = baked.baked_path(ROOT / "baked", text)

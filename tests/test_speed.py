@@ -15,7 +15,7 @@ import common
 import microwave
 import normal
 from conftest import bake_args, render_args
-from staged_clip import benchmark, models, render
+from staged_clip import benchmark, learners, losses, models, prompts, render
 
 CFG = common.Settings(size=8, steps=2, lr=0.12, cutn=4, stage_reg=0.5, meta_grad="unrolled")
 
@@ -27,17 +27,17 @@ def targets_for(model, n, seed=1):
 
 def plain_loop(model, z, targets, steps, lr, cutn):
     """The renderer as the reference writes it: torch's own AdamW, one step at a time."""
-    losses = []
+    found = []
     for target in targets:
         z = z.detach().clone().requires_grad_()
         optimizer = torch.optim.AdamW([z], lr=lr, foreach=False)
         for _ in range(steps):
             optimizer.zero_grad()
-            loss = common.image_loss(model, z, target, cutn)
+            loss = losses.image_loss(model, z, target, cutn)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
-    return z.detach(), losses
+            found.append(loss.item())
+    return z.detach(), found
 
 
 def test_the_fast_renderer_matches_a_plain_loop(tiny):
@@ -46,9 +46,9 @@ def test_the_fast_renderer_matches_a_plain_loop(tiny):
     torch.manual_seed(3)
     expected, expected_losses = plain_loop(tiny, z0, targets, 4, 0.12, 4)
     torch.manual_seed(3)
-    losses = []
-    z = common.rollout(tiny, z0, targets, common.Settings(steps=4, lr=0.12, cutn=4), callback=lambda s, t, loss, z: losses.append(loss.item()))
-    assert losses == pytest.approx(expected_losses, rel=1e-5)
+    found = []
+    z = render.rollout(tiny, z0, targets, common.Settings(steps=4, lr=0.12, cutn=4), callback=lambda s, t, loss, z: found.append(loss.item()))
+    assert found == pytest.approx(expected_losses, rel=1e-5)
     assert torch.allclose(z, expected, atol=1e-5)
     assert not torch.allclose(z, z0, atol=1e-2)
 
@@ -58,8 +58,8 @@ def test_a_batch_of_two_starts_equals_two_single_rollouts(tiny):
     side = tiny.size
     z0 = torch.randn(2, 3, side, side)
     targets = targets_for(tiny, 2)
-    together = common.rollout(tiny, z0, targets, common.Settings(steps=3, lr=0.12, cutn=1))
-    alone = torch.cat([common.rollout(tiny, z0[i:i + 1], targets, common.Settings(steps=3, lr=0.12, cutn=1)) for i in range(2)])
+    together = render.rollout(tiny, z0, targets, common.Settings(steps=3, lr=0.12, cutn=1))
+    alone = torch.cat([render.rollout(tiny, z0[i:i + 1], targets, common.Settings(steps=3, lr=0.12, cutn=1)) for i in range(2)])
     # float rounding differs between a batch and one image, and Adam's first, nearly sign,
     # steps magnify it where a pixel's gradient is near zero: a few pixels differ by 1e-4
     assert (together - alone).abs().mean() < 1e-6 and torch.allclose(together, alone, atol=1e-3)
@@ -74,7 +74,8 @@ def meta_gradient(model, starts, cfg, stages):
     original = render.random_start
     render.random_start = lambda size, device, batch=1: starts.clone()
     try:
-        loss, z = common.meta_step(model, s, optimizer, prompt, common.style_shift(model), cfg, 0.25)
+        loss, z = learners.meta_step(model, s, optimizer, prompt, common.style_shift(model), cfg, 0.25,
+                                     differentiate=True)
     finally:
         render.random_start = original
     assert z.shape[0] == starts.shape[0]
@@ -118,9 +119,9 @@ def test_checkpointing_keeps_less_for_the_backward(tiny):
             return t
 
         stages = targets_for(tiny, 4).requires_grad_()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), common.math_attention():
-            z = common.rollout(tiny, torch.randn(1, 3, 16, 16), stages,
-                               common.Settings(steps=3, lr=0.12, cutn=2, checkpoint=checkpoint), create_graph=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), models.math_attention():
+            z = render.differentiable_rollout(tiny, torch.randn(1, 3, 16, 16), stages,
+                                              common.Settings(steps=3, lr=0.12, cutn=2, checkpoint=checkpoint))
         alive = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                  for t in (ref() for ref in saved) if t is not None}
         return sum(alive.values()), z
@@ -132,7 +133,7 @@ def test_checkpointing_keeps_less_for_the_backward(tiny):
 
 @pytest.fixture(scope="module")
 def compiled_tiny(tiny_ckpt):
-    model = common.load_clip(tiny_ckpt, "cpu")
+    model = models.load_clip(tiny_ckpt, "cpu")
     render.use_compile(model)
     return model
 
@@ -143,9 +144,9 @@ def test_the_compiled_loss_gives_the_eager_losses(tiny, compiled_tiny):
     runs = []
     for model in (tiny, compiled_tiny):
         torch.manual_seed(4)
-        losses = []
-        z = common.rollout(model, z0, targets, common.Settings(steps=3, lr=0.12, cutn=4), callback=lambda s, t, loss, z: losses.append(loss.item()))
-        runs.append((z, losses))
+        found = []
+        z = render.rollout(model, z0, targets, common.Settings(steps=3, lr=0.12, cutn=4), callback=lambda s, t, loss, z: found.append(loss.item()))
+        runs.append((z, found))
     assert compiled_tiny.compiled_loss is not None  # it compiled, and was not dropped for eager
     assert runs[1][1] == pytest.approx(runs[0][1], rel=1e-5)
     assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5)
@@ -173,7 +174,7 @@ def _pixels(path):
 
 def test_the_patch_embedding_is_the_convolution_and_keeps_the_state_dict(tiny_ckpt):
     raw = torch.load(tiny_ckpt, weights_only=True)
-    model = common.load_clip(tiny_ckpt, "cpu")
+    model = models.load_clip(tiny_ckpt, "cpu")
     patch = model.model.visual.conv1
     assert isinstance(patch, models.PatchEmbedding)  # the tiny ViT's 16-px patches
     images = torch.rand(3, 3, model.size, model.size, requires_grad=True)
@@ -188,37 +189,37 @@ def test_the_patch_embedding_is_the_convolution_and_keeps_the_state_dict(tiny_ck
 
 
 def test_lower_precision_on_a_cpu_runs_attention_on_the_math_kernel(tiny_ckpt, monkeypatch):
-    model = common.load_clip(tiny_ckpt, "cpu")
+    model = models.load_clip(tiny_ckpt, "cpu")
     model.set_precision("bf16")
     used = []
     real = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: used.append(
         torch.backends.cuda.flash_sdp_enabled()) or real(*a, **k))
-    common.embed_images(model, torch.rand(1, 3, model.size, model.size))
+    prompts.embed_images(model, torch.rand(1, 3, model.size, model.size))
     assert used and not any(used)  # the fused kernels are off while the tower runs
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_lower_precision_runs_the_tower_in_it_and_stays_close(tiny_ckpt, precision):
-    model = common.load_clip(tiny_ckpt, "cpu")
+    model = models.load_clip(tiny_ckpt, "cpu")
     images = torch.rand(2, 3, model.size, model.size)
-    exact = common.embed_images(model, images)
+    exact = prompts.embed_images(model, images)
     model.set_precision(precision)
     seen = []
     hook = model.tower.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    low = common.embed_images(model, images)
+    low = prompts.embed_images(model, images)
     hook.remove()
-    assert seen == [common.PRECISIONS[precision]] and low.dtype == torch.float32
+    assert seen == [models.DTYPES[precision]] and low.dtype == torch.float32
     assert F.cosine_similarity(exact, low).min() > 0.99
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("name", ["tiny", "toy"])  # a ViT and a ModifiedResNet
 def test_weights_stored_at_the_lower_precision_give_exactly_what_autocast_gives(tiny_ckpt, name, precision):
-    model = common.load_clip(tiny_ckpt if name == "tiny" else name, "cpu")
-    weights_id, texts = model.weights_id, common.embed_texts(model, ["a red circle"])
+    model = models.load_clip(tiny_ckpt if name == "tiny" else name, "cpu")
+    weights_id, texts = model.weights_id, prompts.embed_texts(model, ["a red circle"])
     model.set_precision(precision)
-    dtype = common.PRECISIONS[precision]
+    dtype = models.DTYPES[precision]
     assert model.tower is not model.model.visual
     for module in model.tower.modules():
         for param in module.parameters(recurse=False):
@@ -226,9 +227,9 @@ def test_weights_stored_at_the_lower_precision_give_exactly_what_autocast_gives(
             assert not param.requires_grad
     assert all(p.dtype == torch.float32 for p in model.model.parameters())  # the model itself is untouched
     images = torch.rand(3, 3, model.size, model.size, requires_grad=True)
-    ours = common.embed_images(model, images)
+    ours = prompts.embed_images(model, images)
     model.tower = model.model.visual  # the fp32 weights, cast by autocast on every call
-    theirs = common.embed_images(model, images)
+    theirs = prompts.embed_images(model, images)
     assert torch.equal(ours, theirs)
     assert torch.equal(*(torch.autograd.grad(e.square().sum(), images)[0] for e in (ours, theirs)))
     model.set_precision(precision)
@@ -237,14 +238,14 @@ def test_weights_stored_at_the_lower_precision_give_exactly_what_autocast_gives(
     assert model.tower is model.model.visual
     model.set_precision(precision)
     assert model.tower is low  # the copy is kept, not made again
-    assert common.Clip.weights_id.func(model) == weights_id  # computed afresh: fingerprints are unchanged
-    assert torch.equal(common.embed_texts(model, ["a red circle"]), texts)
+    assert models.Clip.weights_id.func(model) == weights_id  # computed afresh: fingerprints are unchanged
+    assert torch.equal(prompts.embed_texts(model, ["a red circle"]), texts)
 
 
 @pytest.mark.parametrize("flags, noted", [({"avx2"}, True), ({"avx2", "avx512_bf16"}, False), (None, False)])
 def test_bf16_on_a_cpu_without_bf16_instructions_gets_a_note(tiny_ckpt, monkeypatch, capsys, flags, noted):
     monkeypatch.setattr(models, "cpu_flags", lambda: flags)
-    model = common.load_clip(tiny_ckpt, "cpu")
+    model = models.load_clip(tiny_ckpt, "cpu")
     model.set_precision("fp32")
     model.set_precision("bf16")
     model.set_precision("fp32")
@@ -327,7 +328,7 @@ def test_a_step_time_is_the_median_not_the_mean():
 
 
 def test_fp16_scales_the_loss_so_small_gradients_survive(tiny_ckpt):
-    model = common.load_clip(tiny_ckpt, "cpu")
+    model = models.load_clip(tiny_ckpt, "cpu")
     z = torch.randn(1, 3, 16, 16, requires_grad=True)
     target = targets_for(model, 1)[0]
     torch.manual_seed(0)

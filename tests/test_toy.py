@@ -8,7 +8,7 @@ from PIL import Image
 
 import common
 import normal
-from staged_clip import models
+from staged_clip import models, settings
 from toy import cli as toy_cli, measure, training, world
 
 
@@ -311,7 +311,7 @@ def test_vivid_twins_keep_the_shape_and_are_taught_to_fit_worse():
 
     model = training.build(0).eval()  # running BatchNorm statistics: the twins do not change the others' features
     texts, attrs = world.all_captions()
-    style = clip.tokenize([common.STYLE_TEXT, common.NEGATIVE_TEXT])
+    style = clip.tokenize([settings.STYLE_TEXT, settings.NEGATIVE_TEXT])
     tokens = clip.tokenize(texts)
 
     def loss(twins):
@@ -339,7 +339,7 @@ def test_vivid_twins_keep_the_shape_and_are_taught_to_fit_worse():
 
 def test_adversarial_nudges_are_small_and_raise_the_loss():
     import clip
-    model = common.load_clip("toy").model
+    model = models.load_clip("toy").model
     gen = torch.Generator().manual_seed(0)
     labels = world.random_labels(32, gen)
     images = world.draw(labels, gen)
@@ -441,7 +441,7 @@ def test_training_runs_and_saves_a_small_loadable_checkpoint(tmp_path, width):
     assert state["token_embedding.weight"].dtype == torch.float16
     used = (state["token_embedding.weight"] != 0).any(1).sum()
     assert 20 < used < 200  # only the world's words (and the style texts) keep their rows
-    model = common.load_clip(str(out))
+    model = models.load_clip(str(out))
     assert model.size == world.SIDE and model.dim == training.ARCH["embed_dim"]
     assert model.model.visual.layer1[0].conv1.weight.shape[0] == width  # the checkpoint says its width
 
@@ -495,7 +495,7 @@ def test_init_of_another_width_is_refused_before_any_work(tmp_path):
 
 @pytest.fixture(scope="module", params=["toy", "toy-scorer"])
 def shipped(request):
-    return common.load_clip(request.param)
+    return models.load_clip(request.param)
 
 
 def test_shipped_files_are_small_fp16_state_dicts():
@@ -559,15 +559,15 @@ def test_zero_shot_reports_each_held_out_pair_and_shapes_in_random_colours(capsy
 
 
 def test_toy_name_is_the_shipped_file():
-    by_name = common.load_clip("toy").model.state_dict()
-    by_path = common.load_clip(str(models.TOY_MODELS["toy"])).model.state_dict()
+    by_name = models.load_clip("toy").model.state_dict()
+    by_path = models.load_clip(str(models.TOY_MODELS["toy"])).model.state_dict()
     assert all(torch.equal(by_name[k], by_path[k]) for k in by_name)
 
 
 def test_missing_shipped_file_says_how_to_restore(monkeypatch, tmp_path):
     monkeypatch.setitem(models.TOY_MODELS, "toy", tmp_path / "gone.pt")
     with pytest.raises(common.UserError, match="missing.*git checkout"):
-        common.load_clip("toy")
+        models.load_clip("toy")
 
 
 # --- what the toy model guides (normal.py's defaults, one seed)
@@ -614,7 +614,7 @@ def test_guided_images_are_smooth_not_noise():
 
 def test_style_shaping_is_neutral_for_the_guide():
     # the guide was taught that the two style texts mean the same: shaping adds ~nothing
-    model = common.load_clip("toy")
+    model = models.load_clip("toy")
     assert common.style_shift(model).norm() < 0.05
 
 

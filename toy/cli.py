@@ -12,9 +12,10 @@ only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
 
 import argparse
 
-from staged_clip.cli import (Formatter, decay_float, make_parser, nonnegative_float, nonnegative_int,
-                             positive_float, positive_int, seed_int, unit_float, use_threads)
-from staged_clip.errors import cli
+from staged_clip.cli import cli
+from staged_clip.flags import (Formatter, decay_float, make_parser, nonnegative_float, nonnegative_int,
+                               positive_float, positive_int, seed_int, unit_float)
+from staged_clip.startup import use_threads
 from staged_clip.models import load_clip
 from staged_clip.settings import SCRIPT_DEFAULTS
 

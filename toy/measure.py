@@ -142,7 +142,7 @@ def guided_prompts():
 def guide(model, text, seed, settings, shift):
     """What `normal.py TEXT --seed SEED` makes with these settings: the image in [0, 1], [3, H, W].
 
-    shift: style_shift(model, ...) as normal.py computes it.
+    shift: style_shift(model, settings) as normal.py computes it.
     """
     target = (embed_texts(model, [text])[0] + shift)[None]
     seed_everything(seed, announce=False)
@@ -156,8 +156,8 @@ def guided(args):
         check_output(args.grid)
     model = load_clip(args.clip_model)
     scorer = load_clip(args.scorer) if args.scorer else None
-    shift = style_shift(model, not args.no_style)
-    settings = Settings(size=args.size, steps=args.steps, cutn=args.cutn)
+    settings = Settings(size=args.size, steps=args.steps, cutn=args.cutn, style=not args.no_style)
+    shift = style_shift(model, settings)
     # the scorer's captions of each (colour, place) in the three shapes, encoded once
     options = {} if scorer is None else {
         (colour, place): embed_texts(scorer, [world.caption(world.COLOUR_NAMES.index(colour), s, world.PLACE_NAMES.index(place))

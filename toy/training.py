@@ -13,7 +13,7 @@ from clip.model import CLIP
 from staged_clip.errors import UserError
 from staged_clip.models import load_clip
 from staged_clip.output import atomic_write, check_folder
-from staged_clip.prompts import NEGATIVE_TEXT, STYLE_TEXT
+from staged_clip.settings import NEGATIVE_TEXT, STYLE_TEXT
 
 from . import measure, world
 

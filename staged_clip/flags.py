@@ -1,0 +1,271 @@
+"""The command line: the flags the scripts share, and what a script's parsed flags make.
+
+This is the one module that reads parsed flags (argparse's Namespace): start() turns them
+into a started run and settings_of() into the frozen Settings; below it, nothing sees them.
+It imports no torch at the top, so that --help answers at once.
+"""
+
+import argparse
+import dataclasses
+import math
+
+from .errors import UserError, log
+from .settings import (DEFAULT_CLIP_MODEL, GATE_EVERY, LR, META_GRADS, NEGATIVE_TEXT, ORIGINAL, PARAMS, PRECISIONS,
+                       SAVE_SIZE, SCRIPT_DEFAULTS, STYLE_TEXT, Settings, replayed)
+
+
+def number(cast, accept, requirement):
+    """An argparse type: cast the text, then insist on accept(value) (requirement says what fails)."""
+
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{requirement}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = number(int, lambda v: v >= 1, "must be a whole number of at least 1")
+nonnegative_int = number(int, lambda v: v >= 0, "must be a whole number of at least 0")
+nonnegative_float = number(float, lambda v: 0 <= v < math.inf, "must be a number of at least 0")
+positive_float = number(float, lambda v: 0 < v < math.inf, "must be a positive number")
+unit_float = number(float, lambda v: 0 <= v <= 1, "must lie between 0 and 1")
+decay_float = number(float, lambda v: 0 <= v < 1, "must lie from 0 up to, not including, 1")
+save_side = number(int, lambda v: 1 <= v <= 8192, "must be a whole number from 1 to 8192")
+seed_int = number(int, lambda v: 0 <= v < 2**63, "must be a whole number from 0 to 2**63 - 1")
+
+
+def name_list(choices):
+    """An argparse type: a comma-separated list of distinct names from choices."""
+
+    def parse(text):
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names or any(n not in choices for n in names) or len(set(names)) < len(names):
+            raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list from {', '.join(choices)}")
+        return names
+
+    return parse
+
+
+def shard_arg(text):
+    """--shard: 'I/N' -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N (e.g. 0/4)") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: I/N needs 0 <= I < N (e.g. 0/4)")
+    return i, n
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (not the whole usage) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the docstring's lines (its examples); show every default not already told.
+
+    A plain switch shows none: "--no-style (default: True)" would say the opposite of what
+    the flag does; a pair of switches (--learn-lr / --no-learn-lr) names the one that holds.
+    """
+
+    def _get_help_string(self, action):
+        if isinstance(action, argparse.BooleanOptionalAction) and action.default is not None:
+            return f"{action.help} (default: {action.option_strings[0 if action.default else 1]})"
+        if action.default is None or isinstance(action.default, bool) or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def make_parser(doc):
+    """An ArgumentParser that shows the script's docstring and every default."""
+    return Parser(description=doc, formatter_class=Formatter,
+                  epilog=f"The original: the code of {ORIGINAL}, whose numbers are the defaults here.")
+
+
+def add_model_args(group, clip_model=DEFAULT_CLIP_MODEL):
+    """--clip-model, --device, --seed, --precision, --compile and --threads."""
+    group.add_argument("--clip-model", default=clip_model,
+                       help="CLIP model name (downloaded once), a local checkpoint path, "
+                            "toy or toy-scorer (small offline models of drawn shapes, shipped here), "
+                            "or random:ARCH (random weights, for timing)")
+    group.add_argument("--device", default=None,
+                       help="torch device (default: cuda if available, else cpu)")
+    group.add_argument("--seed", type=seed_int, default=None,
+                       help="random seed (default: a fresh one, printed so the run can be repeated)")
+    group.add_argument("--precision", choices=PRECISIONS, default=Settings.precision,
+                       help="precision of CLIP's image tower (autocast; fp16/bf16 are faster on a GPU)")
+    group.add_argument("--compile", action="store_true",
+                       help="compile the renderer's loss with torch.compile (slow to start, faster "
+                            "per step; falls back to eager if compiling fails)")
+    group.add_argument("--threads", type=positive_int, default=None,
+                       help="CPU threads (default: the cores that no other process keeps busy when "
+                            "the run starts, at least 1; OMP_NUM_THREADS, where set)")
+
+
+def add_render_args(group, size, steps, cutn, lr=LR, inner_eps=Settings.inner_eps,
+                    carry_moments=Settings.carry_moments, param=Settings.param):
+    """--size, --steps, --lr, --cutn, Adam's eps and moments, the image's parametrization, and the
+    style shaping of targets.
+
+    lr, inner_eps, carry_moments, param: None for a replay, whose bake says (files without: the
+    original's, rgb).
+    """
+    group.add_argument("--size", type=positive_int, default=size, help="side of the optimized image tensor")
+    group.add_argument("--steps", type=positive_int, default=steps, help="Adam steps (per stage where staged)")
+    baked = " (default: the baked file's, else the original's)" if inner_eps is None else ""
+    group.add_argument("--lr", type=positive_float, default=lr, help="learning rate of the image optimizer" + baked)
+    group.add_argument("--cutn", type=positive_int, default=cutn, help="cutouts CLIP sees per step")
+    group.add_argument("--inner-eps", type=positive_float, default=inner_eps,
+                       help="eps of the image's Adam: raised towards a pixel's typical gradient, it stops "
+                            "near-zero gradients from making full-size steps" + baked)
+    group.add_argument("--carry-moments", action=argparse.BooleanOptionalAction, default=carry_moments,
+                       help="keep Adam's moments and step count from stage to stage instead of a fresh Adam "
+                            "each stage" + baked)
+    group.add_argument("--param", choices=PARAMS, default=param,
+                       help="what Adam optimizes: the pixels (rgb, the original's), a pyramid of levels at "
+                            "size, size/2, ... 4 px summed, or a 1/frequency-scaled spectrum with decorrelated "
+                            "colours (fourier)" + baked.replace("original's", "original's rgb"))
+    group.add_argument("--pyramid-levels", type=positive_int, default=None,
+                       help="levels of --param pyramid (default: every halving down to 4 px)")
+    group.add_argument("--no-style", dest="style", action="store_false",
+                       help="turn off target shaping (style and negative texts; on by default)")
+    group.add_argument("--style-text", default=STYLE_TEXT, help="text added to every target")
+    group.add_argument("--negative-text", default=NEGATIVE_TEXT, help="text subtracted from every target")
+
+
+def add_common_args(parser, script, out="output.png", progress=True):
+    """Add the flags every script has, with script's renderer defaults (settings.SCRIPT_DEFAULTS).
+
+    out=None: no --out (the script decides where images go); progress=False: no --save-progress.
+    """
+    g = parser.add_argument_group("common options")
+    add_model_args(g)
+    add_render_args(g, **SCRIPT_DEFAULTS[script])
+    if out is not None:
+        g.add_argument("--out", default=out, help="output PNG path")
+    g.add_argument("--save-size", type=save_side, default=SAVE_SIZE,
+                   help="side of the saved PNG (nearest-neighbour upscale)")
+    if out is not None and progress:
+        g.add_argument("--save-progress", type=nonnegative_int, nargs="?", const=0, default=None, metavar="N",
+                       help="also save the image every N steps (alone: after every stage; for one "
+                            "stage, ten times) as frames in OUT_progress/ and an animated OUT_progress.gif")
+    return g
+
+
+def add_bake_settings(group, choose_estimator=True):
+    """The meta-optimization's settings: stages, meta steps and rate, regularizer, estimator, batch."""
+    group.add_argument("--stages", type=positive_int, default=Settings.stages, help="number of stages")
+    group.add_argument("--meta-steps", type=positive_int, default=Settings.meta_steps,
+                       help="meta-optimization steps")
+    group.add_argument("--meta-lr", type=positive_float, default=Settings.meta_lr,
+                       help="learning rate of the stage embeddings")
+    group.add_argument("--stage-reg", type=float, default=Settings.stage_reg,
+                       help="weight of the fading 'stay near the prompt' term on the stages")
+    if choose_estimator:
+        group.add_argument("--meta-grad", choices=META_GRADS, default=Settings.meta_grad,
+                           help="unrolled: back-propagate the final image loss through the inner "
+                                "optimization; none: the original's bake (no image gradient); es: "
+                                "evolution strategies on the smoothed loss (antithetic pairs of plain rollouts)")
+    group.add_argument("--batch", type=positive_int, default=Settings.batch,
+                       help="random starts rolled out together per meta step; the meta-gradient "
+                            "is their mean")
+    group.add_argument("--checkpoint", action="store_true",
+                       help="per-stage gradient checkpointing of the unrolled rollout: memory for "
+                            "one stage instead of all, for one more forward pass of each stage")
+
+
+def add_es_settings(group):
+    """The ES estimator's settings and the validation gate's."""
+
+    def option(flag, kind, text):
+        """A flag whose default is the Settings field of its name."""
+        group.add_argument(flag, type=kind, default=getattr(Settings, flag[2:].replace("-", "_")), help=text)
+
+    option("--population", positive_int, "antithetic pairs of rollouts per meta step")
+    option("--sigma", positive_float, "size of the perturbation of each stage's direction, in radians")
+    option("--lr-sigma", positive_float, "size of the perturbation of each stage's log learning-rate multiplier")
+    option("--es-lr", positive_float, "Adam's step on what ES learns, in units of its perturbation: about es-lr "
+                                      "x sigma radians a meta step for a stage, es-lr x lr-sigma for a log multiplier")
+    option("--es-rank", nonnegative_int, "search stage directions in a fixed random subspace of this many "
+                                         "dimensions around the prompt (0: all of them)")
+    group.add_argument("--learn-stages", action=argparse.BooleanOptionalAction, default=Settings.learn_stages,
+                       help="learn the stage directions")
+    group.add_argument("--learn-lr", action=argparse.BooleanOptionalAction, default=Settings.learn_lr,
+                       help="learn a multiplier of the image's learning rate for each stage")
+    option("--es-chunk", nonnegative_int, "pairs rolled out in one batch (0: a process's whole share); lower it "
+                                          "when memory runs out")
+    group.add_argument("--validate-every", type=nonnegative_int, default=None,
+                       help="replay the bake every K meta steps from fixed validation starts and keep it only "
+                            "where it beats the best so far, which starts as the prompt itself "
+                            f"(0: off; default: {GATE_EVERY} for es, off otherwise)")
+    option("--validation-starts", positive_int, "starts of each validation")
+
+
+def add_bake_args(parser, choose_estimator=True, es_title="es options (--meta-grad es) and the validation gate"):
+    """Add the flags shared by bake.py, batch_bake.py and evaluate.py (which bakes with each estimator
+    it compares, so chooses none): the bake's settings, where bakes go, and wandb."""
+    g = parser.add_argument_group("bake options")
+    add_bake_settings(g, choose_estimator)
+    add_es_settings(parser.add_argument_group(es_title))
+    g.add_argument("--baked-dir", default="baked", help="folder of baked files")
+    g.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto",
+                   help="wandb logging; auto logs online when a wandb login is configured")
+    g.add_argument("--wandb-project", default="staged-clip", help="wandb project name")
+    g.add_argument("--log-every", type=positive_int, default=10,
+                   help="log the baked and control images every N meta steps")
+    return g
+
+
+# --- what the parsed flags make
+
+def start(args, script, writes_baked=False):
+    """What every script does first: check what it writes and reads, then pick device and threads,
+    load CLIP and seed. script names the run in its PNGs (output.Output.record).
+
+    Every check that needs no model comes before the model loads; seeding comes after, so
+    that a seed means the same run whatever loading drew. Returns a startup.Run.
+    """
+    from . import output, params, prompts, startup, wandb_log  # here, not above: --help must not wait for torch
+    flags = vars(args)
+    out = output.Output(flags.get("out"), flags.get("save_size", SAVE_SIZE), flags.get("save_progress"), script,
+                        {k: v for k, v in flags.items() if k != "out"})
+    if out.path is not None:
+        output.check_output(out.path)
+    wandb = wandb_log.WandbLog(wandb_log.wandb_mode(args.wandb), args.wandb_project,
+                               args.log_every) if "wandb" in flags else None
+    if writes_baked:
+        output.check_folder(args.baked_dir, "--baked-dir")
+    if flags.get("prompt") is not None:
+        prompts.check_prompt(args.prompt, out.path)
+    if flags.get("checkpoint") and args.carry_moments:
+        raise UserError("--checkpoint reruns each stage alone, so it cannot carry Adam's moments between stages: "
+                        "drop one of --checkpoint and --carry-moments")
+    if args.param is not None:
+        params.check(args.param, args.size, args.pyramid_levels)
+    return startup.start(args.clip_model, args.device, args.seed, args.threads, args.precision, args.compile,
+                         out, wandb)
+
+
+def settings_of(args, run, bake=None, source=None):
+    """The frozen Settings of a run: its flags, with the seed and threads it started with.
+
+    bake: the config of a bake being replayed, whose renderer (learning rate, Adam's eps and
+    moments, parametrization) holds where the flags leave it (None); source names the bake
+    in the note said where --param asks for another parametrization than its own.
+    """
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+              if f.name in vars(args) and f.name not in ("seed", "threads")}
+    if bake is not None:
+        fields.update(replayed(fields, bake))
+        made = bake.get("param", "rgb")
+        if args.param is not None and args.param != made:
+            log(f"note: {source} was baked with --param {made}; replaying it with --param {args.param}")
+    return Settings(**fields, seed=run.seed, threads=run.threads)
