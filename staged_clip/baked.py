@@ -231,11 +231,6 @@ def stale_reason(path, text, settings, model, seed=False):
     return None
 
 
-def already_baked(path, text, settings, model):
-    """Whether path holds a complete bake of this prompt with these settings and this model (a Clip)."""
-    return stale_reason(path, text, settings, model) is None
-
-
 def baked_prompt_embed(model, bake):
     """A bake's prompt embedding under this model (a UserError where it has none)."""
     check_stage_width(bake, model.dim)
