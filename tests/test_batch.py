@@ -165,6 +165,18 @@ def test_an_interrupted_run_resumes_without_baking_twice(monkeypatch, capsys, ru
     assert "2 baked, 1 already baked" in capsys.readouterr().out
 
 
+def test_a_bake_made_with_other_settings_is_baked_again_saying_which(monkeypatch, capsys, run):
+    write_list(PROMPTS[:2])
+    run()
+    capsys.readouterr()
+    started = count_bakes(monkeypatch)
+    run("--steps", "3", "--stage-reg", "0.5")
+    assert started == PROMPTS[:2]
+    said = [line for line in capsys.readouterr().err.splitlines() if "again" in line]
+    assert len(said) == 2 and "bk/a_red_apple.pt" in said[0]
+    assert "steps 2 (now 3)" in said[0] and "stage_reg 1.0 (now 0.5)" in said[0]
+
+
 def test_an_incomplete_bake_is_redone_not_skipped(monkeypatch, run):
     write_list(PROMPTS[:1])
     run()

@@ -149,6 +149,23 @@ def test_prompt_cannot_write_outside_the_baked_dir(tiny_ckpt, tmp_path, capsys):
     fails(bake, ["a cat", *bake_args(tiny_ckpt), "--name", "../x"], "plain file name", capsys)
 
 
+def test_a_prompt_without_a_baked_file_says_the_file_is_missing(tiny_ckpt, capsys):
+    fails(microwave, ["a red circle", *render_args(tiny_ckpt)], "a baked file is missing", capsys)
+
+
+@pytest.mark.parametrize("prompt", ["a red circle | red:abc", "a sign saying:"])
+def test_a_weight_that_does_not_parse_is_one_line(tiny_ckpt, prompt, capsys):
+    fails(normal, [prompt, *render_args(tiny_ckpt)], "is not a weight", capsys)
+
+
+def test_a_part_read_as_a_weight_is_named_first(tiny_ckpt, capsys, monkeypatch):
+    monkeypatch.setattr(models, "load_clip", lambda *a: pytest.fail("loaded CLIP before reading the prompt"))
+    with pytest.raises(pytest.fail.Exception):
+        normal.main(["a clock showing 12:30", *render_args(tiny_ckpt)])
+    said = capsys.readouterr().err
+    assert "'a clock showing 12' at weight 30" in said and "\\:" in said
+
+
 def test_too_many_inputs_for_microwave(tiny_ckpt, capsys):
     fails(microwave, ["a", "b", "c.pt", *render_args(tiny_ckpt)], "baked file", capsys)
 

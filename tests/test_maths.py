@@ -58,6 +58,20 @@ def test_parse_prompt_weights_from_the_right():
     assert prompts.parse_prompt("a clock: noon") == [("a clock: noon", 1.0)]
     assert prompts.parse_prompt("photo: x:2") == [("photo: x", 2.0)]
     assert prompts.parse_prompt("  spaced  ") == [("spaced", 1.0)]
+    assert prompts.parse_prompt("a clock showing 12\\:30") == [("a clock showing 12:30", 1.0)]  # \: is a colon
+
+
+@pytest.mark.parametrize("text", ["a red circle | red:abc", "red:", "a clock:12:30x"])
+def test_a_weight_that_is_not_a_number_is_refused(text):
+    with pytest.raises(common.UserError, match=r"is not a weight.*\\:"):
+        prompts.parse_prompt(text)
+
+
+def test_weights_read_from_a_colon_are_named():
+    note = prompts.weights_note("a clock showing 12:30")
+    assert "'a clock showing 12' at weight 30" in note and "\\:" in note
+    assert prompts.weights_note("a red apple") is None and prompts.weights_note("a clock: noon") is None
+    assert prompts.weights_note("a clock showing 12\\:30") is None
 
 
 @pytest.mark.parametrize("text", ["", "   ", " | ", ":2"])
