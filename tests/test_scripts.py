@@ -48,6 +48,17 @@ def test_normal_writes_a_png_that_records_its_making(tiny_ckpt, capsys):
     assert json.loads(text["settings"])["steps"] == 3
     levels = torch.unique(pixels)  # quantized: 16 levels, the same set in every channel
     assert len(levels) <= 16 and pixels.std() > 0
+    # what the pixels depend on beyond the settings, and how the run went
+    assert text["torch"] == str(torch.__version__) and text["commit"].split("-")[0] == project_commit()
+    assert float(text["loss"]) > 0 and float(text["seconds"]) > 0
+
+
+def project_commit():
+    """The project's commit as the PNG records it (unknown outside a git checkout)."""
+    import subprocess
+    from conftest import ROOT
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    return head.stdout.strip() if head.returncode == 0 else "unknown"
 
 
 def test_a_seed_repeats_and_another_differs(tiny_ckpt):
@@ -78,8 +89,11 @@ def test_bake_writes_stages_metadata_and_image(tiny_ckpt, tmp_path, capsys):
     assert len(baked["history"]) == 2 and all(h > 0 for h in baked["history"])
     cfg = baked["config"]
     assert cfg["seed"] == 5 and cfg["meta_grad"] == "es" and cfg["size"] == 16 and cfg["style"] is True
+    assert baked["torch"] == str(torch.__version__) and baked["commit"].split("-")[0] == project_commit()
+    assert baked["seconds"] > 0
     size, text, _ = png_info("b.png")
-    assert size == (32, 32) and text["prompt"] == "a red apple"
+    assert size == (32, 32) and text["prompt"] == "a red apple" and text["meta_grad"] == "es"
+    assert float(text["loss"]) == pytest.approx(baked["history"][-1]) and text["commit"] == baked["commit"]
     assert sorted(p.name for p in (tmp_path / "bk").iterdir()) == ["a_red_apple.pt"]
 
 
