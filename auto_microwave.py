@@ -4,8 +4,6 @@
 Example: python auto_microwave.py "a yellow pear" --baked-dir baked --out pear.png
 """
 
-import torch
-
 import common
 
 
@@ -37,8 +35,7 @@ def main(argv=None):
     if len(chosen) < args.k:
         common.log(f"note: only {len(chosen)} baked file(s) with {n_stages} stages; using those")
     near = [b for _, b in chosen]
-    path, scale = common.compose_path(torch.stack([b["stages"] for b in near]).to(model.device), args.mode,
-                                      common.scales_of(near, model.device))  # [S, D], [S]
+    path, scale = common.compose_bakes(near, args.mode, model.device)  # [S, D], [S]
     # the renderer as the nearest bake's
     settings = common.settings_of(args, run, near[0]["config"], near[0]["path"])
     stages = common.lerp_unit(path, prompt.embed, args.mix)

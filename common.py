@@ -33,7 +33,7 @@ _DOOR = {  # name -> module.attribute in staged_clip
     # baked files
     "baked_path": "baked.baked_path", "load_baked": "baked.load_baked", "looks_baked": "baked.looks_baked",
     "load_baked_dir": "baked.load_baked_dir", "check_stage_width": "baked.check_stage_width",
-    "nearest_bakes": "baked.nearest_bakes", "compose_path": "baked.compose_path", "scales_of": "baked.scales_of",
+    "nearest_bakes": "baked.nearest_bakes", "compose_bakes": "baked.compose_bakes", "scales_of": "baked.scales_of",
     # files
     "check_file": "output.check_file", "write_text": "output.write_text", "provenance": "output.provenance",
     # measuring

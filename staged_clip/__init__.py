@@ -1,12 +1,37 @@
 """Staged CLIP guidance: an RGB tensor optimized by Adam through stages, each aimed at its own
 CLIP embedding, and the bake that learns those embeddings. The scripts use it through common.py.
 
-Modules, from the bottom up: errors (user errors, status lines), randomness (seeds and
-random state), models (loading CLIP, its precision), prompts (prompts, embeddings, targets),
-cutouts, losses, settings (the one dataclass of the renderer's and bake's settings), output
-(atomic files, PNGs, progress frames), render (the renderer and its differentiable twin),
-baked (baked files), wandb_log, baking (the meta step and the bake), batch (baking a list),
-cli (flags and a run's start), evaluation and benchmark (measuring the method and its speed).
+The modules, bottom to top (each imports only from the lines above it):
+  errors, settings   user errors and status lines; the frozen Settings and every default and
+                     choice the command line shows (neither imports torch)
+  cli                a script's main: user errors as one line, SIGTERM as Ctrl-C
+  randomness, distributed, memory, cutouts, stats
+                     seeds; one bake's work shared among torchrun's processes; peak memory;
+                     what CLIP sees of an image; win rates and their intervals
+  models, prompts, params
+                     CLIP loaded and frozen at a precision; prompts, embeddings, targets; what
+                     Adam optimizes (rgb, pyramid, fourier)
+  losses             the spherical distance, the renderer's loss and the bake's
+  output             atomic files, the PNG that records its making (Output), progress frames
+  render, report, wandb_log
+                     the renderer (rollout, differentiable_rollout); tables and grids; wandb
+  es, startup        the ES estimator's maths; a run's start (device, threads, CLIP, seed)
+  flags, gate, learners, chaos
+                     the command line's flags and what parsed flags make (the one reader of
+                     them); the validation gate; the estimators, one class each (LEARNERS);
+                     the chaos probe
+  baked, benchmark   baked files (saving, safe loading, same-bake checks, nearest bakes); timing
+  baking, methods    one prompt's bake (Baker, Bake); the ways an evaluation makes an image
+  batch              baking a list (shards, resuming, failures)
+  evaluation         measuring the method: bakes, every method from held-out starts, scores
+
+Where the next thing goes:
+- an estimator: a Learner subclass in learners.py (step, current, and what the bake asks of
+  it: gate_every, fields, learns_lr, shares_processes), its name in settings.META_GRADS, its
+  settings as Settings fields with their flags in flags.py;
+- a parametrization: a class with encode and decode in params.py, its name in settings.PARAMS;
+- an evaluation method: a kind of methods.Method (its name), what it renders in methods.plan,
+  and its place in methods.methods_of.
 """
 
 import warnings

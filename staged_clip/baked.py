@@ -285,6 +285,12 @@ def compose_path(paths, mode, scales=None):
     return path if scales is None else (path, scale)
 
 
+def compose_bakes(bakes, mode, device):
+    """One path of stages [S, D] and its learning-rate multipliers [S] from bakes of S stages each
+    (compose_path of their stages and multipliers), on device."""
+    return compose_path(torch.stack([b["stages"] for b in bakes]).to(device), mode, scales_of(bakes, device))
+
+
 def scales_of(bakes, device):
     """The learning-rate multipliers [k, S] of bakes of S stages each (ones where a file has none)."""
     return torch.stack([b["lr_scale"] if b.get("lr_scale") is not None else torch.ones(len(b["stages"]))

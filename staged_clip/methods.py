@@ -3,8 +3,6 @@ auto-microwaving from the other prompts' bakes; and what each renders from a sta
 
 from dataclasses import dataclass
 
-import torch
-
 from . import baked, prompts
 
 
@@ -63,7 +61,6 @@ def plan(method, case, shift, settings, mix):
         return (prompts.shape_targets(bake["stages"].to(device), shift), settings.replace(steps=bake["config"]["steps"]),
                 baked.scales_of([bake], device)[0])
     near = [b for _, b in case.near]
-    path, scale = baked.compose_path(torch.stack([b["stages"] for b in near]).to(device), method.mode,
-                                     baked.scales_of(near, device))
+    path, scale = baked.compose_bakes(near, method.mode, device)
     return (prompts.shape_targets(prompts.lerp_unit(path, case.prompt.embed, mix), shift),
             settings.replace(steps=near[0]["config"]["steps"]), scale)

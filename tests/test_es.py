@@ -197,10 +197,10 @@ def test_bad_learned_step_sizes_are_refused(tmp_path):
 def test_auto_microwave_composes_step_sizes_like_paths():
     paths = F.normalize(torch.randn(2, 3, 8), dim=-1)
     scales = torch.tensor([[1.0, 2.0, 4.0], [4.0, 2.0, 1.0]])
-    path, scale = common.compose_path(paths, "mean", scales)
+    path, scale = baked.compose_path(paths, "mean", scales)
     assert torch.allclose(scale, torch.tensor([2.0, 2.0, 2.0]))  # the geometric mean, stage by stage
     torch.manual_seed(0)
-    path, scale = common.compose_path(paths, "splice", scales)
+    path, scale = baked.compose_path(paths, "splice", scales)
     for i in range(3):
         j = next(j for j in range(2) if torch.allclose(path[i], paths[j, i]))
         assert scale[i] == scales[j, i]  # each stage's rate from the path its direction came from

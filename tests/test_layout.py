@@ -107,3 +107,47 @@ def test_common_names_exactly_what_it_offers_and_the_scripts_use_only_that():
     for script in SCRIPTS:
         used = set(re.findall(r"\bcommon\.([A-Za-z_]\w*)", (ROOT / f"{script}.py").read_text()))
         assert used <= set(common.__all__), (script, used - set(common.__all__))
+
+
+def test_the_door_offers_only_what_the_scripts_use():
+    used = set()
+    for script in SCRIPTS:
+        used |= set(re.findall(r"\bcommon\.([A-Za-z_]\w*)", (ROOT / f"{script}.py").read_text()))
+    assert set(common.__all__) == used
+
+
+def functions(name):
+    """(name, lines, parameters other than self/cls) of every function in a module."""
+    for node in ast.walk(ast.parse(source(name))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            params = [*a.posonlyargs, *a.args, *a.kwonlyargs, *filter(None, [a.vararg, a.kwarg])]
+            own = [p for p in params if p.arg not in ("self", "cls", "ctx")]
+            yield node.name, node.end_lineno - node.lineno + 1, len(own)
+
+
+def test_no_function_of_the_package_is_long_or_takes_many_arguments():
+    for name in modules():
+        if name.startswith("staged_clip."):
+            for function, lines, params in functions(name):
+                assert lines <= 60, f"{name}.{function} is {lines} lines long"
+                assert params <= 8, f"{name}.{function} takes {params} arguments: give it an object instead"
+
+
+def test_help_answers_without_loading_torch():
+    code = ("import sys, importlib\n"
+            "for name in sys.argv[1:]:\n"
+            "    try:\n"
+            "        importlib.import_module(name).parse_args(['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code, *SCRIPTS], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("usage:") == len(SCRIPTS)
+
+
+def test_every_estimator_has_one_learner():
+    from staged_clip import learners, settings
+    assert tuple(learners.LEARNERS) == settings.META_GRADS
+    assert all(learner.name == name for name, learner in learners.LEARNERS.items())

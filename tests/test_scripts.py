@@ -205,11 +205,11 @@ def test_compose_path_is_per_stage(tmp_path):
     # compose_path normalizes again: unit vectors move by rounding (about 1e-8), which
     # matters where two paths' elements nearly cancel in the mean, so compare to 1e-6
     paths = torch.nn.functional.normalize(torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
-    mean = common.compose_path(paths, "mean")  # [k, S, D] -> [S, D]
+    mean = baked.compose_path(paths, "mean")  # [k, S, D] -> [S, D]
     assert mean.shape == (4, 8)
     assert torch.allclose(mean, paths.mean(0), atol=1e-6)
     assert not torch.allclose(mean[0], mean[1])  # not one number for everything
-    splice = common.compose_path(paths, "splice")
+    splice = baked.compose_path(paths, "splice")
     for i in range(4):
         assert any(torch.allclose(splice[i], paths[j, i], atol=1e-6) for j in range(2))
 
