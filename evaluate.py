@@ -48,7 +48,7 @@ def parse_args(argv=None):
     g.add_argument("--meta-grads", type=common.name_list(common.META_GRADS), default=",".join(common.META_GRADS),
                    metavar="LIST", help="the estimators to bake with and compare, comma-separated")
     g.add_argument("--auto-from", choices=common.META_GRADS, default=None,
-                   help="whose bakes auto-microwaving composes (default: the default --meta-grad's if listed, "
+                   help="whose bakes auto-microwaving composes (default: es, bake.py's default, if listed; "
                         "else the first listed)")
     g.add_argument("--chaos", action="store_true",
                    help="instead of evaluating: the chaos probe of the renderer on each prompt (loss "

@@ -87,7 +87,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsH
 def make_parser(doc):
     """An ArgumentParser that shows the script's docstring and every default."""
     return Parser(description=doc, formatter_class=Formatter,
-                  epilog=f"The original: the code of {ORIGINAL}, whose numbers are the defaults here.")
+                  epilog=f"The original: the code of {ORIGINAL},\nwhose numbers are the defaults here.")
 
 
 def add_model_args(group, clip_model=DEFAULT_CLIP_MODEL):

@@ -1,6 +1,7 @@
 """The reference's numbers: defaults, loss weights, the regularizer's fade, target mixing."""
 
 import math
+import re
 import statistics
 
 import pytest
@@ -122,3 +123,24 @@ def test_baked_prompt_is_re_embedded_with_its_weights_under_another_model(tiny):
                  "prompt_embed": torch.zeros(tiny.dim), "stages": torch.randn(2, tiny.dim), "path": "x.pt"}
     embed = baked.baked_prompt_embed(tiny, bake_dict)
     assert torch.allclose(embed, common.load_prompt(tiny, "a blue car | a road:0.5").embed)
+
+
+def test_the_readme_table_gives_each_scripts_defaults():
+    import evaluate
+    from conftest import ROOT
+    lines = (ROOT / "README.md").read_text().splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| script | `--size` |"))
+    rows = [line.strip("|").split("|") for line in lines[head + 2:] if line.startswith("| `")][:4]
+    argv = {"bake.py": (bake, ["p"]), "batch_bake.py": (batch_bake, []), "microwave.py": (microwave, ["b.pt"]),
+            "auto_microwave.py": (auto_microwave, ["p"]), "normal.py": (normal, ["p"]),
+            "evaluate.py": (evaluate, ["p.txt", "--score-model", "x"])}
+    seen = set()
+    for cells in rows:
+        for name in re.findall(r"`(\w+\.py)`", cells[0]):
+            script, args = argv[name]
+            parsed = vars(script.parse_args(args))
+            for flag, cell in zip(("size", "steps", "cutn", "stages", "meta_steps"), cells[1:]):
+                if cell.strip().isdigit():
+                    assert parsed.get(flag, 1) == int(cell), (name, flag)
+            seen.add(name)
+    assert seen == set(argv)
