@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from . import baked, baking, batch, losses, models, output, prompts, render, report, stats
 from .errors import UserError
-from .methods import Case, Method, methods_of, plan as method_plan
+from .methods import BASELINES, Case, Method, methods_of, plan as method_plan
 
 START_SEED = 2**62  # the evaluation's starts come from seeds no bake uses (bakes: --seed + i, below 2**62)
 MAX_STARTS = 2**20  # starts per prompt: start (i, j) has seed START_SEED + i * MAX_STARTS + j
@@ -142,7 +142,7 @@ def summary_of(scores, methods, bakes):
     """stats.summarize's summary, against normal and the original's bake (where evaluated), with
     each replayed estimator's mean bake seconds."""
     names = [m.name for m in methods]
-    baselines = [m.name for m in methods if m.kind == "normal" or (m.kind == "microwave" and m.estimator == "none")]
+    baselines = [m.name for m in methods if m.name in {b.name for b in BASELINES}]
     seconds = {}
     for method in methods:
         if method.kind == "microwave":

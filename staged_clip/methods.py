@@ -23,6 +23,10 @@ class Method:
         return {"normal": "normal", "microwave": f"microwave_{self.estimator}", "auto": f"auto_{self.mode}"}[self.kind]
 
 
+# what every method is compared with, where evaluated: plain optimization, and the original's bake replayed
+BASELINES = (Method("normal"), Method("microwave", "none"))
+
+
 def methods_of(estimators, auto_from, param="rgb"):
     """The methods an evaluation compares: plain optimization, each estimator's bake replayed, and
     auto-microwaving (mean and splice) from auto_from's bakes."""

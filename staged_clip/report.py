@@ -13,30 +13,31 @@ LABEL_W, HEAD_H = 200, 24  # the grid's column of prompts, and its row of method
 
 
 def markdown_table(summary, distances, methods, plan):
-    """The evaluation's table: a row per method (a name of summary's), under the guide and the judge.
+    """The evaluation's table: a row per method (a name of summary's); under the guide and the
+    judge, its mean distance and its win rate against each baseline its summary holds.
 
     distances: each estimator's mean stage distance to its prompt; plan: the evaluation.Plan.
     """
+    prefix = "win_rate_vs_"
+    baselines = [k[len(prefix):] for k in summary[methods[0]]["guide"] if k.startswith(prefix)]
+    columns = [f"{judge}: {c}" for judge in JUDGES
+               for c in ["distance", *(f"vs {b.removeprefix('microwave_')}" for b in baselines)]]
     lines = [f"Spherical distance of the final image to its prompt (lower is better), {len(plan.prompts)} prompts "
              f"x {plan.seeds} starts; mean ± standard deviation, and how often a method beats normal optimization "
              f"and the original-style bake's replay on the same start, with its 95% interval. "
              f"Guide: {plan.guide_model}; scorer: {plan.score_model}.", "",
-             "| method | guide: distance | guide: vs normal | guide: vs none | scorer: distance | scorer: vs normal "
-             "| scorer: vs none | bake, s |",
-             "|---|---|---|---|---|---|---|---|"]
-
-    def rate(entry, against):
-        if f"win_rate_vs_{against}" not in entry or method == against:
-            return "—"
-        low, high = entry[f"interval_vs_{against}"]
-        return f"{entry[f'win_rate_vs_{against}']:.0%} ({low:.0%}-{high:.0%})"
-
+             "| method | " + " | ".join(columns) + " | bake, s |", "|---" * (len(columns) + 2) + "|"]
     for method in methods:
-        g, s = summary[method]["guide"], summary[method]["scorer"]
+        cells = []
+        for judge in JUDGES:
+            entry = summary[method][judge]
+            cells.append(f"{entry['mean']:.4f} ± {entry['std']:.4f}")
+            for against in baselines:
+                low, high = entry[f"interval_vs_{against}"]
+                cells.append("—" if method == against else
+                             f"{entry[prefix + against]:.0%} ({low:.0%}-{high:.0%})")
         seconds = summary[method].get("bake_seconds")
-        lines.append(f"| {method} | {g['mean']:.4f} ± {g['std']:.4f} | {rate(g, 'normal')} | "
-                     f"{rate(g, 'microwave_none')} | {s['mean']:.4f} ± {s['std']:.4f} | {rate(s, 'normal')} | "
-                     f"{rate(s, 'microwave_none')} | {'' if seconds is None else f'{seconds:.0f}'} |")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
     lines += ["", "Mean distance of the baked stages to their prompt: "
               + ", ".join(f"{mode} {d:.4f}" for mode, d in distances.items()) + "."]
     return "\n".join(lines) + "\n"
