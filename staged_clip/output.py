@@ -139,8 +139,8 @@ class Output:
     began: float = dataclasses.field(default_factory=time.time)
 
     def at(self, path):
-        """This output, for another image (a bake's preview), without progress frames."""
-        return dataclasses.replace(self, path=str(path), save_progress=None)
+        """This output, for another image (a bake's preview) whose making begins now, without progress frames."""
+        return dataclasses.replace(self, path=str(path), save_progress=None, began=time.time())
 
     def record(self, settings, device, **extra):
         """What a PNG records about its making: the script, prompt, seed, model and every setting
