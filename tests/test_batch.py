@@ -217,14 +217,12 @@ def test_a_run_killed_with_sigkill_resumes_and_leaves_no_partial_file(tiny_ckpt)
     assert not list(Path("bk").glob(".*.tmp"))
 
 
-def test_a_log_file_gets_a_line_a_prompt_and_no_progress_bars(tiny_ckpt):
+def test_a_log_file_gets_a_line_a_prompt_and_no_progress_bars(capsys, run):
     write_list(PROMPTS[:2])
-    done = subprocess.run([sys.executable, str(ROOT / "batch_bake.py"), "list.txt",
-                           *bake_args(tiny_ckpt, "--baked-dir", "bk", "--seed", "0")],
-                          capture_output=True, text=True, timeout=600)  # stderr is a pipe, as a log file is
-    assert done.returncode == 0, done.stderr
-    assert "\r" not in done.stderr and "\x1b[" not in done.stderr  # no bar redrawn, no cursor moved
-    said = [line.split(" in ")[0] for line in done.stdout.splitlines() if line.startswith("baked ")]
+    run()  # pytest's stderr, like a log file, is not a terminal
+    done = capsys.readouterr()
+    assert "\r" not in done.err and "\x1b[" not in done.err  # no bar redrawn, no cursor moved
+    said = [line.split(" in ")[0] for line in done.out.splitlines() if line.startswith("baked ")]
     assert said == [f"baked {p!r}" for p in PROMPTS[:2]]
 
 
