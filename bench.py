@@ -53,11 +53,11 @@ def main(argv=None):
     if args.reference_design and args.reference_precision:  # refuse one the device lacks before any work
         model.set_precision(args.reference_precision)
         model.set_precision(args.precision)
-    name, torch_version = common.device_name(model.device), common.provenance()["torch"]
+    name, made = common.device_name(model.device), common.provenance()
     reference_precision = args.reference_precision or args.precision
     print(f"device: {name}; model: {args.clip_model}; precision: {args.precision}; "
           + (f"reference precision: {reference_precision}; " if args.reference_design else "")
-          + f"compile: {args.compile}; torch {torch_version}", flush=True)
+          + f"compile: {args.compile}; torch {made['torch']}; commit {made['commit']}", flush=True)
     rows = []
     options = common.BenchOptions(args.repeat, args.warmup, args.reference_design, args.reference_precision,
                                   TUNE_MALLOC, args.inner_only)
@@ -74,7 +74,7 @@ def main(argv=None):
                   "precision": args.precision, "compile": args.compile, "batch": args.batch,
                   "threads": settings.threads,
                   "reference_precision": reference_precision if args.reference_design else None,
-                  "checkpoint": args.checkpoint, "torch": torch_version, "rows": rows}
+                  "checkpoint": args.checkpoint, **made, "rows": rows}
         common.write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
 

@@ -15,6 +15,7 @@ _DOOR = {  # name -> module.attribute in staged_clip
     "add_bake_args": "flags.add_bake_args", "add_bake_settings": "flags.add_bake_settings",
     "add_es_settings": "flags.add_es_settings", "positive_int": "flags.positive_int",
     "unit_float": "flags.unit_float", "name_list": "flags.name_list", "shard_arg": "flags.shard_arg",
+    "looks_baked": "flags.looks_baked",
     "Settings": "settings.Settings", "SCRIPT_DEFAULTS": "settings.SCRIPT_DEFAULTS",
     "META_GRADS": "settings.META_GRADS", "PARAMS": "settings.PARAMS", "PRECISIONS": "settings.PRECISIONS",
     "UserError": "errors.UserError", "log": "errors.log",
@@ -31,7 +32,7 @@ _DOOR = {  # name -> module.attribute in staged_clip
     "learner_of": "learners.learner_of", "bake_list": "batch.bake_list", "bake_paths": "batch.bake_paths",
     "pick_shard": "batch.pick_shard",
     # baked files
-    "baked_path": "baked.baked_path", "load_baked": "baked.load_baked", "looks_baked": "baked.looks_baked",
+    "baked_path": "baked.baked_path", "load_baked": "baked.load_baked",
     "load_baked_dir": "baked.load_baked_dir", "check_stage_width": "baked.check_stage_width",
     "nearest_bakes": "baked.nearest_bakes", "compose_bakes": "baked.compose_bakes", "scales_of": "baked.scales_of",
     # files

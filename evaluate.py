@@ -107,7 +107,10 @@ def main(argv=None):
         return common.write_report(args.json, args.table, result, table, {})
     plan = common.Plan(texts, args.meta_grads, args.auto_from, args.params, args.seeds, args.k, args.mix,
                        args.baked_dir, args.clip_model, args.score_model)
-    result, table, grids = common.evaluate(common.Baker(model, shift, run.wandb), settings, plan, run.output)
+    try:
+        result, table, grids = common.evaluate(common.Baker(model, shift, run.wandb), settings, plan, run.output)
+    except common.BakeInterrupted as stop:
+        raise SystemExit(stop.message()) from None
     common.write_report(args.json, args.table, result, table, grids)
 
 

@@ -30,7 +30,7 @@ Where the next thing goes:
   it: gate_every, fields, learns_lr, shares_processes), its name in settings.META_GRADS, its
   settings as Settings fields with their flags in flags.py;
 - a parametrization: a class with encode and decode in params.py, its name in settings.PARAMS;
-- an evaluation method: a kind of methods.Method (its name), what it renders in methods.plan,
+- an evaluation method: a kind of methods.Method (its name), what it renders in methods.recipe,
   and its place in methods.methods_of.
 """
 

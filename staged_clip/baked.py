@@ -88,15 +88,10 @@ def unreadable_reason(path, error):
         return "it is not a file that torch.save wrote"
 
 
-def looks_baked(path):
-    """Whether a command-line argument could name a baked file: a file that is there, or a name ending in .pt."""
-    return Path(path).suffix == ".pt" or Path(path).is_file()
-
-
 def load_baked(path, embed_dim=None):
     """Read a baked file safely (weights_only): a dict as written by save_baked.
 
-    Also reads the reference's bare [S, D] tensors (CUDA or requires_grad included);
+    Also reads the original's bare [S, D] tensors (CUDA or requires_grad included);
     their prompt is the file name with underscores turned back into spaces. With
     embed_dim, stages of another width are refused. Anything else is a UserError.
     """
@@ -227,7 +222,7 @@ def stale_reason(path, text, settings, model, seed=False):
         return "baked with another model"
     changed = differences(settings, bake["config"], seed)
     if changed:
-        return "baked with other settings: " + ", ".join(f"{name} {theirs} (now {ours})" for name, theirs, ours in changed)
+        return "baked with other settings: " + ", ".join(f"{name} {was} (now {now})" for name, was, now in changed)
     return None
 
 
@@ -267,22 +262,17 @@ def nearest_bakes(model, prompt_embed, bakes, k, where="the baked folder"):
     return [c for c in candidates if len(c[1]["stages"]) == n_stages][:k]
 
 
-def compose_path(paths, mode, scales=None):
-    """One path of stages from k paths [k, S, D]: per-stage mean, or a random splice.
-
-    scales: the paths' learning-rate multipliers [k, S] (1 for a file without them), then
-    composed alike: geometric mean per stage, or each stage's from the path it came from.
-    Returns the path [S, D], and with scales, (path, scale [S]).
+def compose_path(paths, mode, scales):
+    """One path of stages from k paths [k, S, D], and its learning-rate multipliers from theirs,
+    scales [k, S] (1 for a file without them): per-stage mean (of the multipliers, geometric),
+    or a random splice (each stage's multiplier from the path it came from).
+    Returns (path [S, D], scale [S]).
     """
     paths = F.normalize(paths, dim=-1)
     if mode == "mean":
-        path = paths.mean(0)  # [S, D]: each stage averaged over the paths, not over everything
-        scale = None if scales is None else scales.log().mean(0).exp()
-    else:
-        pick = torch.randint(len(paths), (paths.shape[1],))  # [S]: which path gives each stage
-        path = paths[pick, torch.arange(paths.shape[1])]
-        scale = None if scales is None else scales[pick, torch.arange(paths.shape[1])]
-    return path if scales is None else (path, scale)
+        return paths.mean(0), scales.log().mean(0).exp()  # each stage averaged over the paths, not over everything
+    pick = torch.randint(len(paths), (paths.shape[1],))  # [S]: which path gives each stage
+    return paths[pick, torch.arange(paths.shape[1])], scales[pick, torch.arange(paths.shape[1])]
 
 
 def compose_bakes(bakes, mode, device):

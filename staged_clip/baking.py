@@ -62,9 +62,9 @@ class Bake:
         self.began = time.time()
         self.primary = distributed.is_primary()
         self.learner = learners.learner_of(settings)(baker.model, prompt, baker.shift, settings)
-        self.wandb, self.control = self.start_logging()
+        self.run_log, self.control = self.start_logging()
         self.every = self.learner.gate(settings)
-        self.gate = gate.Gate(baker.model, prompt, baker.shift, settings) if self.every else None
+        self.validation = gate.Gate(baker.model, prompt, baker.shift, settings) if self.every else None
         self.history = []
 
     def start_logging(self):
@@ -104,8 +104,8 @@ class Bake:
             raise
         finally:
             bar.close()
-            if self.wandb is not None:
-                self.wandb.finish()
+            if self.run_log is not None:
+                self.run_log.finish()
         self.save(complete=True)
         if self.primary:
             self.preview(out)
@@ -117,23 +117,23 @@ class Bake:
         self.history.append(loss)
         record = {"meta_loss": loss}
         last = step == self.settings.meta_steps - 1
-        if self.gate is not None and ((step + 1) % self.every == 0 or last):
+        if self.validation is not None and ((step + 1) % self.every == 0 or last):
             stages, scale = self.learner.current()
-            kept = self.gate.offer(step, stages, scale if scale is not None else torch.ones_like(stages[:, 0]),
+            kept = self.validation.offer(step, stages, scale if scale is not None else torch.ones_like(stages[:, 0]),
                                    self.learner.settings)
-            record.update(validation_loss=self.gate.history[-1]["loss"], kept=int(kept))
-        if self.wandb is not None:
+            record.update(validation_loss=self.validation.history[-1]["loss"], kept=int(kept))
+        if self.run_log is not None:
             if step % self.baker.wandb.every == 0 or last:
                 record["baked"] = wandb_image(z, f"meta step {step}")
                 record["control"] = wandb_image(self.control, "plain optimization")
-            self.wandb.log(record, step=step)
+            self.run_log.log(record, step=step)
         return loss
 
     def result(self):
         """What the bake has made: (stages, lr_scale or None), the gate's best where there is a gate."""
-        if self.gate is None:
+        if self.validation is None:
             return self.learner.current()
-        stages, scale = self.gate.best
+        stages, scale = self.validation.best
         return stages, (scale if self.learner.learns_lr(self.settings) else None)
 
     def save(self, complete):
@@ -146,7 +146,7 @@ class Bake:
             "prompt": self.prompt.text, "prompt_type": self.prompt.kind, "prompt_embed": self.prompt.embed,
             "clip_model": model.name, "clip_weights": model.weights_id, "stages": stages, "lr_scale": scale,
             "config": self.settings.config(), "history": self.history, "complete": complete,
-            "validation": self.gate and self.gate.history, "seconds": time.time() - self.began})
+            "validation": self.validation and self.validation.history, "seconds": time.time() - self.began})
 
     def preview(self, out):
         """Replay the saved bake from a fresh start into out's PNG."""
@@ -154,13 +154,19 @@ class Bake:
         stages, scale = self.result()
         start = render.random_start(settings.size, model.device)
         progress = output.Progress.of(out, settings, settings.stages, start)
+        last = []  # the loss of the last step
+
+        def report(stage, step, loss, z):
+            last[:] = [loss]
+            if progress is not None:
+                progress.step(stage, step, z)
+
         try:
             z = render.rollout(model, start, prompts.shape_targets(stages, self.baker.shift), settings,
-                               callback=progress and (lambda stage, step, loss, z: progress.step(stage, step, z)),
-                               lr_scale=scale)
+                               callback=report, lr_scale=scale)
         except KeyboardInterrupt:
             raise BakeInterrupted(self.path, complete=True) from None
         if progress is not None:
             progress.save()
         out.save(z, settings, model.device, prompt=self.prompt.text, baked_file=str(self.path),
-                 meta_grad=settings.meta_grad, loss=self.history[-1])
+                 meta_grad=settings.meta_grad, loss=last[0].item() if last else None)

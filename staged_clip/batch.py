@@ -65,7 +65,7 @@ def failure_reason(error):
     return out_of_memory_message(error) or f"{type(error).__name__}: {error}"
 
 
-def bake_list(baker, settings, jobs, out, force=False, fail_fast=False, same_seed=False):
+def bake_list(baker, settings, jobs, out, force=False, fail_fast=False, same_seed=False, isolate=True):
     """Bake each (i, text, path) of jobs into path, a preview PNG beside it (out: the
     previews' output.Output, its path aside).
 
@@ -73,7 +73,8 @@ def bake_list(baker, settings, jobs, out, force=False, fail_fast=False, same_see
     depend on which shard bakes it. A prompt whose complete bake with these settings is
     there already is skipped (unless force; with same_seed, only one of the same seed); one
     whose file was made otherwise is baked again, saying why; one that fails is reported and
-    the others go on (unless fail_fast). Progress bars only on a terminal: in a log file, one
+    the others go on (unless fail_fast; isolate=False: its error propagates, as it would from a
+    single bake). Progress bars only on a terminal: in a log file, one
     line a prompt. Returns (baked, skipped, failed), failed as (text, reason) pairs. Ctrl-C
     raises BakeInterrupted, saying what is left.
     """
@@ -101,6 +102,8 @@ def bake_list(baker, settings, jobs, out, force=False, fail_fast=False, same_see
                         f"(run again to go on)"
             raise
         except Exception as e:  # one prompt's failure must not cost the rest of the night
+            if not isolate:
+                raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             failed.append((text, failure_reason(e)))

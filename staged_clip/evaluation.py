@@ -2,6 +2,7 @@
 held-out starts, the same for every method, and scored by the guide and a held-out judge."""
 
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import baked, baking, batch, losses, models, output, prompts, render, report, stats
-from .errors import UserError
-from .methods import BASELINES, Case, Method, methods_of, plan as method_plan
+from .methods import BASELINES, Case, Method, methods_of, recipe
 
 START_SEED = 2**62  # the evaluation's starts come from seeds no bake uses (bakes: --seed + i, below 2**62)
 MAX_STARTS = 2**20  # starts per prompt: start (i, j) has seed START_SEED + i * MAX_STARTS + j
@@ -45,12 +45,10 @@ def bake_all(baker, settings, plan, out, folder):
         jobs = [(i, text, baked.baked_path(Path(folder) / estimator, text)) for i, text in enumerate(plan.prompts)]
         own = settings.replace(meta_grad=estimator)
         try:
-            _, skipped, failed = batch.bake_list(baker, own, jobs, out, fail_fast=True, same_seed=True)
+            _, skipped, _ = batch.bake_list(baker, own, jobs, out, same_seed=True, isolate=False)
         except baking.BakeInterrupted as stop:
             stop.rest = "; run again to go on"
             raise
-        if failed:
-            raise UserError(f"the {estimator} bake of {failed[0][0]!r} failed: {failed[0][1]}")
         for i, text, path in jobs:
             if text in skipped:
                 print(f"reusing {path}")
@@ -95,16 +93,17 @@ def score(model, images, prompt_embed):
         return losses.spherical_distance(prompts.embed_images(model, resized), prompt_embed)
 
 
-def run_methods(model, scorer, shift, cases, settings, plan):
-    """Every method from every start: (scores, one image per prompt and method for the grid).
+def run_methods(model, scorer, shift, cases, settings, plan, methods):
+    """Every method (methods.Method) from every start: (scores, one image per prompt and method for
+    the grid).
 
     Each (prompt, start) begins every method from the same image and random state; size
-    and cutouts are the bakes'.
+    and cutouts are the bakes'. A progress bar only on a terminal.
     """
     from tqdm import tqdm
-    methods = methods_of(plan.estimators, plan.auto_from, settings.param)
     scores, grid_images = [], []
-    bar = tqdm(total=len(cases) * plan.seeds * len(methods), desc="evaluate", dynamic_ncols=True)
+    bar = tqdm(total=len(cases) * plan.seeds * len(methods), desc="evaluate", dynamic_ncols=True,
+               disable=not sys.stderr.isatty())
     for case in cases:
         config = next(iter(case.bakes.values()))["config"]
         own = settings.replace(size=config["size"], cutn=config["cutn"])
@@ -113,7 +112,7 @@ def run_methods(model, scorer, shift, cases, settings, plan):
             start = start_image(case.index, j, own.size, model.device)
             for method in methods:
                 torch.manual_seed(start_seed(case.index, j))  # the splice follows the start
-                targets, renderer, scale = method_plan(method, case, shift, own, plan.mix)
+                targets, renderer, scale = recipe(method, case, shift, own, plan.mix)
                 torch.manual_seed(start_seed(case.index, j))  # the same random cutouts for every method
                 finals.setdefault(method.name, []).append(render.rollout(model, start, targets, renderer,
                                                                          lr_scale=scale))
@@ -138,17 +137,15 @@ def stage_distances(bakes, cases):
     return {estimator: statistics.fmean(values) for estimator, values in found.items()}
 
 
-def summary_of(scores, methods, bakes):
-    """stats.summarize's summary, against normal and the original's bake (where evaluated), with
-    each replayed estimator's mean bake seconds."""
-    names = [m.name for m in methods]
-    baselines = [m.name for m in methods if m.name in {b.name for b in BASELINES}]
+def summary_of(scores, methods, baselines, bakes):
+    """stats.summarize's summary of methods against baselines (Methods among them), with each
+    replayed estimator's mean bake seconds."""
     seconds = {}
     for method in methods:
         if method.kind == "microwave":
             found = [b.get("seconds") for (_, e), b in bakes.items() if e == method.estimator]
             seconds[method.name] = None if None in found else statistics.fmean(found)
-    return stats.summarize(scores, names, baselines, seconds)
+    return stats.summarize(scores, [m.name for m in methods], [b.name for b in baselines], seconds)
 
 
 def evaluate_one(baker, scorer, settings, plan, out):
@@ -159,8 +156,9 @@ def evaluate_one(baker, scorer, settings, plan, out):
     bakes = bake_all(baker, settings, plan, out, folder)
     cases = cases_of(baker.model, scorer, plan, bakes)
     methods = methods_of(plan.estimators, plan.auto_from, settings.param)
-    scores, images = run_methods(baker.model, scorer, baker.shift, cases, settings, plan)
-    summary, distances = summary_of(scores, methods, bakes), stage_distances(bakes, cases)
+    baselines = [m for m in methods if m.name in {b.name for b in BASELINES}]
+    scores, images = run_methods(baker.model, scorer, baker.shift, cases, settings, plan, methods)
+    summary, distances = summary_of(scores, methods, baselines, bakes), stage_distances(bakes, cases)
     names = [m.name for m in methods]
     result = {"prompts": plan.prompts, "param": settings.param, "pyramid_levels": settings.pyramid_levels,
               "clip_model": plan.guide_model, "score_model": plan.score_model, "seeds": plan.seeds,
@@ -171,7 +169,7 @@ def evaluate_one(baker, scorer, settings, plan, out):
               "bakes": {c.prompt.text: {e: str(b["path"]) for e, b in c.bakes.items()} for c in cases},
               "leave_one_out": {c.prompt.text: [str(b["path"]) for _, b in c.near] for c in cases},
               "stage_distance": distances, "scores": scores, "summary": summary}
-    return result, report.markdown_table(summary, distances, names, plan), images
+    return result, report.markdown_table(summary, distances, methods, baselines, plan), images
 
 
 def evaluate(baker, settings, plan, out):
@@ -188,10 +186,10 @@ def evaluate(baker, settings, plan, out):
     if len(plan.params) == 1:
         result, table, images = runs[plan.params[0]]
         return result, table, {out.path: report.make_grid(plan.prompts, images, result["methods"])}
-    return compare_params(runs, plan, out.path)
+    return params_answer(runs, plan, out.path)
 
 
-def compare_params(runs, plan, path):
+def params_answer(runs, plan, path):
     """evaluate's answer for several parametrizations: one table comparing each with rgb (or the
     first) method by method, a grid each, and a grid of normal and the auto_from bake's replay in
     each side by side (OUT_params.png)."""

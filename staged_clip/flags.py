@@ -1,13 +1,16 @@
 """The command line: the flags the scripts share, and what a script's parsed flags make.
 
 This is the one module that reads parsed flags (argparse's Namespace): start() turns them
-into a started run and settings_of() into the frozen Settings; below it, nothing sees them.
-It imports no torch at the top, so that --help answers at once.
+into a started Run and settings_of() into the frozen Settings; below it, nothing sees the
+Namespace (a PNG records a copy of the flags' values: output.Output.flags). It imports no
+torch at the top, so that --help answers at once.
 """
 
 import argparse
 import dataclasses
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UserError, log
 from .settings import (DEFAULT_CLIP_MODEL, GATE_EVERY, LR, META_GRADS, NEGATIVE_TEXT, ORIGINAL, PARAMS, PRECISIONS,
@@ -77,9 +80,11 @@ class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsH
     """
 
     def _get_help_string(self, action):
+        if "(default" in (action.help or ""):  # told already (by the help, or by argparse before 3.11)
+            return action.help
         if isinstance(action, argparse.BooleanOptionalAction) and action.default is not None:
             return f"{action.help} (default: {action.option_strings[0 if action.default else 1]})"
-        if action.default is None or isinstance(action.default, bool) or "(default" in (action.help or ""):
+        if action.default is None or isinstance(action.default, bool):
             return action.help
         return super()._get_help_string(action)
 
@@ -224,14 +229,31 @@ def add_bake_args(parser, choose_estimator=True, es_title="es options (--meta-gr
     return g
 
 
+def looks_baked(path):
+    """Whether a command-line argument could name a baked file: a file that is there, or a name ending in .pt."""
+    return Path(path).suffix == ".pt" or Path(path).is_file()
+
+
 # --- what the parsed flags make
+
+@dataclass(frozen=True)
+class Run:
+    """A started run: its model (a models.Clip), where its image goes (an output.Output), its
+    wandb logging (a wandb_log.WandbLog; None for a script that does not log), its seed and threads."""
+
+    model: object
+    output: object
+    wandb: object
+    seed: int
+    threads: int
+
 
 def start(args, script, writes_baked=False):
     """What every script does first: check what it writes and reads, then pick device and threads,
-    load CLIP and seed. script names the run in its PNGs (output.Output.record).
+    load CLIP and seed (startup.launch). script names the run in its PNGs (output.Output.record).
 
     Every check that needs no model comes before the model loads; seeding comes after, so
-    that a seed means the same run whatever loading drew. Returns a startup.Run.
+    that a seed means the same run whatever loading drew. Returns a Run.
     """
     from . import output, params, prompts, startup, wandb_log  # here, not above: --help must not wait for torch
     flags = vars(args)
@@ -250,8 +272,10 @@ def start(args, script, writes_baked=False):
                         "drop one of --checkpoint and --carry-moments")
     if args.param is not None:
         params.check(args.param, args.size, args.pyramid_levels)
-    return startup.start(args.clip_model, args.device, args.seed, args.threads, args.precision, args.compile,
-                         out, wandb)
+    output.provenance()  # read now, once, rather than while an interrupted bake saves
+    model, seed, threads = startup.launch(args.clip_model, args.device, args.seed, args.threads, args.precision,
+                                          args.compile)
+    return Run(model, out, wandb, seed, threads)
 
 
 def settings_of(args, run, bake=None, source=None):

@@ -3,7 +3,7 @@
 Every few meta steps the current stages (and learning-rate multipliers) are replayed from
 a few fixed validation starts, each with its own fixed cutouts, and compared start for
 start with the best so far, which begins as the prompt itself with Adam at its base rate
-(a reference-style replay). So a bake never ends worse on its validation starts than
+(an original-style replay). So a bake never ends worse on its validation starts than
 replaying the prompt, whatever its estimator did.
 """
 

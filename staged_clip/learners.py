@@ -66,7 +66,9 @@ class Learner:
 
     name = None  # its --meta-grad
     gate_every = 0  # meta steps between validations where --validate-every is not given (0: no gate)
-    fields = ()  # the Settings fields that play a part in its bakes alone
+    # the Settings fields that only its bakes use, which another estimator's bake ignores when it
+    # compares bakes (unrolled and none declare none: their meta_lr and batch were always compared)
+    fields = ()
     shares_processes = False  # whether torchrun's processes share one bake's work
 
     def __init__(self, model, prompt, shift, settings):

@@ -43,7 +43,7 @@ def image_loss_with(model, z, target, cutn, draws):
 
 
 def image_loss(model, z, target, cutn, draws=None):
-    """The reference's loss of a batch of images z toward target(s), summed over the batch.
+    """The original's loss of a batch of images z toward target(s), summed over the batch.
 
     Per image: spherical distance of CLIP's cutout embeddings to the target, + the
     out-of-range penalty, + 1.4 * total variation, + 0.05 * (std(z) - 1)^2.

@@ -47,7 +47,7 @@ class Case:
     near: list
 
 
-def plan(method, case, shift, settings, mix):
+def recipe(method, case, shift, settings, mix):
     """What a method renders for a case: (targets [S, D], the renderer's settings, learning-rate
     multipliers [S] or None).
 
@@ -62,8 +62,8 @@ def plan(method, case, shift, settings, mix):
         return (case.prompt.embed + shift)[None], settings.replace(steps=total), None
     if method.kind == "microwave":
         bake = case.bakes[method.estimator]
-        return (prompts.shape_targets(bake["stages"].to(device), shift), settings.replace(steps=bake["config"]["steps"]),
-                baked.scales_of([bake], device)[0])
+        return (prompts.shape_targets(bake["stages"].to(device), shift),
+                settings.replace(steps=bake["config"]["steps"]), baked.scales_of([bake], device)[0])
     near = [b for _, b in case.near]
     path, scale = baked.compose_bakes(near, method.mode, device)
     return (prompts.shape_targets(prompts.lerp_unit(path, case.prompt.embed, mix), shift),

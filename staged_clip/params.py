@@ -1,6 +1,6 @@
 """The image's parametrization: what Adam optimizes, and how the image is made from it.
 
-- rgb: the pixels themselves, the reference's (the renderer then runs exactly as before).
+- rgb: the pixels themselves, the original's (the renderer then runs exactly as before).
 - pyramid: a sum of tensors at size, size/2, ... down to 4 px, each upsampled to the full
   size, so that coarse levels carry the image's global structure: the next step the
   original's author announced for "the code that generates the image from the embeddings".

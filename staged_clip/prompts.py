@@ -96,7 +96,12 @@ def parse_prompt(text):
 
 
 def weights_note(text):
-    """A line naming the parts of a text prompt and their weights, where a colon gave one (else None)."""
+    """A line naming the parts of a prompt and their weights, where a colon gave one (else None).
+
+    Refuses (UserError) a text prompt that cannot be read; an image prompt has no weights.
+    """
+    if is_image_path(text.strip()):
+        return None
     parts = parse_parts(text)
     if not any(given for _, _, given in parts):
         return None
@@ -107,11 +112,8 @@ def weights_note(text):
 def check_prompt(text, out=None):
     """Refuse a prompt that cannot be read, before any model loads, and name its weights where a
     colon gave some; an image prompt must not be the output (out) itself."""
-    text = text.strip()
-    if is_image_path(text):
-        if out is not None and Path(text).resolve() == Path(out).resolve():
-            raise UserError(f"--out {out} is the image prompt itself: choose another --out")
-        return
+    if is_image_path(text.strip()) and out is not None and Path(text.strip()).resolve() == Path(out).resolve():
+        raise UserError(f"--out {out} is the image prompt itself: choose another --out")
     note = weights_note(text)
     if note:
         log(note)
@@ -157,11 +159,9 @@ def read_prompts(path):
         raise UserError(f"{path} holds no prompts: write one prompt a line")
     for prompt in prompts:
         try:
-            note = None if is_image_path(prompt) else weights_note(prompt)
+            check_prompt(prompt)
         except UserError:
-            note = None  # said when that prompt is baked; the others go on
-        if note:
-            log(note)
+            pass  # said when that prompt is baked; the others go on
     return prompts
 
 
@@ -178,7 +178,7 @@ def style_shift(model, settings=None):
 def shape_targets(stages, shift):
     """Targets from stage embeddings: unit stage + style shift; [S, D].
 
-    The reference adds the style texts to raw vectors, so a stage's arbitrary length
+    The original adds the style texts to raw vectors, so a stage's arbitrary length
     decided how much the style counted; mixing unit vectors keeps the 0.5 weights honest.
     """
     return F.normalize(stages, dim=-1) + shift

@@ -12,32 +12,31 @@ CELL, GAP = 128, 4  # side of one image in the grid, and the white space after i
 LABEL_W, HEAD_H = 200, 24  # the grid's column of prompts, and its row of method names
 
 
-def markdown_table(summary, distances, methods, plan):
-    """The evaluation's table: a row per method (a name of summary's); under the guide and the
-    judge, its mean distance and its win rate against each baseline its summary holds.
+def markdown_table(summary, distances, methods, baselines, plan):
+    """The evaluation's table: a row per method (a methods.Method); under the guide and the judge,
+    its mean distance and its win rate against each of baselines (Methods among them).
 
     distances: each estimator's mean stage distance to its prompt; plan: the evaluation.Plan.
     """
     prefix = "win_rate_vs_"
-    baselines = [k[len(prefix):] for k in summary[methods[0]]["guide"] if k.startswith(prefix)]
     columns = [f"{judge}: {c}" for judge in JUDGES
-               for c in ["distance", *(f"vs {b.removeprefix('microwave_')}" for b in baselines)]]
+               for c in ["distance", *(f"vs {b.estimator or b.kind}" for b in baselines)]]
     lines = [f"Spherical distance of the final image to its prompt (lower is better), {len(plan.prompts)} prompts "
-             f"x {plan.seeds} starts; mean ± standard deviation, and how often a method beats normal optimization "
-             f"and the original-style bake's replay on the same start, with its 95% interval. "
+             f"x {plan.seeds} starts; mean ± standard deviation, and how often a method beats "
+             f"{' and '.join(b.name for b in baselines)} on the same start, with its 95% interval. "
              f"Guide: {plan.guide_model}; scorer: {plan.score_model}.", "",
              "| method | " + " | ".join(columns) + " | bake, s |", "|---" * (len(columns) + 2) + "|"]
     for method in methods:
         cells = []
         for judge in JUDGES:
-            entry = summary[method][judge]
+            entry = summary[method.name][judge]
             cells.append(f"{entry['mean']:.4f} ± {entry['std']:.4f}")
-            for against in baselines:
-                low, high = entry[f"interval_vs_{against}"]
-                cells.append("—" if method == against else
-                             f"{entry[prefix + against]:.0%} ({low:.0%}-{high:.0%})")
-        seconds = summary[method].get("bake_seconds")
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
+            for base in baselines:
+                low, high = entry[f"interval_vs_{base.name}"]
+                cells.append("—" if method.name == base.name else
+                             f"{entry[prefix + base.name]:.0%} ({low:.0%}-{high:.0%})")
+        seconds = summary[method.name].get("bake_seconds")
+        lines.append(f"| {method.name} | " + " | ".join(cells) + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
     lines += ["", "Mean distance of the baked stages to their prompt: "
               + ", ".join(f"{mode} {d:.4f}" for mode, d in distances.items()) + "."]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,6 @@
 
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -10,23 +9,11 @@ from . import models, render
 from .randomness import seed_everything
 
 
-@dataclass(frozen=True)
-class Run:
-    """A started run: its model, where its image goes, its wandb logging (None for scripts that
-    do not log), and the seed and CPU threads it uses."""
-
-    model: models.Clip
-    output: object  # an output.Output
-    wandb: object
-    seed: int
-    threads: int
-
-
-def start(clip_model, device=None, seed=None, threads=None, precision="fp32", compile=False, output=None,
-          wandb=None):
+def launch(clip_model, device=None, seed=None, threads=None, precision="fp32", compile=False):
     """Pick the device and threads, load CLIP (at precision, compiled where asked), then seed.
 
     Seeding comes after loading, so that a seed means the same run whatever loading drew.
+    Returns (the models.Clip, the seed, the threads).
     """
     device = models.pick_device(device)
     threads = use_threads(threads)
@@ -34,7 +21,7 @@ def start(clip_model, device=None, seed=None, threads=None, precision="fp32", co
     model.set_precision(precision)
     if compile:
         render.use_compile(model)
-    return Run(model, output, wandb, seed_everything(seed), threads)
+    return model, seed_everything(seed), threads
 
 
 def busy_cores(seconds=0.1, stat="/proc/stat"):

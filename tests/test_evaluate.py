@@ -14,7 +14,7 @@ import evaluate
 import microwave
 import normal
 from conftest import bake_args, render_args
-from staged_clip import baking, evaluation, methods, render, report, stats
+from staged_clip import baking, es, evaluation, methods, render, report, stats
 
 PROMPTS = ["a red apple", "a green pear", "a blue car"]
 METHODS = [m.name for m in methods.methods_of(common.META_GRADS, "es")]  # every estimator's, auto from es
@@ -120,8 +120,18 @@ def test_matching_bakes_are_reused(tiny_ckpt, wide_ckpt, monkeypatch, capsys):
     second = run_evaluate(tiny_ckpt, wide_ckpt)
     assert capsys.readouterr().out.count("reusing") == len(common.META_GRADS) * len(PROMPTS)
     assert second["scores"] == first["scores"]  # the same starts and cutouts: the same images
-    with pytest.raises(SystemExit, match="baked again"):  # another seed: other bakes (their failure ends it)
+    with pytest.raises(AssertionError, match="baked again"):  # another seed: other bakes
         run_evaluate(tiny_ckpt, wide_ckpt, "--seed", "5")
+
+
+def test_ctrl_c_in_a_bake_says_what_is_saved_in_one_line(tiny_ckpt, wide_ckpt, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(es, "meta_step", interrupted)
+    with pytest.raises(SystemExit) as info:
+        run_evaluate(tiny_ckpt, wide_ckpt, "--meta-grads", "es")
+    assert str(info.value.code).startswith("interrupted: ") and "run again to go on" in info.value.code
 
 
 def test_one_prompt_or_no_scorer_is_refused_in_one_line(tiny_ckpt, capsys):

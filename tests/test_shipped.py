@@ -25,7 +25,10 @@ def test_baked_ships_a_default_bake_of_every_toy_prompt():
         found = baked.load_baked(path)
         assert found["config"]["meta_grad"] == common.Settings().meta_grad and found["lr_scale"] is not None
         names.add(path.name)
-    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "baked/*.pt"], capture_output=True, text=True)
+    try:
+        tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "baked/*.pt"], capture_output=True, text=True)
+    except OSError:  # no git here
+        return
     if tracked.returncode == 0:  # a git checkout: nothing else ships (a user's own bakes are untracked)
         assert {line.split("/")[-1] for line in tracked.stdout.split()} == names
 
