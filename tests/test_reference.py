@@ -125,6 +125,13 @@ def test_baked_prompt_is_re_embedded_with_its_weights_under_another_model(tiny):
     assert torch.allclose(embed, common.load_prompt(tiny, "a blue car | a road:0.5").embed)
 
 
+def test_settings_are_frozen():
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        common.Settings().lr = 1.0
+    assert common.Settings().replace(lr=1.0).lr == 1.0 and common.Settings().lr == 0.12
+
+
 def test_the_readme_table_gives_each_scripts_defaults():
     import evaluate
     from conftest import ROOT

@@ -345,6 +345,11 @@ def test_help_shows_no_default_for_a_switch_and_microwave_takes_one_file(capsys)
         microwave.main(["--help"])
     usage = capsys.readouterr().out.split("\n\n")[0]
     assert "[PROMPT] BAKED.pt" in usage and "..." not in usage
+    with pytest.raises(SystemExit):
+        bake.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "(default: --learn-lr)" in text and "(default: --learn-stages)" in text
+    assert 'The original: the code of "Meta-Optimization of CLIP Guided RGB Tensors"' in text
 
 
 def test_auto_microwave_says_in_one_line_which_bakes_it_skips(tiny_ckpt, wide_ckpt, capsys):
