@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from clip.model import VisionTransformer
 
 import common
 import normal
@@ -446,6 +447,24 @@ def test_training_runs_and_saves_a_small_loadable_checkpoint(tmp_path, width):
     assert model.model.visual.layer1[0].conv1.weight.shape[0] == width  # the checkpoint says its width
 
 
+def test_training_a_vision_transformer_tower_saves_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "vit.pt"
+    toy_cli.main(["train", "--patch", "16", "--layers", "1", "--width", "64", "--steps", "2", "--batch", "16",
+                  "--eval-n", "16", "--out", str(out)])
+    model = models.load_clip(str(out))
+    visual = model.model.visual
+    assert isinstance(visual, VisionTransformer) and visual.conv1.weight.shape == (64, 3, 16, 16)
+    assert len(visual.transformer.resblocks) == 1 and model.size == world.SIDE
+
+
+@pytest.mark.parametrize("flags", [["--patch", "8", "--width", "96"], ["--patch", "10"]])
+def test_a_vision_transformer_of_an_impossible_shape_is_refused_before_any_work(tmp_path, flags):
+    out = tmp_path / "vit.pt"
+    with pytest.raises(SystemExit, match="a multiple of 64 .* divides the image side"):
+        toy_cli.main(["train", *flags, "--steps", "1", "--out", str(out)])
+    assert not out.exists()
+
+
 def test_ema_update_averages_weights_and_batchnorm_statistics():
     average, model = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
     with torch.no_grad():
@@ -493,7 +512,7 @@ def test_init_of_another_width_is_refused_before_any_work(tmp_path):
 
 # --- the shipped models
 
-@pytest.fixture(scope="module", params=["toy", "toy-scorer"])
+@pytest.fixture(scope="module", params=["toy", "toy-scorer", "toy-judge"])
 def shipped(request):
     return models.load_clip(request.param)
 
@@ -508,7 +527,13 @@ def test_shipped_files_are_small_fp16_state_dicts():
 # (colour, shape, place) accuracy each shipped model must keep on fresh drawings of the
 # training pairs and of the held-out pairs (chance: 1/8, 1/3, 1/5); both tell held-out
 # pairs' shapes well above chance
-FLOORS = {"toy": ((0.95, 0.95, 0.95), (0.95, 0.7, 0.95)), "toy-scorer": ((0.95, 0.95, 0.95), (0.9, 0.6, 0.9))}
+FLOORS = {"toy": ((0.95, 0.95, 0.95), (0.95, 0.7, 0.95)), "toy-scorer": ((0.95, 0.95, 0.95), (0.9, 0.6, 0.9)),
+          "toy-judge": ((0.95, 0.9, 0.95), (0.8, 0.5, 0.9))}
+
+
+def test_the_judge_is_another_architecture():
+    judge, guide = models.load_clip("toy-judge").model.visual, models.load_clip("toy").model.visual
+    assert isinstance(judge, VisionTransformer) and not isinstance(guide, VisionTransformer)
 
 
 def test_shipped_models_classify_fresh_drawings(shipped):

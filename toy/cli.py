@@ -36,8 +36,14 @@ def add_train(sub):
     t.add_argument("--seed", type=seed_int, default=0, help="seed of the weights and of the drawings")
     t.add_argument("--steps", type=positive_int, default=2400, help="training steps")
     t.add_argument("--batch", type=positive_int, default=128, help="images per step")
-    t.add_argument("--width", type=positive_int, default=training.ARCH["vision_width"],
-                   help="width of the vision tower (its cost grows about as the square)")
+    t.add_argument("--width", type=positive_int, default=None,
+                   help=f"width of the vision tower (its cost grows about as the square; default "
+                        f"{training.ARCH['vision_width']}, or {training.VIT['vision_width']} with --patch)")
+    t.add_argument("--patch", type=positive_int, default=None, metavar="PX",
+                   help="make the image tower a vision transformer on PX x PX patches (toy-judge: 8) "
+                        "instead of a ModifiedResNet")
+    t.add_argument("--layers", type=positive_int, default=training.VIT["vision_layers"],
+                   help="blocks of the vision transformer (with --patch)")
     t.add_argument("--init", metavar="MODEL",
                    help="go on training from these weights (toy, or a file saved by train) instead of fresh ones; "
                         "the schedule starts again (use a lower --lr, and --nudge-from 0 after a nudged run)")
@@ -140,6 +146,8 @@ def parse_args(argv=None):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    if args.command == "train" and args.width is None:
+        args.width = training.ARCH["vision_width"] if args.patch is None else training.VIT["vision_width"]
     use_threads(getattr(args, "threads", None))
     if args.command == "guided":
         measure.guided(args)

@@ -22,20 +22,34 @@ ARCH = dict(embed_dim=128, image_resolution=world.SIDE, vision_layers=(1, 1, 1, 
             transformer_heads=2, transformer_layers=2)
 
 
-def build(seed, vision_width=ARCH["vision_width"]):
-    """A freshly initialised toy CLIP (seeded)."""
+# A toy CLIP whose image tower is a vision transformer (--patch): 8-px patches of the
+# 64-px image (64 tokens and a class token), 4 blocks 128 wide with 2 heads (CLIP gives a
+# ViT one head per 64 of width). toy-judge is one: another architecture than toy's.
+VIT = dict(vision_width=128, vision_layers=4)
+
+
+def build(seed, vision_width=ARCH["vision_width"], patch=None, layers=VIT["vision_layers"]):
+    """A freshly initialised toy CLIP (seeded): a ModifiedResNet image tower, or with
+    `patch` a vision transformer of `layers` blocks on patch x patch pixel patches."""
     torch.manual_seed(seed)
-    return CLIP(**{**ARCH, "vision_width": vision_width})
+    if patch is None:
+        return CLIP(**{**ARCH, "vision_width": vision_width})
+    return CLIP(**{**ARCH, "vision_width": vision_width, "vision_layers": layers, "vision_patch_size": patch})
 
 
-def start_from(name, seed, vision_width):
+def tower_name(width, patch=None, layers=VIT["vision_layers"]):
+    """The flags that give a tower of that shape, for messages."""
+    return f"--width {width}" if patch is None else f"--patch {patch} --layers {layers} --width {width}"
+
+
+def start_from(name, seed, vision_width, patch=None, layers=VIT["vision_layers"]):
     """A trained toy CLIP to go on training (--init): a shipped name or a saved file.
     (The global generator is seeded as for a fresh model.)"""
     model = load_clip(name).model
-    fresh = build(seed, vision_width)
+    fresh = build(seed, vision_width, patch, layers)
     if {k: v.shape for k, v in model.state_dict().items()} != {k: v.shape for k, v in fresh.state_dict().items()}:
-        raise UserError(f"--init {name} is not a toy CLIP of --width {vision_width}: "
-                        "pass a file saved by 'python3 -m toy train', with its --width")
+        raise UserError(f"--init {name} is not a toy CLIP of {tower_name(vision_width, patch, layers)}: "
+                        "pass a file saved by 'python3 -m toy train', with the flags it was trained with")
     return model.requires_grad_(True)
 
 
@@ -157,13 +171,18 @@ def train(args):
         raise UserError(f"--unnamed {args.unnamed}, --patchwork {args.patchwork}, --random-colours "
                         f"{args.random_colours} and --any-colours {args.any_colours} add up to more than 1: "
                         "they are shares of the same groups; lower one of them")
-    if args.width % 2:
+    if args.patch is None and args.width % 2:
         raise UserError(f"--width {args.width} is odd: the vision tower's attention heads are half its "
                         "width, so give an even width such as 16 or 24")
+    if args.patch is not None and (args.width % 64 or world.SIDE % args.patch):
+        raise UserError(f"--patch {args.patch} --width {args.width}: a vision transformer's width is a multiple "
+                        f"of 64 (one attention head each) and its patch divides the image side ({world.SIDE} px); "
+                        "try --patch 8 --width 128")
     if args.vivid_twins > args.batch:
         raise UserError(f"--vivid-twins {args.vivid_twins} is more than --batch {args.batch}: "
                         "it counts images of each batch; lower it")
-    model = build(args.seed, args.width) if args.init is None else start_from(args.init, args.seed, args.width)
+    tower = (args.width, args.patch, args.layers)
+    model = build(args.seed, *tower) if args.init is None else start_from(args.init, args.seed, *tower)
     gen = torch.Generator().manual_seed(args.seed)
     texts, attrs = world.all_captions()
     # captions of the held-out pairs are left out: as candidates that never match they
