@@ -38,8 +38,8 @@ _DOOR = {  # name -> module.attribute in staged_clip
     # files
     "check_file": "output.check_file", "write_text": "output.write_text", "provenance": "output.provenance",
     # measuring
-    "Plan": "evaluation.Plan", "evaluate": "evaluation.evaluate", "START_SEED": "evaluation.START_SEED",
-    "MAX_STARTS": "evaluation.MAX_STARTS", "probe_chaos": "chaos.probe_all", "write_report": "report.write",
+    "Plan": "evaluation.Plan", "evaluate": "evaluation.evaluate", "START_SEED": "scoring.START_SEED",
+    "MAX_STARTS": "scoring.MAX_STARTS", "probe_chaos": "chaos.probe_all", "write_report": "report.write",
     "BenchOptions": "benchmark.Options", "measure": "benchmark.measure", "device_name": "benchmark.device_name",
 }
 __all__ = list(_DOOR)

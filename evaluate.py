@@ -5,20 +5,25 @@ For every prompt of a list, bake it with each --meta-grads estimator (the exact
 meta-gradient "unrolled", the original's "none", evolution strategies "es"), or reuse
 matching bakes from --baked-dir. Then, from N random starts that no bake saw, the same
 start for every method, make an image by:
-  normal               plain optimization, the same total steps, size and cutouts;
+  normal               plain optimization, the same total steps and size;
+  normal_tuned         the same at the learning rate a sweep chose by the guide alone, on
+                       --tune-prompts (or other starts) that the evaluation never scores;
+  normal_drop          the same, the learning rate / 10 for the last quarter (pixray's);
+  restart              the prompt as every stage, Adam restarted each stage;
   microwave_<est>      replaying the bake of each estimator;
   auto_mean            auto-microwaving from the other prompts' bakes (this prompt's
   auto_splice          own left out; --auto-from's), per-stage mean or a random splice.
-Each final image (as saved: quantized) is scored by its spherical distance to the prompt
-under the guiding model and under a held-out scorer model (lower is better). Writes a
-markdown table (win rates with 95% intervals), a JSON file with every score, and a grid
-of images (prompts x methods). --params runs it all once per image parametrization, on
+Every image is made at --replay-cutn cutouts (default: microwave.py's). Each final image
+(as saved: quantized) is scored by its spherical distance to the prompt under the guiding
+model and under each held-out --score-model (lower is better). Writes a markdown table
+per judge (win rates with 95% intervals, paired differences with standard errors), a
+JSON file with every score, and a grid of images (prompts x methods). --params runs it all once per image parametrization, on
 the same prompts and starts, and compares each with rgb method by method (one table, a
 grid per parametrization: OUT_<param>.png, and OUT_params.png with normal and a replay in
 each side by side). --chaos instead measures how chaotic the renderer is.
 
 Examples:
-  python evaluate.py prompts_toy.txt --clip-model toy --seeds 5 --size 64 --stages 5 --steps 10 --meta-steps 12
+  python evaluate.py prompts_toy_test.txt --clip-model toy --meta-grads es --tune-prompts prompts_toy.txt --seeds 8 --size 64 --stages 5 --steps 10 --meta-steps 30
   python evaluate.py prompts_toy.txt --clip-model toy --first 4 --size 64 --stages 5 --steps 10 --chaos
   python evaluate.py prompts_toy.txt --clip-model toy --seeds 5 --size 64 --stages 5 --steps 10 --params rgb,pyramid,fourier
 """
@@ -28,6 +33,7 @@ import argparse
 import common
 
 SIGMAS = "0,0.001,0.01,0.05,0.15,0.5"  # the chaos probe's perturbations, radians
+TOY_JUDGES = ("toy-scorer", "toy-judge")  # the held-out judges of the offline toy world
 
 
 def parse_args(argv=None):
@@ -37,9 +43,17 @@ def parse_args(argv=None):
     common.add_bake_args(p, choose_estimator=False, es_title="es options (the es bakes') and the validation gate")
     p.set_defaults(baked_dir="baked/evaluate", wandb="disabled", seed=0)  # an evaluation repeats by default
     g = p.add_argument_group("evaluation options")
-    g.add_argument("--score-model", default=None,
-                   help="the held-out scorer: another CLIP (default: toy-scorer when guiding with toy; "
-                        "otherwise required, e.g. ViT-B/16)")
+    g.add_argument("--score-model", type=model_list, default=None, metavar="LIST",
+                   help="the held-out judges: other CLIPs, comma-separated (default: toy-scorer,toy-judge when "
+                        "guiding with toy; otherwise required, e.g. ViT-B/16,RN50)")
+    g.add_argument("--replay-cutn", type=common.positive_int, default=common.SCRIPT_DEFAULTS["microwave.py"]["cutn"],
+                   metavar="N", help="cutouts every method renders its images with (default: microwave.py's, "
+                                     "what a user replays with); the bakes' own (1) shows them as they were learned")
+    g.add_argument("--tune-prompts", default=None, metavar="FILE",
+                   help="prompts on which normal_tuned's learning rate is swept, by the guide alone (default: "
+                        "the evaluated prompts, from starts the evaluation does not score)")
+    g.add_argument("--tune-starts", type=common.positive_int, default=2, metavar="N",
+                   help="starts per prompt of that sweep")
     g.add_argument("--seeds", type=common.positive_int, default=5, help="random starts per prompt")
     g.add_argument("--first", type=common.positive_int, default=None, metavar="N",
                    help="evaluate only the first N prompts of the file")
@@ -64,8 +78,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.score_model is None:
         if args.clip_model != "toy":
-            p.error("--score-model is needed: a second CLIP model to judge the images (e.g. ViT-B/16)")
-        args.score_model = "toy-scorer"
+            p.error("--score-model is needed: other CLIP models to judge the images (e.g. ViT-B/16)")
+        args.score_model = list(TOY_JUDGES)
+    if args.clip_model in args.score_model:
+        p.error(f"--score-model {args.clip_model} is the guide itself: a held-out judge is another model")
     if args.seeds > common.MAX_STARTS:
         p.error(f"--seeds must be from 1 to {common.MAX_STARTS}, got {args.seeds}")
     if args.seed >= common.START_SEED - common.MAX_STARTS:
@@ -78,6 +94,15 @@ def parse_args(argv=None):
     if args.auto_from not in args.meta_grads:
         p.error(f"--auto-from {args.auto_from} is not among --meta-grads {','.join(args.meta_grads)}")
     return args
+
+
+def model_list(text):
+    """--score-model: distinct model names, comma-separated ("guide" names the guiding model)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or len(set(names)) < len(names) or "guide" in names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct CLIP model names, comma-separated, "
+                                         "e.g. toy-scorer,toy-judge")
+    return names
 
 
 def sigma_list(text):
@@ -97,6 +122,7 @@ def main(argv=None):
     texts = common.read_prompts(args.prompts_file)[:args.first]
     if len(texts) < 2 and not args.chaos:
         raise common.UserError(f"{args.prompts_file} holds one prompt: leave-one-out needs at least two")
+    tune = common.read_prompts(args.tune_prompts) if args.tune_prompts else None
     for path, flag in [(args.json, "--json"), (args.table, "--table")]:
         common.check_file(path, flag)
     run = common.start(args, "evaluate.py", writes_baked=True)
@@ -106,7 +132,8 @@ def main(argv=None):
         result, table = common.probe_chaos(model, shift, settings, texts, args.sigmas, args.pairs)
         return common.write_report(args.json, args.table, result, table, {})
     plan = common.Plan(texts, args.meta_grads, args.auto_from, args.params, args.seeds, args.k, args.mix,
-                       args.baked_dir, args.clip_model, args.score_model)
+                       args.baked_dir, args.clip_model, tuple(args.score_model), replay_cutn=args.replay_cutn,
+                       tune_prompts=tune, tune_starts=args.tune_starts, source=args.prompts_file)
     try:
         result, table, grids = common.evaluate(common.Baker(model, shift, run.wandb), settings, plan, run.output)
     except common.BakeInterrupted as stop:

@@ -7,14 +7,15 @@ The modules, bottom to top (each imports only from the lines above it):
   cli                a script's main: user errors as one line, SIGTERM as Ctrl-C
   randomness, distributed, memory, cutouts, stats
                      seeds; one bake's work shared among torchrun's processes; peak memory;
-                     what CLIP sees of an image; win rates and their intervals
+                     what CLIP sees of an image; win rates, intervals, paired differences
   models, prompts, params
                      CLIP loaded and frozen at a precision; prompts, embeddings, targets; what
                      Adam optimizes (rgb, pyramid, fourier)
   losses             the spherical distance, the renderer's loss and the bake's
   output             atomic files, the PNG that records its making (Output), progress frames
-  render, report, wandb_log
-                     the renderer (rollout, differentiable_rollout); tables and grids; wandb
+  render, report, scoring, wandb_log
+                     the renderer (rollout, differentiable_rollout); tables and grids; an
+                     evaluation's starts and how a judge scores an image; wandb
   es, startup        the ES estimator's maths; a run's start (device, threads, CLIP, seed)
   flags, gate, learners, chaos
                      the command line's flags and what parsed flags make (the one reader of
@@ -22,7 +23,7 @@ The modules, bottom to top (each imports only from the lines above it):
                      the chaos probe
   baked, benchmark   baked files (saving, safe loading, same-bake checks, nearest bakes); timing
   baking, methods    one prompt's bake (Baker, Bake); the ways an evaluation makes an image
-  batch              baking a list (shards, resuming, failures)
+  batch, tuning      baking a list (shards, resuming, failures); normal_tuned's learning-rate sweep
   evaluation         measuring the method: bakes, every method from held-out starts, scores
 
 Where the next thing goes:
@@ -31,7 +32,7 @@ Where the next thing goes:
   settings as Settings fields with their flags in flags.py;
 - a parametrization: a class with encode and decode in params.py, its name in settings.PARAMS;
 - an evaluation method: a kind of methods.Method (its name), what it renders in methods.recipe,
-  and its place in methods.methods_of.
+  and its place in methods.methods_of (a baseline: also in methods.BASELINES).
 """
 
 import warnings

@@ -1,5 +1,5 @@
 """Measuring the method: each prompt baked by each estimator, then every method's image made from
-held-out starts, the same for every method, and scored by the guide and a held-out judge."""
+held-out starts, the same for every method, and scored by the guide and the held-out judges."""
 
 import statistics
 import sys
@@ -7,20 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from . import baked, baking, batch, losses, models, output, prompts, render, report, stats
-from .methods import BASELINES, Case, Method, methods_of, recipe
-
-START_SEED = 2**62  # the evaluation's starts come from seeds no bake uses (bakes: --seed + i, below 2**62)
-MAX_STARTS = 2**20  # starts per prompt: start (i, j) has seed START_SEED + i * MAX_STARTS + j
+from . import baked, baking, batch, losses, models, output, prompts, render, report, scoring, stats, tuning
+from .methods import Case, Method, baselines_of, methods_of, recipe
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What an evaluation compares: its prompts; the estimators whose bakes it replays, and whose
-    bakes auto-microwaving composes (k nearest, the prompt at weight mix); the parametrizations;
-    starts per prompt; where bakes go; the guide's and the judge's model names."""
+    """What an evaluation compares: its prompts (and the file they came from); the estimators whose
+    bakes it replays, and whose bakes auto-microwaving composes (k nearest, the prompt at weight
+    mix); the parametrizations; starts per prompt; where bakes go; the guide's model name and
+    the held-out judges'; the cutouts every method renders with (None: the bakes'); the
+    learning-rate sweep's prompts (None: the evaluated ones, from other starts) and starts."""
 
     prompts: list
     estimators: list
@@ -31,7 +29,11 @@ class Plan:
     mix: float
     baked_dir: str
     guide_model: str
-    score_model: str
+    score_models: tuple
+    replay_cutn: int = None
+    tune_prompts: list = None
+    tune_starts: int = 2
+    source: str = None
 
 
 def bake_all(baker, settings, plan, out, folder):
@@ -56,7 +58,7 @@ def bake_all(baker, settings, plan, out, folder):
     return bakes
 
 
-def cases_of(model, scorer, plan, bakes):
+def cases_of(model, judges, plan, bakes):
     """Each prompt's Case: its embeddings, its bakes, and the k nearest bakes of the other prompts
     by plan.auto_from (leave one out)."""
     cases = []
@@ -65,64 +67,49 @@ def cases_of(model, scorer, plan, bakes):
         others = [bakes[j, plan.auto_from] for j in range(len(plan.prompts)) if j != i]
         near = baked.nearest_bakes(model, prompt.embed, others, plan.k, "the other prompts' bakes")
         print(f"{text!r}: auto-microwaves from {[b['prompt'] for _, b in near]}")
-        cases.append(Case(i, prompt, prompts.load_prompt(scorer, text).embed,
-                          {e: bakes[i, e] for e in plan.estimators}, near))
+        embeds = {name: prompts.load_prompt(judge, text).embed for name, judge in judges.items()}
+        cases.append(Case(i, prompt, embeds, {e: bakes[i, e] for e in plan.estimators}, near))
     return cases
 
 
-def start_seed(i, j):
-    return START_SEED + i * MAX_STARTS + j
+def renderer_of(settings, config, plan):
+    """The renderer's settings for an evaluation's images: the bakes' size, and their cutouts
+    unless plan.replay_cutn says otherwise."""
+    return settings.replace(size=config["size"], cutn=plan.replay_cutn or config["cutn"])
 
 
-def start_image(i, j, size, device):
-    """Start j of prompt i: the same for every method, drawn from a seed no bake uses."""
-    generator = torch.Generator().manual_seed(start_seed(i, j))
-    return torch.randn(1, 3, size, size, generator=generator).to(device)
-
-
-def shown(z):
-    """The images as saved (quantized), at their own size: [n, 3, H, W]."""
-    return output.quantize(losses.to_image(z.detach().float()))
-
-
-def score(model, images, prompt_embed):
-    """Spherical distance of each image [n, 3, H, W] (resized to the model's side) to a prompt: [n]."""
-    resized = F.interpolate(images, size=(model.size, model.size), mode="bilinear", antialias=True,
-                            align_corners=False)
-    with torch.no_grad():
-        return losses.spherical_distance(prompts.embed_images(model, resized), prompt_embed)
-
-
-def run_methods(model, scorer, shift, cases, settings, plan, methods):
+def run_methods(model, judges, shift, cases, settings, plan, methods):
     """Every method (methods.Method) from every start: (scores, one image per prompt and method for
-    the grid).
+    the grid, and under each the judges' distances).
 
-    Each (prompt, start) begins every method from the same image and random state; size
-    and cutouts are the bakes'. A progress bar only on a terminal.
+    Each (prompt, start) begins every method from the same image and random state; size is
+    the bakes', cutouts plan.replay_cutn or the bakes'. judges: {name: held-out model}. A
+    progress bar only on a terminal.
     """
     from tqdm import tqdm
     scores, grid_images = [], []
     bar = tqdm(total=len(cases) * plan.seeds * len(methods), desc="evaluate", dynamic_ncols=True,
                disable=not sys.stderr.isatty())
     for case in cases:
-        config = next(iter(case.bakes.values()))["config"]
-        own = settings.replace(size=config["size"], cutn=config["cutn"])
+        own = renderer_of(settings, next(iter(case.bakes.values()))["config"], plan)
         finals = {}
         for j in range(plan.seeds):
-            start = start_image(case.index, j, own.size, model.device)
+            seed = scoring.start_seed(case.index, j)
+            start = scoring.start_image(seed, own.size, model.device)
             for method in methods:
-                torch.manual_seed(start_seed(case.index, j))  # the splice follows the start
+                torch.manual_seed(seed)  # the splice follows the start
                 targets, renderer, scale = recipe(method, case, shift, own, plan.mix)
-                torch.manual_seed(start_seed(case.index, j))  # the same random cutouts for every method
+                torch.manual_seed(seed)  # the same random cutouts for every method
                 finals.setdefault(method.name, []).append(render.rollout(model, start, targets, renderer,
                                                                          lr_scale=scale))
                 bar.update(1)
         for method in methods:
-            images = shown(torch.cat(finals[method.name]))  # [seeds, 3, H, W]: each image, both judges
-            found = {"guide": score(model, images, case.prompt.embed).tolist(),
-                     "scorer": score(scorer, images, case.judge_embed).tolist()}
+            images = scoring.shown(torch.cat(finals[method.name]))  # [seeds, 3, H, W]: each image, every judge
+            found = {stats.GUIDE: scoring.score(model, images, case.prompt.embed).tolist()}
+            found.update({name: scoring.score(judge, images, case.judge_embeds[name]).tolist()
+                          for name, judge in judges.items()})
             scores += [{"prompt": case.prompt.text, "start": j, "method": method.name,
-                        **{judge: found[judge][j] for judge in stats.JUDGES}} for j in range(plan.seeds)]
+                        **{judge: found[judge][j] for judge in found}} for j in range(plan.seeds)]
         grid_images.append({m.name: output.to_pixels(finals[m.name][0]) for m in methods})
     bar.close()
     return scores, grid_images
@@ -137,55 +124,79 @@ def stage_distances(bakes, cases):
     return {estimator: statistics.fmean(values) for estimator, values in found.items()}
 
 
-def summary_of(scores, methods, baselines, bakes):
-    """stats.summarize's summary of methods against baselines (Methods among them), with each
-    replayed estimator's mean bake seconds."""
+def summary_of(scores, methods, judges, bakes):
+    """stats.summarize's summary of methods against the baselines among them, under each judge, with
+    each replayed estimator's mean bake seconds."""
     seconds = {}
     for method in methods:
         if method.kind == "microwave":
             found = [b.get("seconds") for (_, e), b in bakes.items() if e == method.estimator]
             seconds[method.name] = None if None in found else statistics.fmean(found)
-    return stats.summarize(scores, [m.name for m in methods], [b.name for b in baselines], seconds)
+    names = [b.name for b in baselines_of(methods)]
+    return stats.summarize(scores, [m.name for m in methods], names, judges, seconds)
 
 
-def evaluate_one(baker, scorer, settings, plan, out):
+def tune(baker, settings, plan, bakes):
+    """normal_tuned's sweep (tuning.sweep) at the evaluation's renderer, on plan.tune_prompts (or
+    the evaluated prompts, from the sweep's own starts), guided and judged by the guide alone."""
+    first = bakes[0, plan.estimators[0]]
+    own = renderer_of(settings, first["config"], plan)
+    shape = (len(first["stages"]), first["config"]["steps"])
+    return tuning.sweep(baker.model, baker.shift, plan.tune_prompts or plan.prompts, own, shape, plan.tune_starts)
+
+
+def evaluate_one(baker, judges, settings, plan, out):
     """The evaluation at one parametrization (settings.param): (the JSON's result, the table, and
     per prompt, the first start's image by each method). Bakes of a parametrization other than
-    rgb go to plan.baked_dir/<param>/."""
+    rgb go to plan.baked_dir/<param>/. judges: {name: held-out model}."""
     folder = Path(plan.baked_dir) if settings.param == "rgb" else Path(plan.baked_dir) / settings.param
     bakes = bake_all(baker, settings, plan, out, folder)
-    cases = cases_of(baker.model, scorer, plan, bakes)
-    methods = methods_of(plan.estimators, plan.auto_from, settings.param)
-    baselines = [m for m in methods if m.name in {b.name for b in BASELINES}]
-    scores, images = run_methods(baker.model, scorer, baker.shift, cases, settings, plan, methods)
-    summary, distances = summary_of(scores, methods, baselines, bakes), stage_distances(bakes, cases)
-    names = [m.name for m in methods]
-    result = {"prompts": plan.prompts, "param": settings.param, "pyramid_levels": settings.pyramid_levels,
-              "clip_model": plan.guide_model, "score_model": plan.score_model, "seeds": plan.seeds,
-              "seed": settings.seed, "methods": names, "auto_from": plan.auto_from,
+    cases = cases_of(baker.model, judges, plan, bakes)
+    tuned = tune(baker, settings, plan, bakes)
+    methods = methods_of(plan.estimators, plan.auto_from, settings.param, tuned["lr"])
+    scores, images = run_methods(baker.model, judges, baker.shift, cases, settings, plan, methods)
+    names, judge_names = [m.name for m in methods], [stats.GUIDE, *judges]
+    config = bakes[0, plan.estimators[0]]["config"]
+    result = {"prompts": plan.prompts, "prompts_file": plan.source, "param": settings.param,
+              "pyramid_levels": settings.pyramid_levels, "clip_model": plan.guide_model,
+              "score_models": list(plan.score_models), "judges": judge_names, "seeds": plan.seeds,
+              "seed": settings.seed, "methods": names, "baselines": [b.name for b in baselines_of(methods)],
+              "auto_from": plan.auto_from, "bake_cutn": config["cutn"],
+              "replay_cutn": renderer_of(settings, config, plan).cutn, "normal_tuned": tuned,
               "threads": settings.threads,  # the rounding, and so (the renderer being chaotic) the scores, follow it
               "bake_config": {e: {k: v for k, v in bakes[0, e]["config"].items() if k != "seed"}
                               for e in plan.estimators},
               "bakes": {c.prompt.text: {e: str(b["path"]) for e, b in c.bakes.items()} for c in cases},
               "leave_one_out": {c.prompt.text: [str(b["path"]) for _, b in c.near] for c in cases},
-              "stage_distance": distances, "scores": scores, "summary": summary}
-    return result, report.markdown_table(summary, distances, methods, baselines, plan), images
+              "stage_distance": stage_distances(bakes, cases), "scores": scores,
+              "summary": summary_of(scores, methods, judge_names, bakes),
+              "agreement": stats.agreement(scores, judge_names)}
+    return result, report.markdown_table(result, methods, plan), images
+
+
+def load_judges(plan, device, precision):
+    """{name: the held-out model} for each of plan.score_models, at the guide's precision."""
+    judges = {}
+    for name in plan.score_models:
+        judges[name] = models.load_clip(name, device)
+        judges[name].set_precision(precision)
+    return judges
 
 
 def evaluate(baker, settings, plan, out):
     """The evaluation of every parametrization of the plan in turn, on the same prompts and starts:
     (the JSON's result, the table, {path: grid image}). out: the grid's output.Output (its path:
     the first parametrization's grid), also the template of the bakes' previews."""
-    scorer = models.load_clip(plan.score_model, baker.model.device)
-    scorer.set_precision(settings.precision)
+    judges = load_judges(plan, baker.model.device, settings.precision)
     runs = {}
     for param in plan.params:
-        runs[param] = evaluate_one(baker, scorer, settings.replace(param=param), plan, out)
+        runs[param] = evaluate_one(baker, judges, settings.replace(param=param), plan, out)
         if len(plan.params) > 1:
             print(f"evaluated {param}")
     if len(plan.params) == 1:
         result, table, images = runs[plan.params[0]]
-        return result, table, {out.path: report.make_grid(plan.prompts, images, result["methods"])}
+        return result, table, {out.path: report.make_grid(plan.prompts, images, result["methods"],
+                                                          report.captions(result))}
     return params_answer(runs, plan, out.path)
 
 
@@ -196,10 +207,11 @@ def params_answer(runs, plan, path):
     base = "rgb" if "rgb" in runs else plan.params[0]
     found = {param: result for param, (result, _, _) in runs.items()}
     names = found[base]["methods"]
-    stats.compare_params(found, names, base)
+    stats.compare_params(found, names, found[base]["judges"], base)
     table = report.params_table(found, names, plan, base)
     table += "".join(f"\n## {param}\n\n{own}" for param, (_, own, _) in runs.items())
-    grids = {report.grid_path(path, param, base): report.make_grid(plan.prompts, images, found[param]["methods"])
+    grids = {report.grid_path(path, param, base): report.make_grid(plan.prompts, images, found[param]["methods"],
+                                                                   report.captions(found[param]))
              for param, (_, _, images) in runs.items()}
     shown_methods = [Method("normal").name, Method("microwave", plan.auto_from).name]
     columns = [f"{param}: {method}" for method in shown_methods for param in runs]

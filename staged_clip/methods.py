@@ -1,65 +1,104 @@
-"""The ways an evaluation makes a prompt's image, as data: plain optimization, a bake replayed,
+"""The ways an evaluation makes a prompt's image, as data: plain optimization (at the reference
+learning rate, at a tuned one, with a hand schedule, or restarted each stage), a bake replayed,
 auto-microwaving from the other prompts' bakes; and what each renders from a start."""
 
+import math
 from dataclasses import dataclass
 
 from . import baked, prompts
 
+DROP_AT, DROP_BY = 0.75, 0.1  # the hand schedule (pixray's): the learning rate / 10 for the last quarter
+
 
 @dataclass(frozen=True)
 class Method:
-    """One way of making an image: its kind ("normal", "microwave" or "auto"), whose bakes it
-    replays (an estimator's: a microwave's own prompt's, auto's nearest other prompts'), how
-    auto composes them ("mean" or "splice"), and the image's parametrization."""
+    """One way of making an image: its kind, whose bakes it replays (an estimator's: a microwave's
+    own prompt's, auto's nearest other prompts'), how auto composes them ("mean" or "splice"),
+    the image's parametrization, and a learning rate of its own (normal_tuned's, once swept).
+
+    Kinds: "normal" (plain optimization toward the prompt), "normal_tuned" (the same at the swept
+    learning rate), "normal_drop" (the same with the learning rate divided by 10 for the last
+    quarter of the steps), "restart" (the prompt as every stage: Adam restarted each stage),
+    "microwave" and "auto".
+    """
 
     kind: str
     estimator: str = None
     mode: str = None
     param: str = "rgb"
+    lr: float = None
 
     @property
     def name(self):
-        """Its name in tables and JSON: normal, microwave_<estimator>, auto_<mode>."""
-        return {"normal": "normal", "microwave": f"microwave_{self.estimator}", "auto": f"auto_{self.mode}"}[self.kind]
+        """Its name in tables and JSON: normal, normal_tuned, normal_drop, restart, microwave_<estimator>,
+        auto_<mode>."""
+        return {"microwave": f"microwave_{self.estimator}", "auto": f"auto_{self.mode}"}.get(self.kind, self.kind)
 
 
-# what every method is compared with, where evaluated: plain optimization, and the original's bake replayed
-BASELINES = (Method("normal"), Method("microwave", "none"))
+# what every method is compared with, where evaluated: plain optimization at the reference and at
+# a tuned learning rate, with a hand schedule, restarted each stage, and the original's bake replayed
+BASELINES = (Method("normal"), Method("normal_tuned"), Method("normal_drop"), Method("restart"),
+             Method("microwave", "none"))
+PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the kinds that need no bake
+SAID = {"normal": "plain optimization at the reference learning rate",
+        "normal_tuned": "plain optimization at the learning rate the guide chose on other prompts and starts",
+        "normal_drop": "plain optimization, the learning rate / 10 for the last quarter of the steps (pixray's)",
+        "restart": "the prompt as every stage, Adam restarted each stage"}
 
 
-def methods_of(estimators, auto_from, param="rgb"):
-    """The methods an evaluation compares: plain optimization, each estimator's bake replayed, and
-    auto-microwaving (mean and splice) from auto_from's bakes."""
-    return [Method("normal", param=param), *[Method("microwave", e, param=param) for e in estimators],
+def methods_of(estimators, auto_from, param="rgb", tuned_lr=None):
+    """The methods an evaluation compares: the plain baselines (normal_tuned at tuned_lr), each
+    estimator's bake replayed, and auto-microwaving (mean and splice) from auto_from's bakes."""
+    plain = [Method(kind, param=param, lr=tuned_lr if kind == "normal_tuned" else None) for kind in PLAIN]
+    return [*plain, *[Method("microwave", e, param=param) for e in estimators],
             *[Method("auto", auto_from, mode, param) for mode in ("mean", "splice")]]
+
+
+def baselines_of(methods):
+    """The methods (among methods) that the others are compared with."""
+    names = {b.name for b in BASELINES}
+    return [m for m in methods if m.name in names]
 
 
 @dataclass(frozen=True)
 class Case:
     """One prompt of an evaluation: its place in the list, its prompts.Prompt under the guide, its
-    embedding under the judge [D'], its own bakes by estimator, and the nearest bakes of the other
-    prompts, [(distance, bake)], that auto-microwaving composes."""
+    embedding under each judge {name: [D']}, its own bakes by estimator, and the nearest bakes of
+    the other prompts, [(distance, bake)], that auto-microwaving composes."""
 
     index: int
     prompt: object
-    judge_embed: object
+    judge_embeds: dict
     bakes: dict
     near: list
+
+
+def plain_recipe(kind, target, stages, steps, settings, lr=None):
+    """What a plain baseline renders toward target [D] for `stages` stages of `steps` steps:
+    (targets [S, D], settings, learning-rate multipliers [S] or None)."""
+    total = stages * steps
+    if kind == "restart":
+        return target.expand(stages, -1), settings.replace(steps=steps), None
+    if kind == "normal_drop":  # one step a stage, Adam's moments carried: plain Adam with a step-down
+        drop = math.ceil(DROP_AT * total)
+        scale = target.new_tensor([1.0] * drop + [DROP_BY] * (total - drop))
+        return target.expand(total, -1), settings.replace(steps=1, carry_moments=True), scale
+    return target[None], settings.replace(steps=total, lr=lr or settings.lr), None
 
 
 def recipe(method, case, shift, settings, mix):
     """What a method renders for a case: (targets [S, D], the renderer's settings, learning-rate
     multipliers [S] or None).
 
-    Replays take their steps and multipliers from their bakes; normal optimizes toward the
-    prompt for as many steps in all. mix: auto-microwave's weight of the prompt.
+    Replays take their steps and multipliers from their bakes; the plain baselines optimize
+    toward the prompt for as many steps in all. mix: auto-microwave's weight of the prompt.
     """
     device = case.prompt.embed.device
     settings = settings.replace(param=method.param)
-    if method.kind == "normal":
+    if method.kind in PLAIN:
         first = next(iter(case.bakes.values()))
-        total = first["config"]["steps"] * len(first["stages"])
-        return (case.prompt.embed + shift)[None], settings.replace(steps=total), None
+        return plain_recipe(method.kind, case.prompt.embed + shift, len(first["stages"]), first["config"]["steps"],
+                            settings, method.lr)
     if method.kind == "microwave":
         bake = case.bakes[method.estimator]
         return (prompts.shape_targets(bake["stages"].to(device), shift),

@@ -6,60 +6,90 @@ from pathlib import Path
 
 from .errors import log
 from .output import atomic_write, write_text
-from .stats import JUDGES
+from .stats import GUIDE
 
 CELL, GAP = 128, 4  # side of one image in the grid, and the white space after it
 LABEL_W, HEAD_H = 200, 24  # the grid's column of prompts, and its row of method names
+LINE_H = 12  # a line of notes under an image
 
 
-def markdown_table(summary, distances, methods, baselines, plan):
-    """The evaluation's table: a row per method (a methods.Method); under the guide and the judge,
-    its mean distance and its win rate against each of baselines (Methods among them).
+def versus_cell(entry, base):
+    """One comparison: win rate (95% interval); paired mean difference ± its standard error, median."""
+    low, high = entry[f"interval_vs_{base}"]
+    return (f"{entry[f'win_rate_vs_{base}']:.0%} ({low:.0%}-{high:.0%}); {entry[f'mean_diff_vs_{base}']:+.3f} "
+            f"± {entry[f'se_vs_{base}']:.3f}, {entry[f'median_diff_vs_{base}']:+.3f}")
 
-    distances: each estimator's mean stage distance to its prompt; plan: the evaluation.Plan.
-    """
-    prefix = "win_rate_vs_"
-    columns = [f"{judge}: {c}" for judge in JUDGES
-               for c in ["distance", *(f"vs {b.estimator or b.kind}" for b in baselines)]]
-    lines = [f"Spherical distance of the final image to its prompt (lower is better), {len(plan.prompts)} prompts "
-             f"x {plan.seeds} starts; mean ± standard deviation, and how often a method beats "
-             f"{' and '.join(b.name for b in baselines)} on the same start, with its 95% interval. "
-             f"Guide: {plan.guide_model}; scorer: {plan.score_model}.", "",
-             "| method | " + " | ".join(columns) + " | bake, s |", "|---" * (len(columns) + 2) + "|"]
-    for method in methods:
-        cells = []
-        for judge in JUDGES:
+
+def caption(result, plan):
+    """What the evaluation's tables measured, in words: prompts, starts, cutouts, judges, the sweep."""
+    tuned = result["normal_tuned"]
+    scored = set(tuned["prompts"]) & set(result["prompts"])
+    swept = ("the evaluated prompts, from starts no method here starts from" if plan.tune_prompts is None else
+             f"{len(tuned['prompts'])} other prompts" + (f" ({len(scored)} of them scored here)" if scored else
+                                                          ", none of them scored here"))
+    source = f" of {plan.source}" if plan.source else ""
+    return (f"{len(plan.prompts)} prompts{source} x {plan.seeds} starts ({len(plan.prompts) * plan.seeds} paired "
+            f"starts per comparison); every image made at cutn {result['replay_cutn']} (the bakes were learned at "
+            f"cutn {result['bake_cutn']}). Spherical distance of the saved image to its prompt, lower is better: "
+            f"mean ± standard deviation; against each baseline, how often a method's image is nearer on the same "
+            f"start (95% Wilson interval), and the paired difference (mean ± standard error, median; negative: "
+            f"nearer). Guide: {plan.guide_model}; held-out judges: {', '.join(plan.score_models)}. normal_tuned's "
+            f"learning rate, {tuned['lr']}, was chosen from {', '.join(map(str, tuned['lrs']))} by the guide alone on "
+            f"{swept} ({tuned['starts']} starts each).")
+
+
+def markdown_table(result, methods, plan):
+    """The evaluation's tables: one per judge (the guide, then each held-out one), a row per method (a
+    methods.Method): its mean distance, and its comparison with each baseline; then how often the
+    judges agree. result: evaluate_one's JSON result; plan: the evaluation.Plan."""
+    summary, baselines = result["summary"], result["baselines"]
+    lines = [caption(result, plan), ""]
+    for judge in result["judges"]:
+        title = "the guide" if judge == GUIDE else f"held-out judge {judge}"
+        lines += [f"Under {title}:", "", "| method | distance | " + " | ".join(f"vs {b}" for b in baselines)
+                  + " | bake, s |", "|---" * (len(baselines) + 3) + "|"]
+        for method in methods:
             entry = summary[method.name][judge]
-            cells.append(f"{entry['mean']:.4f} ± {entry['std']:.4f}")
-            for base in baselines:
-                low, high = entry[f"interval_vs_{base.name}"]
-                cells.append("—" if method.name == base.name else
-                             f"{entry[prefix + base.name]:.0%} ({low:.0%}-{high:.0%})")
-        seconds = summary[method.name].get("bake_seconds")
-        lines.append(f"| {method.name} | " + " | ".join(cells) + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
-    lines += ["", "Mean distance of the baked stages to their prompt: "
-              + ", ".join(f"{mode} {d:.4f}" for mode, d in distances.items()) + "."]
+            cells = [f"{entry['mean']:.4f} ± {entry['std']:.4f}",
+                     *("—" if method.name == b else versus_cell(entry, b) for b in baselines)]
+            seconds = summary[method.name].get("bake_seconds")
+            lines.append(f"| {method.name} | " + " | ".join(cells) + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
+        lines.append("")
+    agree = [f"{pair} {share:.0%}" for pair, share in result["agreement"].items() if share is not None]
+    lines += ["The judges agree on which of two images of a start is nearer its prompt: " + ", ".join(agree) + ".",
+              "", "Mean distance of the baked stages to their prompt: "
+              + ", ".join(f"{mode} {d:.4f}" for mode, d in result["stage_distance"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
 def params_table(runs, methods, plan, base="rgb"):
-    """A markdown table: a row per method, a column per parametrization (mean distances, guide / scorer,
-    and the win rate against base's same method on paired starts)."""
-    names = list(runs)
+    """A markdown table: a row per method, a column per parametrization (mean distances under each judge,
+    guide first, and the win rate against base's same method on paired starts)."""
+    names, judges = list(runs), runs[base]["judges"]
     lines = [f"Each parametrization against {base}, method by method, on the same {len(plan.prompts)} prompts x "
-             f"{plan.seeds} starts: mean distance to the prompt under the guide / the scorer (lower is better), "
-             f"and how often its image beats {base}'s from the same start (guide / scorer).", "",
+             f"{plan.seeds} starts: mean distance to the prompt under {' / '.join(judges)} (lower is better), "
+             f"and how often its image beats {base}'s from the same start (the same judges in turn).", "",
              "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for method in methods:
         cells = []
         for param in names:
-            g, s = runs[param]["summary"][method]["guide"], runs[param]["summary"][method]["scorer"]
-            cell = f"{g['mean']:.4f} / {s['mean']:.4f}"
+            entries = [runs[param]["summary"][method][judge] for judge in judges]
+            cell = " / ".join(f"{e['mean']:.4f}" for e in entries)
             if param != base:
-                cell += f"; {g[f'win_rate_vs_{base}']:.0%} / {s[f'win_rate_vs_{base}']:.0%}"
+                cell += "; " + " / ".join(f"{e[f'win_rate_vs_{base}']:.0%}" for e in entries)
             cells.append(cell)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def captions(result):
+    """Per prompt, per method: the judges' distances of its first start's image, a line each."""
+    found = [{} for _ in result["prompts"]]
+    row = {text: r for r, text in enumerate(result["prompts"])}
+    for s in result["scores"]:
+        if s["start"] == 0:
+            found[row[s["prompt"]]][s["method"]] = [f"{judge} {s[judge]:.3f}" for judge in result["judges"]]
+    return found
 
 
 def wrap(draw, text, width):
@@ -74,20 +104,24 @@ def wrap(draw, text, width):
     return lines + [line]
 
 
-def make_grid(texts, images, columns):
-    """A PIL image: one row per prompt, one column per name of columns (images[i][name]: [H, W, 3] uint8)."""
+def make_grid(texts, images, columns, notes=None):
+    """A PIL image: one row per prompt, one column per name of columns (images[i][name]: [H, W, 3] uint8),
+    and under each image its notes (notes[i][name]: lines of text, such as each judge's distance)."""
     from PIL import Image, ImageDraw
-    step = CELL + GAP
-    grid = Image.new("RGB", (LABEL_W + step * len(columns), HEAD_H + step * len(texts)), "white")
+    below = LINE_H * max((len(lines) for row in notes or [] for lines in row.values()), default=0)
+    step, down = CELL + GAP, CELL + GAP + below
+    grid = Image.new("RGB", (LABEL_W + step * len(columns), HEAD_H + down * len(texts)), "white")
     draw = ImageDraw.Draw(grid)
     for c, name in enumerate(columns):
         draw.text((LABEL_W + c * step + 4, 6), name, fill="black")
     for r, text in enumerate(texts):
         for n, part in enumerate(wrap(draw, text, LABEL_W - 8)[:8]):
-            draw.text((4, HEAD_H + r * step + 4 + 14 * n), part, fill="black")
+            draw.text((4, HEAD_H + r * down + 4 + 14 * n), part, fill="black")
         for c, name in enumerate(columns):
             cell = Image.fromarray(images[r][name]).resize((CELL, CELL), Image.NEAREST)
-            grid.paste(cell, (LABEL_W + c * step, HEAD_H + r * step))
+            grid.paste(cell, (LABEL_W + c * step, HEAD_H + r * down))
+            for n, line in enumerate((notes or [{}] * len(texts))[r].get(name, [])):
+                draw.text((LABEL_W + c * step + 2, HEAD_H + r * down + CELL + 1 + LINE_H * n), line, fill="black")
     return grid
 
 
@@ -98,8 +132,8 @@ def grid_path(out, name, base):
 
 def write(json_path, table_path, result, table, grids):
     """Write the JSON, the table and the grids ({path: PIL image}), and print the table."""
-    scores = [s for run in result.get("params", {"": result}).values() for s in run.get("scores", [])]
-    if any(not math.isfinite(s[k]) for s in scores for k in JUDGES):
+    runs = result.get("params", {"": result}).values()
+    if any(not math.isfinite(s[k]) for run in runs for s in run.get("scores", []) for k in run["judges"]):
         log("note: some scores are not finite")
     write_text(json_path, json.dumps(result, indent=2, default=str) + "\n")
     write_text(table_path, table)

@@ -1,23 +1,29 @@
-"""The evaluation's statistics: paired wins, their Wilson intervals, and each method's summary.
+"""The evaluation's statistics: paired wins, their Wilson intervals, paired differences with their
+standard errors, how often two judges agree, and each method's summary.
 
 A score is a dict: the prompt, the start, the method's name, and the distance of the image to
-its prompt under each judge ("guide", "scorer"); lower is better.
+its prompt under each judge ("guide", and each held-out score model by name); lower is better.
 """
 
+import itertools
 import math
 import statistics
 
-JUDGES = ["guide", "scorer"]
+GUIDE = "guide"  # the judge that is the guiding model itself
 
 
-def wins(scores, method, against, judge):
-    """Paired starts on which method's image is nearer the prompt than against's: (wins, pairs), ties half."""
+def paired(scores, method, against, judge):
+    """[(method's distance, against's distance)] on the starts (prompt, start) both have."""
     pairs = {}
     for s in scores:
         if s["method"] in (method, against):
             pairs.setdefault((s["prompt"], s["start"]), {})[s["method"]] = s[judge]
-    won = [1.0 if p[method] < p[against] else 0.5 if p[method] == p[against] else 0.0
-           for p in pairs.values() if method in p and against in p]
+    return [(p[method], p[against]) for p in pairs.values() if method in p and against in p]
+
+
+def wins(scores, method, against, judge):
+    """Paired starts on which method's image is nearer the prompt than against's: (wins, pairs), ties half."""
+    won = [1.0 if a < b else 0.5 if a == b else 0.0 for a, b in paired(scores, method, against, judge)]
     return sum(won), len(won)
 
 
@@ -34,24 +40,58 @@ def interval(won, n, z=1.96):
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # (rounding at 0 and 1)
 
 
-def summarize(scores, methods, baselines, bake_seconds=None):
-    """Per method (by name) and judge: the mean and spread of its distances, and its win rate
-    (with a 95% interval) against each baseline among the methods; per method that replays
-    bakes, their mean seconds (bake_seconds: {method: seconds or None})."""
+def difference(pairs):
+    """The paired difference (first minus second; negative: the first is nearer): (mean, its
+    standard error, median). One pair has no spread: its standard error is 0."""
+    diffs = [a - b for a, b in pairs]
+    if not diffs:
+        return None, None, None
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    return statistics.fmean(diffs), se, statistics.median(diffs)
+
+
+def versus_entry(scores, method, against, judge):
+    """The JSON's comparison of method with one baseline under one judge, on paired starts."""
+    pairs = paired(scores, method, against, judge)
+    won = sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pairs)
+    mean, se, median = difference(pairs)
+    return {f"win_rate_vs_{against}": won / len(pairs) if pairs else None,
+            f"interval_vs_{against}": interval(won, len(pairs)),
+            f"mean_diff_vs_{against}": mean, f"se_vs_{against}": se, f"median_diff_vs_{against}": median}
+
+
+def summarize(scores, methods, baselines, judges, bake_seconds=None):
+    """Per method (by name) and judge: the mean and spread of its distances, and against each
+    baseline among the methods its win rate (with a 95% interval) and the paired difference
+    (mean, standard error, median); per method that replays bakes, their mean seconds
+    (bake_seconds: {method: seconds or None})."""
     summary = {}
     for method in methods:
         summary[method] = {}
-        for judge in JUDGES:
+        for judge in judges:
             values = [s[judge] for s in scores if s["method"] == method]
             entry = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-            for against in baselines:  # against itself: one half, all ties
-                won, n = wins(scores, method, against, judge)
-                entry[f"win_rate_vs_{against}"] = won / n
-                entry[f"interval_vs_{against}"] = interval(won, n)
+            for against in baselines:  # against itself: one half, all ties, no difference
+                entry.update(versus_entry(scores, method, against, judge))
             summary[method][judge] = entry
         if bake_seconds is not None and method in bake_seconds:
             summary[method]["bake_seconds"] = bake_seconds[method]
     return summary
+
+
+def agreement(scores, judges):
+    """How often two judges agree on which of two images of the same prompt and start is nearer it:
+    {"A / B": share} for each pair of judges, over every pair of methods on every start (pairs that
+    either judge ties are left out)."""
+    starts = {}
+    for s in scores:
+        starts.setdefault((s["prompt"], s["start"]), []).append(s)
+    found = {}
+    for a, b in itertools.combinations(judges, 2):
+        same = [(x[a] < y[a]) == (x[b] < y[b]) for group in starts.values()
+                for x, y in itertools.combinations(group, 2) if x[a] != y[a] and x[b] != y[b]]
+        found[f"{a} / {b}"] = statistics.fmean(same) if same else None
+    return found
 
 
 def versus(scores, other, method, judge):
@@ -63,12 +103,12 @@ def versus(scores, other, method, judge):
     return sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in mine), len(mine)
 
 
-def compare_params(runs, methods, base="rgb"):
+def compare_params(runs, methods, judges, base="rgb"):
     """Add to each parametrization's summary its win rate (and interval) against base's, method by
     method, on paired starts. runs: {param: {"scores", "summary"}}, base among them."""
     for param, found in runs.items():
         for method in methods:
-            for judge in JUDGES:
+            for judge in judges:
                 won, n = versus(found["scores"], runs[base]["scores"], method, judge)
                 entry = found["summary"][method][judge]
                 entry[f"win_rate_vs_{base}"] = won / n if n else None

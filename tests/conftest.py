@@ -42,6 +42,14 @@ def wide_ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def other_ckpt(tmp_path_factory):
+    """Another tiny CLIP (other weights), for a second judge."""
+    path = tmp_path_factory.mktemp("clip") / "other.pt"
+    torch.save(tiny_clip_model(seed=1).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny(tiny_ckpt):
     """The tiny CLIP loaded through the project's own loader."""
     return models.load_clip(tiny_ckpt, "cpu")

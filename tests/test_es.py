@@ -264,10 +264,28 @@ def test_wilson_interval_known_answer():
     assert stats.interval(0, 10)[0] == 0.0 and stats.interval(10, 10)[1] == 1.0
 
 
-def test_the_chaos_probe_writes_its_table(tiny_ckpt, capsys):
+def test_a_paired_difference_and_its_standard_error_by_hand():
+    scores = [{"prompt": p, "start": j, "method": m, "guide": g, "judge": d}
+              for p, j, m, g, d in [("a", 0, "x", 0.5, 0.5), ("a", 0, "y", 0.7, 0.6), ("a", 1, "x", 0.4, 0.4),
+                                    ("a", 1, "y", 0.3, 0.4), ("b", 0, "x", 0.6, 0.2), ("b", 0, "y", 0.9, 0.1)]]
+    # x - y on the three paired starts: -0.2, +0.1, -0.3 (guide); mean -0.4/3, sample sd
+    # sqrt(((-0.2 + 0.4/3)^2 + (0.1 + 0.4/3)^2 + (-0.3 + 0.4/3)^2) / 2) = 0.20817, se = sd / sqrt(3)
+    mean, se, median = stats.difference(stats.paired(scores, "x", "y", "guide"))
+    assert mean == pytest.approx(-0.13333, abs=1e-5) and se == pytest.approx(0.120185, abs=1e-5)
+    assert median == pytest.approx(-0.2)
+    entry = stats.summarize(scores, ["x", "y"], ["y"], ["guide", "judge"])["x"]
+    assert entry["guide"]["win_rate_vs_y"] == pytest.approx(2 / 3) and entry["guide"]["se_vs_y"] == pytest.approx(se)
+    assert entry["judge"]["win_rate_vs_y"] == pytest.approx(1.5 / 3)  # one win, one tie (half), one loss
+    assert entry["judge"]["median_diff_vs_y"] == pytest.approx(0.0) and entry["judge"]["mean_diff_vs_y"] == pytest.approx(0.0)
+    # the judges order the pair alike on start (a, 0) only: the tie on (a, 1) leaves it out
+    assert stats.agreement(scores, ["guide", "judge"]) == {"guide / judge": 0.5}
+    assert stats.difference([(0.3, 0.1)]) == pytest.approx((0.2, 0.0, 0.2))
+
+
+def test_the_chaos_probe_writes_its_table(tiny_ckpt, wide_ckpt, capsys):
     Path("p.txt").write_text("a red apple\n")
     import evaluate
-    evaluate.main(["p.txt", "--clip-model", tiny_ckpt, "--score-model", tiny_ckpt, "--chaos", "--size", "16",
+    evaluate.main(["p.txt", "--clip-model", tiny_ckpt, "--score-model", wide_ckpt, "--chaos", "--size", "16",
                    "--stages", "2", "--steps", "2", "--pairs", "2", "--sigmas", "0,0.1", "--json", "c.json",
                    "--table", "c.md"])
     import json

@@ -14,49 +14,69 @@ import evaluate
 import microwave
 import normal
 from conftest import bake_args, render_args
-from staged_clip import baking, es, evaluation, methods, render, report, stats
+from staged_clip import baking, es, methods, render, report, scoring, stats, tuning
 
 PROMPTS = ["a red apple", "a green pear", "a blue car"]
 METHODS = [m.name for m in methods.methods_of(common.META_GRADS, "es")]  # every estimator's, auto from es
+BASELINES = ["normal", "normal_tuned", "normal_drop", "restart", "microwave_none"]
+SWEPT = len(PROMPTS) * len(tuning.LRS)  # the sweep's images at --tune-starts 1
 
 
-def run_evaluate(tiny_ckpt, wide_ckpt, *extra):
+def run_evaluate(tiny_ckpt, judges, *extra):
     Path("p.txt").write_text("\n".join(PROMPTS) + "\n")
-    evaluate.main(["p.txt", "--clip-model", tiny_ckpt, "--score-model", wide_ckpt, "--device", "cpu",
+    evaluate.main(["p.txt", "--clip-model", tiny_ckpt, "--score-model", judges, "--device", "cpu",
                    "--seeds", "2", "--size", "16", "--steps", "2", "--stages", "2", "--meta-steps", "2",
-                   "--seed", "0", "--population", "2", "--validation-starts", "2", "--out", "grid.png",
-                   "--json", "e.json", "--table", "e.md", *extra])
+                   "--seed", "0", "--population", "2", "--validation-starts", "2", "--tune-starts", "1",
+                   "--replay-cutn", "2", "--out", "grid.png", "--json", "e.json", "--table", "e.md", *extra])
     return json.loads(Path("e.json").read_text())
 
 
-def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt, wide_ckpt, capsys):
-    result = run_evaluate(tiny_ckpt, wide_ckpt)
+def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt, wide_ckpt, other_ckpt, capsys):
+    result = run_evaluate(tiny_ckpt, f"{wide_ckpt},{other_ckpt}")
     out = capsys.readouterr().out
+    judges = ["guide", wide_ckpt, other_ckpt]
+    assert result["judges"] == judges and result["baselines"] == BASELINES
     for method in METHODS:
-        for scorer in stats.JUDGES:
-            entry = result["summary"][method][scorer]
-            values = [s[scorer] for s in result["scores"] if s["method"] == method]
+        assert set(result["summary"][method]) - {"bake_seconds"} == set(judges)
+        for judge in judges:
+            entry = result["summary"][method][judge]
+            values = [s[judge] for s in result["scores"] if s["method"] == method]
             assert len(values) == len(PROMPTS) * 2 and entry["mean"] == pytest.approx(sum(values) / len(values))
-            assert 0 <= entry["win_rate_vs_normal"] <= 1
+            keys = {f"{k}_vs_{b}" for b in BASELINES for k in ("win_rate", "interval", "mean_diff", "se", "median_diff")}
+            assert keys <= set(entry)
+            for base in BASELINES:  # each against each baseline: the pairs' own differences
+                pairs = stats.paired(result["scores"], method, base, judge)
+                assert len(pairs) == len(PROMPTS) * 2
+                low, high = entry[f"interval_vs_{base}"]
+                assert low <= entry[f"win_rate_vs_{base}"] <= high
+                assert entry[f"mean_diff_vs_{base}"] == pytest.approx(sum(a - b for a, b in pairs) / len(pairs))
     assert set(result["summary"]) == set(METHODS)
     assert set(result["stage_distance"]) == set(common.META_GRADS)
-    for method in METHODS[1:]:  # every bake method against normal and the original-style bake
-        for scorer in stats.JUDGES:
-            entry = result["summary"][method][scorer]
-            low, high = entry["interval_vs_normal"]
-            assert low <= entry["win_rate_vs_normal"] <= high
-            assert method == "microwave_none" or "win_rate_vs_microwave_none" in entry
     assert result["summary"]["microwave_es"]["bake_seconds"] > 0
+    assert result["replay_cutn"] == 2 and result["bake_cutn"] == 1
+    assert set(result["agreement"]) == {f"guide / {wide_ckpt}", f"guide / {other_ckpt}", f"{wide_ckpt} / {other_ckpt}"}
     table = Path("e.md").read_text()
-    assert table in out and all(f"| {m} |" in table for m in METHODS)
-    with Image.open("grid.png") as grid:
+    assert table in out and all(table.count(f"| {m} |") == len(judges) for m in METHODS)
+    assert f"held-out judge {other_ckpt}" in table and "made at cutn 2" in table and "learned at cutn 1" in table
+    with Image.open("grid.png") as grid:  # under each image, each judge's distance
         step = report.CELL + report.GAP
-        assert grid.size == (200 + step * len(METHODS), 24 + step * len(PROMPTS))
+        assert grid.size == (200 + step * len(METHODS), 24 + (step + report.LINE_H * 3) * len(PROMPTS))
     for text in PROMPTS:  # both bakes of every prompt, made with the settings asked for
         for mode in common.META_GRADS:
             baked = common.load_baked(result["bakes"][text][mode])
             assert baked["prompt"] == text and baked["config"]["meta_grad"] == mode
             assert baked["config"]["steps"] == 2 and baked["config"]["size"] == 16
+
+
+def test_the_new_baselines_render_what_they_say(tiny_ckpt, wide_ckpt):
+    result = run_evaluate(tiny_ckpt, wide_ckpt)
+    tuned = result["normal_tuned"]
+    assert tuned["lr"] in tuning.LRS and tuned["lr"] == tuned["lrs"][tuned["guide"].index(min(tuned["guide"]))]
+    assert tuned["prompts"] == PROMPTS and tuned["starts"] == 1
+    by = {m: [s[wide_ckpt] for s in result["scores"] if s["method"] == m] for m in BASELINES}
+    assert by["normal_tuned"] != by["restart"] != by["normal"] != by["normal_drop"]  # each its own images
+    if tuned["lr"] == 0.12:  # the reference rate chosen: the same run as normal
+        assert by["normal_tuned"] == by["normal"]
 
 
 def test_leave_one_out_never_uses_a_prompts_own_bake(tiny_ckpt, wide_ckpt):
@@ -71,15 +91,16 @@ def test_leave_one_out_never_uses_a_prompts_own_bake(tiny_ckpt, wide_ckpt):
 
 def test_the_scorers_see_the_same_images_for_every_method(tiny_ckpt, wide_ckpt, monkeypatch):
     calls = []
-    real = evaluation.score
+    real = scoring.score
 
     def spy(model, images, prompt_embed):
         calls.append((model.name, images.clone()))
         return real(model, images, prompt_embed)
 
-    monkeypatch.setattr(evaluation, "score", spy)
+    monkeypatch.setattr(scoring, "score", spy)
     run_evaluate(tiny_ckpt, wide_ckpt)
-    assert len(calls) == 2 * len(PROMPTS) * len(METHODS)
+    assert len(calls) == SWEPT + 2 * len(PROMPTS) * len(METHODS)
+    del calls[:SWEPT]  # the sweep's, first (its own test is below)
     for (guide, by_guide), (scorer, by_scorer) in zip(calls[::2], calls[1::2]):
         assert guide == tiny_ckpt and scorer == wide_ckpt
         assert by_guide.shape[0] == 2 and torch.equal(by_guide, by_scorer)
@@ -99,14 +120,16 @@ def test_every_method_starts_from_the_same_image_and_random_state(tiny_ckpt, wid
     monkeypatch.setattr(render, "rollout", spy)
     run_evaluate(tiny_ckpt, wide_ckpt)
     n = len(METHODS)
-    assert len(seen) == len(PROMPTS) * 2 * n
+    assert len(seen) == SWEPT + len(PROMPTS) * 2 * n
+    del seen[:SWEPT]
     groups = [seen[k:k + n] for k in range(0, len(seen), n)]  # one (prompt, start) each
     for group in groups:
         first = group[0]
         for z, rng, steps, cutn in group[1:]:
             assert torch.equal(z, first[0]) and torch.equal(rng, first[1])
-            assert steps * cutn > 0 and cutn == first[3]
-        assert group[0][2] == 2 * 2 and all(g[2] == 2 for g in group[1:])  # normal: stages x steps
+            assert steps * cutn > 0 and cutn == first[3] == 2
+        # normal and normal_tuned: stages x steps; normal_drop: a step a stage; the rest: the bakes' steps
+        assert [g[2] for g in group] == [2 * 2, 2 * 2, 1, 2] + [2] * (n - 4)
     assert not torch.equal(groups[0][0][0], groups[1][0][0])  # another start, another image
 
 
@@ -134,11 +157,15 @@ def test_ctrl_c_in_a_bake_says_what_is_saved_in_one_line(tiny_ckpt, wide_ckpt, m
     assert str(info.value.code).startswith("interrupted: ") and "run again to go on" in info.value.code
 
 
-def test_one_prompt_or_no_scorer_is_refused_in_one_line(tiny_ckpt, capsys):
+def test_one_prompt_no_judge_or_the_guide_as_judge_is_refused_in_one_line(tiny_ckpt, wide_ckpt, capsys):
     Path("one.txt").write_text("a red apple\n")
     with pytest.raises(SystemExit) as info:
-        evaluate.main(["one.txt", "--clip-model", tiny_ckpt, "--score-model", tiny_ckpt])
+        evaluate.main(["one.txt", "--clip-model", tiny_ckpt, "--score-model", wide_ckpt])
     assert "at least two" in str(info.value.code)
+    for judges, says in [(f"{wide_ckpt},{tiny_ckpt}", "is the guide itself"), (f"{wide_ckpt},{wide_ckpt}", "distinct")]:
+        with pytest.raises(SystemExit) as info:
+            evaluate.main(["one.txt", "--clip-model", tiny_ckpt, "--score-model", judges])
+        assert info.value.code == 2 and says in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         evaluate.main(["one.txt", "--clip-model", tiny_ckpt])
     assert info.value.code == 2 and "--score-model is needed" in capsys.readouterr().err
@@ -163,3 +190,55 @@ def test_save_progress_writes_frames_and_a_gif(tiny_ckpt, capsys):
         assert first.tobytes() != last.tobytes()
     with Image.open("n_progress/0010.png") as last, Image.open("n.png") as final:
         assert last.tobytes() == final.convert("RGB").tobytes()  # the last frame is the saved image
+
+
+def test_the_sweep_sees_neither_a_judge_nor_an_evaluation_start(tiny_ckpt, wide_ckpt, monkeypatch):
+    seeds, scored, inside = {"sweep": [], "evaluation": []}, {"sweep": set(), "evaluation": set()}, [False]
+    real_start, real_score, real_sweep = scoring.start_image, scoring.score, tuning.sweep
+
+    def start(seed, size, device):
+        seeds["sweep" if inside[0] else "evaluation"].append(seed)
+        return real_start(seed, size, device)
+
+    def score(model, images, embed):
+        scored["sweep" if inside[0] else "evaluation"].add(model.name)
+        return real_score(model, images, embed)
+
+    def sweep(*args, **kwargs):
+        inside[0] = True
+        try:
+            return real_sweep(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(scoring, "start_image", start)
+    monkeypatch.setattr(scoring, "score", score)
+    monkeypatch.setattr(tuning, "sweep", sweep)
+    Path("tune.txt").write_text("a yellow kite\na grey stone\n")
+    result = run_evaluate(tiny_ckpt, wide_ckpt, "--tune-prompts", "tune.txt", "--tune-starts", "2")
+    assert scored == {"sweep": {tiny_ckpt}, "evaluation": {tiny_ckpt, wide_ckpt}}  # no judge in the sweep
+    assert len(seeds["sweep"]) == 2 * 2 and not set(seeds["sweep"]) & set(seeds["evaluation"])
+    assert min(seeds["sweep"]) >= scoring.TUNE_SEED > max(seeds["evaluation"]) >= scoring.START_SEED
+    assert result["normal_tuned"]["seeds"] == seeds["sweep"]
+    assert result["normal_tuned"]["prompts"] == ["a yellow kite", "a grey stone"]
+    assert "2 other prompts, none of them scored here" in Path("e.md").read_text()
+
+
+def test_the_hand_schedule_at_full_rate_is_plain_optimization(tiny, monkeypatch):
+    settings = common.Settings(size=16, lr=0.12, cutn=2)
+    target = torch.nn.functional.normalize(torch.randn(32), dim=0)
+    start = scoring.start_image(7, 16, "cpu")
+    runs = {}
+    for by in (1.0, methods.DROP_BY):
+        monkeypatch.setattr(methods, "DROP_BY", by)
+        torch.manual_seed(0)
+        runs[by] = render.rollout(tiny, start, *methods.plain_recipe("normal_drop", target, 2, 4, settings)[:2],
+                                  lr_scale=methods.plain_recipe("normal_drop", target, 2, 4, settings)[2])
+    torch.manual_seed(0)
+    targets, plain, scale = methods.plain_recipe("normal", target, 2, 4, settings)
+    assert plain.steps == 8 and scale is None
+    normal = render.rollout(tiny, start, targets, plain)
+    assert torch.allclose(runs[1.0], normal, atol=1e-5)  # 8 one-step stages, moments carried: one Adam run
+    assert not torch.allclose(runs[methods.DROP_BY], normal, atol=1e-3)  # the last quarter slower
+    _, drop, scale = methods.plain_recipe("normal_drop", target, 2, 4, settings)
+    assert drop.carry_moments and drop.steps == 1 and scale.tolist() == pytest.approx([1] * 6 + [0.1] * 2)

@@ -170,10 +170,11 @@ def test_bad_parametrizations_get_one_line(tiny_ckpt, capsys, flags, says):
     assert len([line for line in said.strip().splitlines() if line.strip()]) == 1
 
 
-def test_evaluate_compares_parametrizations(tiny_ckpt):
+def test_evaluate_compares_parametrizations(tiny_ckpt, wide_ckpt):
     with open("prompts.txt", "w") as f:
         f.write("a red apple\na blue car\n")
-    evaluate.main(["prompts.txt", "--clip-model", tiny_ckpt, "--score-model", tiny_ckpt, "--device", "cpu",
+    evaluate.main(["prompts.txt", "--clip-model", tiny_ckpt, "--score-model", wide_ckpt, "--device", "cpu",
+                   "--tune-starts", "1", "--replay-cutn", "1",
                    "--size", "16", "--steps", "2", "--stages", "2", "--meta-steps", "1", "--seeds", "2",
                    "--meta-grads", "none,es", "--population", "1", "--params", "rgb,pyramid",
                    "--json", "e.json", "--table", "e.md", "--out", "e.png"])

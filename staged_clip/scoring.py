@@ -1,0 +1,40 @@
+"""Where an evaluation's images start and how a judge scores them: seeds that no bake and no other
+use shares, images as saved, and the spherical distance of each to its prompt."""
+
+import torch
+import torch.nn.functional as F
+
+from . import losses, output, prompts
+
+START_SEED = 2**62  # the evaluation's starts come from seeds no bake uses (bakes: --seed + i, below 2**62)
+MAX_STARTS = 2**20  # starts per prompt: start (i, j) has seed START_SEED + i * MAX_STARTS + j
+TUNE_SEED = 3 * 2**62  # the learning-rate sweep's starts: above every evaluation start (i < 2**41 prompts)
+
+
+def start_seed(i, j):
+    """The seed of the evaluation's start j of prompt i."""
+    return START_SEED + i * MAX_STARTS + j
+
+
+def tune_seed(i, j):
+    """The seed of the sweep's start j of its prompt i: never an evaluation's start."""
+    return TUNE_SEED + i * MAX_STARTS + j
+
+
+def start_image(seed, size, device):
+    """A start drawn from its own seed: [1, 3, size, size] (the same for every method)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 3, size, size, generator=generator).to(device)
+
+
+def shown(z):
+    """The images as saved (quantized), at their own size: [n, 3, H, W]."""
+    return output.quantize(losses.to_image(z.detach().float()))
+
+
+def score(model, images, prompt_embed):
+    """Spherical distance of each image [n, 3, H, W] (resized to the model's side) to a prompt: [n]."""
+    resized = F.interpolate(images, size=(model.size, model.size), mode="bilinear", antialias=True,
+                            align_corners=False)
+    with torch.no_grad():
+        return losses.spherical_distance(prompts.embed_images(model, resized), prompt_embed)

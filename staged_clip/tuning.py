@@ -1,0 +1,41 @@
+"""normal_tuned's learning rate: plain optimization swept over learning rates and judged by the
+guide alone, on starts (and, given its own list, prompts) that the evaluation never scores."""
+
+import statistics
+
+import torch
+
+from . import prompts, render, scoring
+from .methods import plain_recipe
+
+LRS = (0.06, 0.12, 0.24, 0.48, 0.96)  # the reference 0.12 halved, then doubled three times
+
+
+def sweep(model, shift, texts, settings, shape, starts, lrs=LRS):
+    """The learning rate among lrs whose plain optimization ends nearest the prompts under the guide.
+
+    texts: the sweep's prompts; settings: the renderer's (size and cutouts as evaluated);
+    shape: (stages, steps per stage) of the bakes, whose total the plain run takes; starts:
+    per prompt, drawn from scoring.tune_seed (never an evaluation's start). Returns what the
+    JSON records: {"lr", "lrs", "guide" (mean distance per lr), "prompts", "starts", "seeds"}.
+    Only the guide (model) sees these images: no judge does.
+    """
+    stages, steps = shape
+    distances = {lr: [] for lr in lrs}
+    seeds = []
+    for i, text in enumerate(texts):
+        prompt = prompts.load_prompt(model, text)
+        for j in range(starts):
+            seed = scoring.tune_seed(i, j)
+            seeds.append(seed)
+            start = scoring.start_image(seed, settings.size, model.device)
+            for lr in lrs:
+                targets, renderer, scale = plain_recipe("normal", prompt.embed + shift, stages, steps, settings, lr)
+                torch.manual_seed(seed)
+                z = render.rollout(model, start, targets, renderer, lr_scale=scale)
+                distances[lr] += scoring.score(model, scoring.shown(z), prompt.embed).tolist()
+    means = [statistics.fmean(distances[lr]) for lr in lrs]
+    chosen = lrs[means.index(min(means))]
+    print(f"normal_tuned: learning rate {chosen} (guide's mean distance by rate: "
+          + ", ".join(f"{lr} {m:.4f}" for lr, m in zip(lrs, means)) + ")")
+    return {"lr": chosen, "lrs": list(lrs), "guide": means, "prompts": list(texts), "starts": starts, "seeds": seeds}
