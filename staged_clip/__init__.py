@@ -13,9 +13,9 @@ The modules, bottom to top (each imports only from the lines above it):
                      Adam optimizes (rgb, pyramid, fourier)
   losses             the spherical distance, the renderer's loss and the bake's
   output             atomic files, the PNG that records its making (Output), progress frames
-  render, report, scoring, wandb_log
-                     the renderer (rollout, differentiable_rollout); tables and grids; an
-                     evaluation's starts and how a judge scores an image; wandb
+  render, scoring, wandb_log
+                     the renderer (rollout, differentiable_rollout); an evaluation's starts
+                     and how a judge scores an image; wandb
   es, startup        the ES estimator's maths; a run's start (device, threads, CLIP, seed)
   flags, gate, learners, chaos
                      the command line's flags and what parsed flags make (the one reader of
@@ -24,6 +24,7 @@ The modules, bottom to top (each imports only from the lines above it):
   baked, benchmark   baked files (saving, safe loading, same-bake checks, nearest bakes); timing
   baking, methods    one prompt's bake (Baker, Bake); the ways an evaluation makes an image
   batch, tuning      baking a list (shards, resuming, failures); normal_tuned's learning-rate sweep
+  report             the evaluation's tables and grids, and writing them
   evaluation         measuring the method: bakes, every method from held-out starts, scores
 
 Where the next thing goes:

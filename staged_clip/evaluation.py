@@ -3,6 +3,7 @@ held-out starts, the same for every method, and scored by the guide and the held
 
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,11 +151,17 @@ def evaluate_one(baker, judges, settings, plan, out):
     per prompt, the first start's image by each method). Bakes of a parametrization other than
     rgb go to plan.baked_dir/<param>/. judges: {name: held-out model}."""
     folder = Path(plan.baked_dir) if settings.param == "rgb" else Path(plan.baked_dir) / settings.param
+    began = time.perf_counter()
     bakes = bake_all(baker, settings, plan, out, folder)
     cases = cases_of(baker.model, judges, plan, bakes)
+    swept = time.perf_counter()
     tuned = tune(baker, settings, plan, bakes)
     methods = methods_of(plan.estimators, plan.auto_from, settings.param, tuned["lr"])
+    rendered = time.perf_counter()
     scores, images = run_methods(baker.model, judges, baker.shift, cases, settings, plan, methods)
+    seconds = {"bakes": swept - began, "sweep": rendered - swept, "methods": time.perf_counter() - rendered}
+    print(f"timing: bakes {seconds['bakes']:.0f} s, the learning-rate sweep {seconds['sweep']:.0f} s, "
+          f"{len(scores)} images by every method {seconds['methods']:.0f} s")
     names, judge_names = [m.name for m in methods], [stats.GUIDE, *judges]
     config = bakes[0, plan.estimators[0]]["config"]
     result = {"prompts": plan.prompts, "prompts_file": plan.source, "param": settings.param,
@@ -163,7 +170,7 @@ def evaluate_one(baker, judges, settings, plan, out):
               "seed": settings.seed, "methods": names, "baselines": [b.name for b in baselines_of(methods)],
               "auto_from": plan.auto_from, "bake_cutn": config["cutn"],
               "replay_cutn": renderer_of(settings, config, plan).cutn, "normal_tuned": tuned,
-              "threads": settings.threads,  # the rounding, and so (the renderer being chaotic) the scores, follow it
+              "seconds": seconds, "threads": settings.threads,  # the rounding, and so (the renderer being chaotic) the scores, follow it
               "bake_config": {e: {k: v for k, v in bakes[0, e]["config"].items() if k != "seed"}
                               for e in plan.estimators},
               "bakes": {c.prompt.text: {e: str(b["path"]) for e, b in c.bakes.items()} for c in cases},

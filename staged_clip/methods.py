@@ -41,9 +41,10 @@ BASELINES = (Method("normal"), Method("normal_tuned"), Method("normal_drop"), Me
              Method("microwave", "none"))
 PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the kinds that need no bake
 SAID = {"normal": "plain optimization at the reference learning rate",
-        "normal_tuned": "plain optimization at the learning rate the guide chose on other prompts and starts",
+        "normal_tuned": "plain optimization at the learning rate the guide chose on other starts",
         "normal_drop": "plain optimization, the learning rate / 10 for the last quarter of the steps (pixray's)",
-        "restart": "the prompt as every stage, Adam restarted each stage"}
+        "restart": "the prompt as every stage, Adam restarted each stage, multipliers 1",
+        "microwave_none": "the original-style bake replayed"}
 
 
 def methods_of(estimators, auto_from, param="rgb", tuned_lr=None):

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from .errors import log
+from .methods import SAID
 from .output import atomic_write, write_text
 from .stats import GUIDE
 
@@ -43,7 +44,8 @@ def markdown_table(result, methods, plan):
     methods.Method): its mean distance, and its comparison with each baseline; then how often the
     judges agree. result: evaluate_one's JSON result; plan: the evaluation.Plan."""
     summary, baselines = result["summary"], result["baselines"]
-    lines = [caption(result, plan), ""]
+    said = "; ".join(f"`{name}`: {SAID[name]}" for name in baselines if name in SAID)
+    lines = [caption(result, plan), "", f"Baselines: {said}.", ""]
     for judge in result["judges"]:
         title = "the guide" if judge == GUIDE else f"held-out judge {judge}"
         lines += [f"Under {title}:", "", "| method | distance | " + " | ".join(f"vs {b}" for b in baselines)
