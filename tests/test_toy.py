@@ -1,4 +1,4 @@
-"""The drawn world, the shipped offline models (toy, toy-scorer) and what they guide."""
+"""The drawn world, the shipped offline models (toy, toy-scorer, toy-judge) and what they guide."""
 
 import copy
 import numpy as np
@@ -528,7 +528,7 @@ def test_shipped_files_are_small_fp16_state_dicts():
 # training pairs and of the held-out pairs (chance: 1/8, 1/3, 1/5); both tell held-out
 # pairs' shapes well above chance
 FLOORS = {"toy": ((0.95, 0.95, 0.95), (0.95, 0.7, 0.95)), "toy-scorer": ((0.95, 0.95, 0.95), (0.9, 0.6, 0.9)),
-          "toy-judge": ((0.95, 0.9, 0.95), (0.8, 0.5, 0.9))}
+          "toy-judge": ((0.95, 0.95, 0.85), (0.85, 0.8, 0.8))}
 
 
 def test_the_judge_is_another_architecture():

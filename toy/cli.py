@@ -3,10 +3,12 @@
 The world: one shape (circle, square, triangle) in one colour at one place (left,
 right, top, bottom, center) on a muted background of another colour, with captions such as
 "a red circle on the left". The model is OpenAI's clip.model.CLIP with its tokenizer,
-only small: a ModifiedResNet vision tower at 64 px and a 2-layer text tower.
+only small: a ModifiedResNet vision tower at 64 px (or with --patch a vision transformer,
+as toy-judge's) and a 2-layer text tower.
 
   python3 -m toy train --seed 0 --threads 1 --out models/toy.pt      # the shipped toy (about 30 min on 1 core)
   python3 -m toy zero-shot toy                                      # accuracy on held-out drawings
+  python3 -m toy zero-shot toy-judge                                # the judge of another architecture
   python3 -m toy guided --clip-model toy --scorer toy-scorer        # what normal.py draws with it
 """
 
@@ -110,7 +112,7 @@ def add_train(sub):
 
 def add_zero_shot(sub):
     z = sub.add_parser("zero-shot", formatter_class=Formatter, help="zero-shot accuracy of a checkpoint on freshly drawn images")
-    z.add_argument("clip_model", help="toy, toy-scorer or a checkpoint path")
+    z.add_argument("clip_model", help="toy, toy-scorer, toy-judge or a checkpoint path")
     z.add_argument("--seed", type=seed_int, default=1234, help="seed of the drawings")
     z.add_argument("-n", type=positive_int, default=600, help="fresh images per test")
     z.add_argument("--muted", type=unit_float, default=world.MUTED,
