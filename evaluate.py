@@ -17,10 +17,11 @@ Every image is made at --replay-cutn cutouts (default: microwave.py's). Each fin
 (as saved: quantized) is scored by its spherical distance to the prompt under the guiding
 model and under each held-out --score-model (lower is better). Writes a markdown table
 per judge (win rates with 95% intervals, paired differences with standard errors), a
-JSON file with every score, and a grid of images (prompts x methods). --params runs it all once per image parametrization, on
-the same prompts and starts, and compares each with rgb method by method (one table, a
-grid per parametrization: OUT_<param>.png, and OUT_params.png with normal and a replay in
-each side by side). --chaos instead measures how chaotic the renderer is.
+JSON file with every score, and a grid of images (prompts x methods).
+--params runs it all once per image parametrization, on the same prompts and starts, and
+compares each with rgb method by method (one table, a grid per parametrization:
+OUT_<param>.png, and OUT_params.png with normal and a replay in each side by side).
+--chaos instead measures how chaotic the renderer is.
 
 Examples:
   python evaluate.py prompts_toy_test.txt --clip-model toy --meta-grads es --tune-prompts prompts_toy.txt --seeds 8 --size 64 --stages 5 --steps 10 --meta-steps 30
@@ -47,7 +48,7 @@ def parse_args(argv=None):
                    help="the held-out judges: other CLIPs, comma-separated (default: toy-scorer,toy-judge when "
                         "guiding with toy; otherwise required, e.g. ViT-B/16,RN50)")
     g.add_argument("--replay-cutn", type=common.positive_int, default=common.SCRIPT_DEFAULTS["microwave.py"]["cutn"],
-                   metavar="N", help="cutouts every method renders its images with (default: microwave.py's, "
+                   metavar="N", help="cutouts every method renders its images with (default: microwave.py's 8, "
                                      "what a user replays with); the bakes' own (1) shows them as they were learned")
     g.add_argument("--tune-prompts", default=None, metavar="FILE",
                    help="prompts on which normal_tuned's learning rate is swept, by the guide alone (default: "
