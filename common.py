@@ -17,6 +17,7 @@ _DOOR = {  # name -> module.attribute in staged_clip
     "unit_float": "flags.unit_float", "name_list": "flags.name_list", "shard_arg": "flags.shard_arg",
     "looks_baked": "flags.looks_baked",
     "Settings": "settings.Settings", "SCRIPT_DEFAULTS": "settings.SCRIPT_DEFAULTS",
+    "TUNE_LRS": "settings.TUNE_LRS",
     "META_GRADS": "settings.META_GRADS", "PARAMS": "settings.PARAMS", "PRECISIONS": "settings.PRECISIONS",
     "UserError": "errors.UserError", "log": "errors.log",
     # a run's start

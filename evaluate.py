@@ -55,6 +55,8 @@ def parse_args(argv=None):
                         "the evaluated prompts, from starts the evaluation does not score)")
     g.add_argument("--tune-starts", type=common.positive_int, default=2, metavar="N",
                    help="starts per prompt of that sweep")
+    g.add_argument("--tune-lrs", type=rate_list, default=",".join(map(str, common.TUNE_LRS)), metavar="LIST",
+                   help="the learning rates that sweep tries, comma-separated")
     g.add_argument("--seeds", type=common.positive_int, default=5, help="random starts per prompt")
     g.add_argument("--first", type=common.positive_int, default=None, metavar="N",
                    help="evaluate only the first N prompts of the file")
@@ -106,6 +108,18 @@ def model_list(text):
     return names
 
 
+def rate_list(text):
+    """--tune-lrs: distinct positive learning rates, comma-separated."""
+    try:
+        rates = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        rates = []
+    if not rates or any(not 0 < r < 100 for r in rates) or len(set(rates)) < len(rates):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct learning rates above 0, comma-separated, "
+                                         "e.g. 0.12,0.24,0.48")
+    return tuple(rates)
+
+
 def sigma_list(text):
     """--sigmas: comma-separated sizes in radians, each from 0 to 1.5."""
     try:
@@ -134,7 +148,8 @@ def main(argv=None):
         return common.write_report(args.json, args.table, result, table, {})
     plan = common.Plan(texts, args.meta_grads, args.auto_from, args.params, args.seeds, args.k, args.mix,
                        args.baked_dir, args.clip_model, tuple(args.score_model), replay_cutn=args.replay_cutn,
-                       tune_prompts=tune, tune_starts=args.tune_starts, source=args.prompts_file)
+                       tune_prompts=tune, tune_starts=args.tune_starts, tune_lrs=args.tune_lrs,
+                       source=args.prompts_file)
     try:
         result, table, grids = common.evaluate(common.Baker(model, shift, run.wandb), settings, plan, run.output)
     except common.BakeInterrupted as stop:

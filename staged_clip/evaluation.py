@@ -19,7 +19,7 @@ class Plan:
     bakes it replays, and whose bakes auto-microwaving composes (k nearest, the prompt at weight
     mix); the parametrizations; starts per prompt; where bakes go; the guide's model name and
     the held-out judges'; the cutouts every method renders with (None: the bakes'); the
-    learning-rate sweep's prompts (None: the evaluated ones, from other starts) and starts."""
+    learning-rate sweep's prompts (None: the evaluated ones, from other starts), starts and rates."""
 
     prompts: list
     estimators: list
@@ -34,6 +34,7 @@ class Plan:
     replay_cutn: int = None
     tune_prompts: list = None
     tune_starts: int = 2
+    tune_lrs: tuple = tuning.LRS
     source: str = None
 
 
@@ -143,7 +144,8 @@ def tune(baker, settings, plan, bakes):
     first = bakes[0, plan.estimators[0]]
     own = renderer_of(settings, first["config"], plan)
     shape = (len(first["stages"]), first["config"]["steps"])
-    return tuning.sweep(baker.model, baker.shift, plan.tune_prompts or plan.prompts, own, shape, plan.tune_starts)
+    return tuning.sweep(baker.model, baker.shift, plan.tune_prompts or plan.prompts, own, shape, plan.tune_starts,
+                        plan.tune_lrs)
 
 
 def evaluate_one(baker, judges, settings, plan, out):

@@ -16,6 +16,7 @@ SAVE_SIZE = 512  # side of a saved PNG, nearest-neighbour upscaled
 PRECISIONS = ("fp32", "fp16", "bf16")  # of CLIP's image tower
 PARAMS = ("rgb", "pyramid", "fourier")  # what Adam optimizes (params.py)
 META_GRADS = ("unrolled", "none", "es")  # the bake's estimators (learners.py)
+TUNE_LRS = (0.06, 0.12, 0.24, 0.48, 0.96)  # normal_tuned's sweep (evaluate.py): the reference halved, doubled 3x
 GATE_EVERY = 5  # meta steps between validations, by default, for an estimator that validates by default (es)
 
 # each script's renderer defaults, the original's: image side, steps (per stage), cutouts;

@@ -7,8 +7,7 @@ import torch
 
 from . import prompts, render, scoring
 from .methods import plain_recipe
-
-LRS = (0.06, 0.12, 0.24, 0.48, 0.96)  # the reference 0.12 halved, then doubled three times
+from .settings import TUNE_LRS as LRS
 
 
 def sweep(model, shift, texts, settings, shape, starts, lrs=LRS):

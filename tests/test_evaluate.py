@@ -215,12 +215,14 @@ def test_the_sweep_sees_neither_a_judge_nor_an_evaluation_start(tiny_ckpt, wide_
     monkeypatch.setattr(scoring, "score", score)
     monkeypatch.setattr(tuning, "sweep", sweep)
     Path("tune.txt").write_text("a yellow kite\na grey stone\n")
-    result = run_evaluate(tiny_ckpt, wide_ckpt, "--tune-prompts", "tune.txt", "--tune-starts", "2")
+    result = run_evaluate(tiny_ckpt, wide_ckpt, "--tune-prompts", "tune.txt", "--tune-starts", "2",
+                          "--tune-lrs", "0.12,0.5")
     assert scored == {"sweep": {tiny_ckpt}, "evaluation": {tiny_ckpt, wide_ckpt}}  # no judge in the sweep
     assert len(seeds["sweep"]) == 2 * 2 and not set(seeds["sweep"]) & set(seeds["evaluation"])
     assert min(seeds["sweep"]) >= scoring.TUNE_SEED > max(seeds["evaluation"]) >= scoring.START_SEED
     assert result["normal_tuned"]["seeds"] == seeds["sweep"]
     assert result["normal_tuned"]["prompts"] == ["a yellow kite", "a grey stone"]
+    assert result["normal_tuned"]["lrs"] == [0.12, 0.5] and len(result["normal_tuned"]["guide"]) == 2
     assert "2 other prompts, none of them scored here" in Path("e.md").read_text()
 
 
