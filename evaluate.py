@@ -8,7 +8,7 @@ start for every method, make an image by:
   normal               plain optimization, the same total steps and size;
   normal_tuned         the same at the learning rate a sweep chose by the guide alone, on
                        --tune-prompts (or other starts) that the evaluation never scores;
-  normal_drop          the same, the learning rate / 10 for the last quarter (pixray's);
+  normal_drop          the same, the learning rate / 10 for the last quarter (pixray-like);
   restart              the prompt as every stage, Adam restarted each stage;
   microwave_<est>      replaying the bake of each estimator;
   auto_mean            auto-microwaving from the other prompts' bakes (this prompt's
@@ -35,6 +35,7 @@ import common
 
 SIGMAS = "0,0.001,0.01,0.05,0.15,0.5"  # the chaos probe's perturbations, radians
 TOY_JUDGES = ("toy-scorer", "toy-judge")  # the held-out judges of the offline toy world
+RESERVED = {"guide", "prompt", "start", "method"}  # the other keys of a score: no judge's name
 
 
 def parse_args(argv=None):
@@ -85,8 +86,9 @@ def parse_args(argv=None):
         args.score_model = list(TOY_JUDGES)
     if args.clip_model in args.score_model:
         p.error(f"--score-model {args.clip_model} is the guide itself: a held-out judge is another model")
-    if args.seeds > common.MAX_STARTS:
-        p.error(f"--seeds must be from 1 to {common.MAX_STARTS}, got {args.seeds}")
+    for flag, starts in (("--seeds", args.seeds), ("--tune-starts", args.tune_starts)):
+        if starts > common.MAX_STARTS:
+            p.error(f"{flag} must be from 1 to {common.MAX_STARTS}, got {starts}")
     if args.seed >= common.START_SEED - common.MAX_STARTS:
         p.error("--seed must be below 2**62 - 2**20 (seeds above are the evaluation's starts)")
     args.params = args.params or [args.param]
@@ -102,7 +104,7 @@ def parse_args(argv=None):
 def model_list(text):
     """--score-model: distinct model names, comma-separated ("guide" names the guiding model)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names or len(set(names)) < len(names) or "guide" in names:
+    if not names or len(set(names)) < len(names) or set(names) & RESERVED:
         raise argparse.ArgumentTypeError(f"{text!r}: give distinct CLIP model names, comma-separated, "
                                          "e.g. toy-scorer,toy-judge")
     return names
@@ -115,7 +117,7 @@ def rate_list(text):
     except ValueError:
         rates = []
     if not rates or any(not 0 < r < 100 for r in rates) or len(set(rates)) < len(rates):
-        raise argparse.ArgumentTypeError(f"{text!r}: give distinct learning rates above 0, comma-separated, "
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct learning rates from 0 to 100, comma-separated, "
                                          "e.g. 0.12,0.24,0.48")
     return tuple(rates)
 

@@ -156,12 +156,13 @@ def evaluate_one(baker, judges, settings, plan, out):
     began = time.perf_counter()
     bakes = bake_all(baker, settings, plan, out, folder)
     cases = cases_of(baker.model, judges, plan, bakes)
-    swept = time.perf_counter()
+    sweep_began = time.perf_counter()
     tuned = tune(baker, settings, plan, bakes)
     methods = methods_of(plan.estimators, plan.auto_from, settings.param, tuned["lr"])
-    rendered = time.perf_counter()
+    methods_began = time.perf_counter()
     scores, images = run_methods(baker.model, judges, baker.shift, cases, settings, plan, methods)
-    seconds = {"bakes": swept - began, "sweep": rendered - swept, "methods": time.perf_counter() - rendered}
+    seconds = {"bakes": sweep_began - began, "sweep": methods_began - sweep_began,
+               "methods": time.perf_counter() - methods_began}
     print(f"timing: bakes {seconds['bakes']:.0f} s, the learning-rate sweep {seconds['sweep']:.0f} s, "
           f"{len(scores)} images by every method {seconds['methods']:.0f} s")
     names, judge_names = [m.name for m in methods], [stats.GUIDE, *judges]

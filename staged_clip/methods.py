@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from . import baked, prompts
 
-DROP_AT, DROP_BY = 0.75, 0.1  # the hand schedule (pixray's): the learning rate / 10 for the last quarter
+DROP_AT, DROP_BY = 0.75, 0.1  # the hand schedule (pixray-like): the learning rate / 10 for the last quarter
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Method:
 
     Kinds: "normal" (plain optimization toward the prompt), "normal_tuned" (the same at the swept
     learning rate), "normal_drop" (the same with the learning rate divided by 10 for the last
-    quarter of the steps), "restart" (the prompt as every stage: Adam restarted each stage),
+    quarter of the steps, Adam's moments kept: pixray-like), "restart" (the prompt as every stage: Adam restarted each stage),
     "microwave" and "auto".
     """
 
@@ -42,7 +42,8 @@ BASELINES = (Method("normal"), Method("normal_tuned"), Method("normal_drop"), Me
 PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the kinds that need no bake
 SAID = {"normal": "plain optimization at the reference learning rate",
         "normal_tuned": "plain optimization at the learning rate the guide chose on other starts",
-        "normal_drop": "plain optimization, the learning rate / 10 for the last quarter of the steps (pixray's)",
+        "normal_drop": "plain optimization, the learning rate / 10 for the last quarter of the steps, Adam's "
+                       "moments kept (pixray-like; pixray restarts Adam at the drop)",
         "restart": "the prompt as every stage, Adam restarted each stage, multipliers 1",
         "microwave_none": "the original-style bake replayed"}
 
@@ -79,7 +80,7 @@ def plain_recipe(kind, target, stages, steps, settings, lr=None):
     (targets [S, D], settings, learning-rate multipliers [S] or None)."""
     total = stages * steps
     if kind == "restart":
-        return target.expand(stages, -1), settings.replace(steps=steps), None
+        return target.expand(stages, -1), settings.replace(steps=steps, carry_moments=False), None
     if kind == "normal_drop":  # one step a stage, Adam's moments carried: plain Adam with a step-down
         drop = math.ceil(DROP_AT * total)
         scale = target.new_tensor([1.0] * drop + [DROP_BY] * (total - drop))

@@ -26,8 +26,8 @@ def caption(result, plan):
     tuned = result["normal_tuned"]
     scored = set(tuned["prompts"]) & set(result["prompts"])
     swept = ("the evaluated prompts, from starts no method here starts from" if plan.tune_prompts is None else
-             f"{len(tuned['prompts'])} other prompts" + (f" ({len(scored)} of them scored here)" if scored else
-                                                          ", none of them scored here"))
+             f"{len(tuned['prompts'])} prompts, {len(scored)} of them scored here" if scored else
+             f"{len(tuned['prompts'])} other prompts, none of them scored here")
     source = f" of {plan.source}" if plan.source else ""
     return (f"{len(plan.prompts)} prompts{source} x {plan.seeds} starts ({len(plan.prompts) * plan.seeds} paired "
             f"starts per comparison); every image made at cutn {result['replay_cutn']} (the bakes were learned at "

@@ -21,10 +21,9 @@ def paired(scores, method, against, judge):
     return [(p[method], p[against]) for p in pairs.values() if method in p and against in p]
 
 
-def wins(scores, method, against, judge):
-    """Paired starts on which method's image is nearer the prompt than against's: (wins, pairs), ties half."""
-    won = [1.0 if a < b else 0.5 if a == b else 0.0 for a, b in paired(scores, method, against, judge)]
-    return sum(won), len(won)
+def won(pairs):
+    """How many of the pairs (mine, theirs) mine wins (nearer the prompt), ties counting half."""
+    return sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pairs)
 
 
 def interval(won, n, z=1.96):
@@ -53,10 +52,10 @@ def difference(pairs):
 def versus_entry(scores, method, against, judge):
     """The JSON's comparison of method with one baseline under one judge, on paired starts."""
     pairs = paired(scores, method, against, judge)
-    won = sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pairs)
+    wins = won(pairs)
     mean, se, median = difference(pairs)
-    return {f"win_rate_vs_{against}": won / len(pairs) if pairs else None,
-            f"interval_vs_{against}": interval(won, len(pairs)),
+    return {f"win_rate_vs_{against}": wins / len(pairs) if pairs else None,
+            f"interval_vs_{against}": interval(wins, len(pairs)),
             f"mean_diff_vs_{against}": mean, f"se_vs_{against}": se, f"median_diff_vs_{against}": median}
 
 
@@ -100,7 +99,7 @@ def versus(scores, other, method, judge):
     theirs = {(s["prompt"], s["start"]): s[judge] for s in other if s["method"] == method}
     mine = [(s[judge], theirs[s["prompt"], s["start"]]) for s in scores
             if s["method"] == method and (s["prompt"], s["start"]) in theirs]
-    return sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in mine), len(mine)
+    return won(mine), len(mine)
 
 
 def compare_params(runs, methods, judges, base="rgb"):

@@ -13,7 +13,7 @@ import common
 import evaluate
 import microwave
 import normal
-from conftest import bake_args, render_args
+from conftest import ROOT, bake_args, render_args
 from staged_clip import baking, es, methods, render, report, scoring, stats, tuning
 
 PROMPTS = ["a red apple", "a green pear", "a blue car"]
@@ -89,7 +89,7 @@ def test_leave_one_out_never_uses_a_prompts_own_bake(tiny_ckpt, wide_ckpt):
         assert set(used) == others  # k = 2 of the two others: exactly the other prompts' bakes
 
 
-def test_the_scorers_see_the_same_images_for_every_method(tiny_ckpt, wide_ckpt, monkeypatch):
+def test_the_judges_see_the_same_images_for_every_method(tiny_ckpt, wide_ckpt, monkeypatch):
     calls = []
     real = scoring.score
 
@@ -101,9 +101,9 @@ def test_the_scorers_see_the_same_images_for_every_method(tiny_ckpt, wide_ckpt, 
     run_evaluate(tiny_ckpt, wide_ckpt)
     assert len(calls) == SWEPT + 2 * len(PROMPTS) * len(METHODS)
     del calls[:SWEPT]  # the sweep's, first (its own test is below)
-    for (guide, by_guide), (scorer, by_scorer) in zip(calls[::2], calls[1::2]):
-        assert guide == tiny_ckpt and scorer == wide_ckpt
-        assert by_guide.shape[0] == 2 and torch.equal(by_guide, by_scorer)
+    for (guide, by_guide), (judge, by_judge) in zip(calls[::2], calls[1::2]):
+        assert guide == tiny_ckpt and judge == wide_ckpt
+        assert by_guide.shape[0] == 2 and torch.equal(by_guide, by_judge)
     shots = [images for _, images in calls[::2]]
     assert not torch.equal(shots[0], shots[1])  # each method's own images, not one set for all
 
@@ -114,22 +114,29 @@ def test_every_method_starts_from_the_same_image_and_random_state(tiny_ckpt, wid
     real = render.rollout
 
     def spy(model, z, targets, settings, **kwargs):
-        seen.append((z.clone(), torch.get_rng_state(), settings.steps, settings.cutn))
+        seen.append((z.clone(), torch.get_rng_state(), settings.steps, settings.cutn, settings.lr,
+                     settings.carry_moments))
         return real(model, z, targets, settings, **kwargs)
 
     monkeypatch.setattr(render, "rollout", spy)
-    run_evaluate(tiny_ckpt, wide_ckpt)
+    result = run_evaluate(tiny_ckpt, wide_ckpt, "--tune-lrs", "0.5,0.7")
+    swept = len(PROMPTS) * 2
     n = len(METHODS)
-    assert len(seen) == SWEPT + len(PROMPTS) * 2 * n
-    del seen[:SWEPT]
+    assert len(seen) == swept + len(PROMPTS) * 2 * n
+    assert sorted({s[4] for s in seen[:swept]}) == [0.5, 0.7]  # the sweep tries the rates asked for
+    del seen[:swept]
+    tuned = result["normal_tuned"]["lr"]
     groups = [seen[k:k + n] for k in range(0, len(seen), n)]  # one (prompt, start) each
     for group in groups:
         first = group[0]
-        for z, rng, steps, cutn in group[1:]:
+        for z, rng, steps, cutn, _, _ in group[1:]:
             assert torch.equal(z, first[0]) and torch.equal(rng, first[1])
             assert steps * cutn > 0 and cutn == first[3] == 2
         # normal and normal_tuned: stages x steps; normal_drop: a step a stage; the rest: the bakes' steps
         assert [g[2] for g in group] == [2 * 2, 2 * 2, 1, 2] + [2] * (n - 4)
+        # normal at the reference rate, normal_tuned at the swept one; restart restarts Adam, the drop does not
+        assert [g[4] for g in group[:4]] == [0.12, tuned, 0.12, 0.12] and tuned in (0.5, 0.7)
+        assert [g[5] for g in group[:4]] == [False, False, True, False]
     assert not torch.equal(groups[0][0][0], groups[1][0][0])  # another start, another image
 
 
@@ -192,6 +199,19 @@ def test_save_progress_writes_frames_and_a_gif(tiny_ckpt, capsys):
         assert last.tobytes() == final.convert("RGB").tobytes()  # the last frame is the saved image
 
 
+def test_toy_is_judged_by_both_shipped_judges_by_default():
+    args = evaluate.parse_args(["prompts_toy_test.txt", "--clip-model", "toy"])
+    assert args.score_model == ["toy-scorer", "toy-judge"]
+
+
+def test_the_test_prompts_chose_nothing():
+    from toy import world
+    test, chose = (common.read_prompts(str(ROOT / name)) for name in ("prompts_toy_test.txt", "prompts_toy.txt"))
+    assert len(test) == len(set(test)) == 20 and not set(test) & set(chose)
+    held = {f"{c} {s}" for c, s in world.HELD_OUT}
+    assert not any(pair in text for text in test for pair in held)  # no pair the toy models never saw
+
+
 def test_the_sweep_sees_neither_a_judge_nor_an_evaluation_start(tiny_ckpt, wide_ckpt, monkeypatch):
     seeds, scored, inside = {"sweep": [], "evaluation": []}, {"sweep": set(), "evaluation": set()}, [False]
     real_start, real_score, real_sweep = scoring.start_image, scoring.score, tuning.sweep
@@ -244,3 +264,6 @@ def test_the_hand_schedule_at_full_rate_is_plain_optimization(tiny, monkeypatch)
     assert not torch.allclose(runs[methods.DROP_BY], normal, atol=1e-3)  # the last quarter slower
     _, drop, scale = methods.plain_recipe("normal_drop", target, 2, 4, settings)
     assert drop.carry_moments and drop.steps == 1 and scale.tolist() == pytest.approx([1] * 6 + [0.1] * 2)
+    carried = settings.replace(carry_moments=True)  # as with --carry-moments: restart still restarts Adam
+    targets, restart, scale = methods.plain_recipe("restart", target, 2, 4, carried)
+    assert targets.shape == (2, 32) and restart.steps == 4 and not restart.carry_moments and scale is None

@@ -457,10 +457,12 @@ def test_training_a_vision_transformer_tower_saves_a_loadable_checkpoint(tmp_pat
     assert len(visual.transformer.resblocks) == 1 and model.size == world.SIDE
 
 
-@pytest.mark.parametrize("flags", [["--patch", "8", "--width", "96"], ["--patch", "10"]])
-def test_a_vision_transformer_of_an_impossible_shape_is_refused_before_any_work(tmp_path, flags):
+@pytest.mark.parametrize("flags, says", [(["--patch", "8", "--width", "96"], "a multiple of 64 .* divides the image side"),
+                                         (["--patch", "10"], "a multiple of 64 .* divides the image side"),
+                                         (["--layers", "2"], "--layers 2 counts a vision transformer's blocks")])
+def test_a_vision_transformer_of_an_impossible_shape_is_refused_before_any_work(tmp_path, flags, says):
     out = tmp_path / "vit.pt"
-    with pytest.raises(SystemExit, match="a multiple of 64 .* divides the image side"):
+    with pytest.raises(SystemExit, match=says):
         toy_cli.main(["train", *flags, "--steps", "1", "--out", str(out)])
     assert not out.exists()
 

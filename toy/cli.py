@@ -44,8 +44,8 @@ def add_train(sub):
     t.add_argument("--patch", type=positive_int, default=None, metavar="PX",
                    help="make the image tower a vision transformer on PX x PX patches (toy-judge: 8) "
                         "instead of a ModifiedResNet")
-    t.add_argument("--layers", type=positive_int, default=training.VIT["vision_layers"],
-                   help="blocks of the vision transformer (with --patch)")
+    t.add_argument("--layers", type=positive_int, default=None,
+                   help=f"blocks of the vision transformer (with --patch; default {training.VIT['vision_layers']})")
     t.add_argument("--init", metavar="MODEL",
                    help="go on training from these weights (toy, or a file saved by train) instead of fresh ones; "
                         "the schedule starts again (use a lower --lr, and --nudge-from 0 after a nudged run)")

@@ -174,6 +174,9 @@ def train(args):
     if args.patch is None and args.width % 2:
         raise UserError(f"--width {args.width} is odd: the vision tower's attention heads are half its "
                         "width, so give an even width such as 16 or 24")
+    if args.patch is None and args.layers is not None:
+        raise UserError(f"--layers {args.layers} counts a vision transformer's blocks: give --patch too "
+                        "(e.g. --patch 8), or leave --layers out for the ResNet tower")
     if args.patch is not None and (args.width % 64 or world.SIDE % args.patch):
         raise UserError(f"--patch {args.patch} --width {args.width}: a vision transformer's width is a multiple "
                         f"of 64 (one attention head each) and its patch divides the image side ({world.SIDE} px); "
@@ -181,7 +184,7 @@ def train(args):
     if args.vivid_twins > args.batch:
         raise UserError(f"--vivid-twins {args.vivid_twins} is more than --batch {args.batch}: "
                         "it counts images of each batch; lower it")
-    tower = (args.width, args.patch, args.layers)
+    tower = (args.width, args.patch, args.layers or VIT["vision_layers"])
     model = build(args.seed, *tower) if args.init is None else start_from(args.init, args.seed, *tower)
     gen = torch.Generator().manual_seed(args.seed)
     texts, attrs = world.all_captions()
