@@ -82,7 +82,7 @@ def renderer_of(settings, config, plan):
 
 def run_methods(model, judges, shift, cases, settings, plan, methods):
     """Every method (methods.Method) from every start: (scores, one image per prompt and method for
-    the grid, and under each the judges' distances).
+    the grid). A score holds the image's distance under the guide and under each judge.
 
     Each (prompt, start) begins every method from the same image and random state; size is
     the bakes', cutouts plan.replay_cutn or the bakes'. judges: {name: held-out model}. A
