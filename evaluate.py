@@ -110,12 +110,17 @@ def model_list(text):
     return names
 
 
+def numbers(text):
+    """Comma-separated numbers as floats ([] where one is not a number)."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        return []
+
+
 def rate_list(text):
     """--tune-lrs: distinct positive learning rates, comma-separated."""
-    try:
-        rates = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        rates = []
+    rates = numbers(text)
     if not rates or any(not 0 < r < 100 for r in rates) or len(set(rates)) < len(rates):
         raise argparse.ArgumentTypeError(f"{text!r}: give distinct learning rates from 0 to 100, comma-separated, "
                                          "e.g. 0.12,0.24,0.48")
@@ -124,10 +129,7 @@ def rate_list(text):
 
 def sigma_list(text):
     """--sigmas: comma-separated sizes in radians, each from 0 to 1.5."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
+    values = numbers(text)
     if not values or any(not 0 <= v <= 1.5 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated numbers from 0 to 1.5, e.g. 0,0.01,0.1")
     return values
