@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Auto-microwave an unseen prompt: compose stages from the nearest baked prompts.
+"""Auto-microwave an unseen prompt: compose stages from the nearest baked prompts, or where they
+are all far from it, replay a shared bake for it.
 
 Example: python auto_microwave.py "a yellow pear" --baked-dir baked --out pear.png
 """
@@ -17,7 +18,16 @@ def parse_args(argv=None):
                    help="weight of the prompt in each stage's target (the path gets 1 - mix)")
     p.add_argument("--mode", choices=["mean", "splice"], default="mean",
                    help="mean: per-stage mean of the chosen paths; splice: each stage from one of them")
+    p.add_argument("--far", type=float, default=common.FAR, metavar="DISTANCE",
+                   help="where the nearest baked prompt lies farther than this (spherical distance) and the "
+                        "folder holds a shared bake of this model, replay that for the prompt instead")
     return p.parse_args(argv)
+
+
+def shared_base(model, bakes):
+    """The folder's shared bake for this model (the first by name), or None."""
+    return next((b for b in bakes if common.is_shared(b) and b["stages"].shape[1] == model.dim and model.made(b)),
+                None)
 
 
 @common.cli
@@ -27,7 +37,27 @@ def main(argv=None):
     run = common.start(args, "auto_microwave.py")
     model = run.model
     prompt = common.load_prompt(model, args.prompt)
-    chosen = common.nearest_bakes(model, prompt.embed, bakes, args.k, args.baked_dir)
+    base = shared_base(model, bakes)
+    own = [b for b in bakes if not common.is_shared(b)]
+    chosen = common.nearest_bakes(model, prompt.embed, own, args.k, args.baked_dir) if own or base is None else []
+    if base is not None and (not chosen or chosen[0][0] > args.far):
+        far = f"the nearest baked prompt lies {chosen[0][0]:.4f} away (over --far {args.far})" if chosen else \
+            "no prompt's bake here"
+        print(f"{far}: replaying the shared bake {base['path']} for the prompt")
+        settings = common.settings_of(args, run, base["config"], base["path"])
+        targets, scale = common.replay_bake(model, base, common.style_shift(model, settings), prompt)
+        used = {"baked_file": base["path"]}
+    else:
+        targets, scale, settings = compose(args, run, prompt, chosen)
+        used = {"baked_prompts": [b["prompt"] for _, b in chosen]}
+    z, loss = common.render(model, targets, settings, run.output, desc="auto-microwave", lr_scale=scale)
+    run.output.save(z, settings, model.device, loss=loss, prompt=prompt.text, **used)
+    print(f"saved {args.out}")
+
+
+def compose(args, run, prompt, chosen):
+    """The nearest bakes' paths composed and turned towards the prompt: (targets, lr_scale, settings)."""
+    model = run.model
     n_stages = len(chosen[0][1]["stages"])
     print(f"nearest baked prompts ({args.mode}), by spherical distance to the prompt (lower is nearer):")
     for dist, bake in chosen:
@@ -35,15 +65,11 @@ def main(argv=None):
     if len(chosen) < args.k:
         common.log(f"note: only {len(chosen)} baked file(s) with {n_stages} stages; using those")
     near = [b for _, b in chosen]
-    path, scale = common.compose_bakes(near, args.mode, model.device)  # [S, D], [S]
-    # the renderer as the nearest bake's
-    settings = common.settings_of(args, run, near[0]["config"], near[0]["path"])
-    stages = common.lerp_unit(path, prompt.embed, args.mix)
-    targets = common.shape_targets(stages, common.style_shift(model, settings))
-    z, loss = common.render(model, targets, settings, run.output, desc="auto-microwave", lr_scale=scale)
-    run.output.save(z, settings, model.device, loss=loss, prompt=prompt.text,
-                    baked_prompts=[b["prompt"] for _, b in chosen])
-    print(f"saved {args.out}")
+    path, raw = common.compose_bakes(near, args.mode, model.device)  # [S, D], [S, K]
+    settings = common.settings_of(args, run, near[0]["config"], near[0]["path"])  # the renderer as the nearest's
+    targets = common.knob_targets(common.lerp_unit(path, prompt.embed, args.mix), common.style_shift(model, settings),
+                                  raw, common.part_embeds(model, prompt, n_stages) if prompt.kind == "text" else None)
+    return targets, common.knob_lr_scale(raw), settings
 
 
 if __name__ == "__main__":

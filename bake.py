@@ -1,30 +1,52 @@
 #!/usr/bin/env python3
 """Bake a prompt: meta-optimize the stage embeddings of a staged CLIP-guided run.
 
+Or learn one shared bake over a prompt list (--prompts FILE): per-stage knobs (learning-rate
+multipliers, ...) that replay for any prompt, which a prompt's bake can start from (--init-from).
+
 Examples:
   python bake.py "a red apple" --clip-model ViT-B/32 --out apple.png
+  python bake.py --prompts prompts.txt --meta-grad es --cutn 8             # -> baked/shared_prompts.pt
+  python bake.py "a red apple" --init-from baked/shared_prompts.pt --meta-steps 10
   torchrun --standalone --nproc-per-node 4 bake.py "a red apple" --meta-grad es --seed 0   # pairs shared out
 """
+
+from pathlib import Path
 
 import common
 
 
 def parse_args(argv=None):
     p = common.make_parser(__doc__)
-    p.add_argument("prompt", help="text (weighted parts: 'a | b:0.5 | c:-1') or an image file")
+    p.add_argument("prompt", nargs="?", help="text (weighted parts: 'a | b:0.5 | c:-1') or an image file")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="learn one shared bake over the prompts of FILE (one a line) instead of a prompt's: "
+                        "saved as <baked-dir>/shared_<FILE's stem>.pt")
     common.add_common_args(p, "bake.py")
-    common.add_bake_args(p)
+    g = common.add_bake_args(p)
+    common.add_init_arg(g)
     p.add_argument("--name", default=None, help="baked file name (default: a slug of the prompt)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.prompt is None) == (args.prompts is None):
+        p.error("give a prompt, or --prompts FILE for a shared bake (not both)")
+    if args.prompts is not None and args.init_from is not None:
+        p.error("--init-from starts a prompt's bake from a shared bake; a shared bake (--prompts) starts neutral")
+    return args
 
 
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
-    path = common.baked_path(args.baked_dir, args.prompt, args.name)
+    texts = common.read_prompts(args.prompts) if args.prompts else None  # a bad list fails before CLIP loads
+    init = common.load_baked(args.init_from) if args.init_from else None
+    name = args.name or (f"shared_{Path(args.prompts).stem}" if texts else None)
+    path = common.baked_path(args.baked_dir, args.prompt or "", name)
     args.device = common.torchrun_device(args.device)
     run = common.start(args, "bake.py", writes_baked=True)
     settings, model = common.settings_of(args, run), run.model
+    if init is not None:
+        common.check_stage_width(init, model.dim)
+        settings = common.starting_from(settings, init)
     rank, processes = common.join_processes(model.device)  # under torchrun: one bake, its pairs shared out
     if processes > 1:
         settings = settings.replace(seed=common.shared_seed(settings.seed))
@@ -32,17 +54,22 @@ def main(argv=None):
         if not common.learner_of(settings).shares_processes and rank == 0:
             common.log(f"note: --meta-grad {settings.meta_grad} does not share a bake among processes; the "
                        f"{processes} processes all bake alike and the first writes")
-    prompt = common.load_prompt(model, args.prompt)
-    baker = common.Baker(model, common.style_shift(model, settings), run.wandb)
+    baker = common.Baker(model, common.style_shift(model, settings), run.wandb, init=init)
     try:
-        history = common.bake_prompt(baker, prompt, settings, path, run.output)
+        if texts:
+            history = common.bake_shared(baker, texts, settings, path, run.output, args.prompts)
+            what = f"a shared bake of {len(texts)} prompts"
+        else:
+            prompt = common.load_prompt(model, args.prompt)
+            history = common.bake_prompt(baker, prompt, settings, path, run.output)
+            what = repr(prompt.text)
     except common.BakeInterrupted as stop:
         raise SystemExit(stop.message()) from None
     finally:
         common.leave_processes()
     if rank > 0:
         return
-    print(f"baked {prompt.text!r}: final meta loss {history[-1]:.4f}; stages in {path}, image in {args.out}")
+    print(f"baked {what}: final meta loss {history[-1]:.4f}; stages in {path}, image in {args.out}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ in a log file, one line a prompt.
 
 Examples:
   python batch_bake.py prompts.txt
+  python batch_bake.py prompts.txt --init-from baked/shared_prompts.pt   # each on top of a shared bake
   torchrun --nproc-per-node 4 batch_bake.py prompts.txt
 """
 
@@ -20,7 +21,7 @@ def parse_args(argv=None):
     p = common.make_parser(__doc__)
     p.add_argument("prompts_file", nargs="?", default="prompts.txt", help="file of prompts, one a line")
     common.add_common_args(p, "bake.py", out=None)  # images go beside the bakes
-    common.add_bake_args(p)
+    common.add_init_arg(common.add_bake_args(p))
     g = p.add_argument_group("batch options")
     g.add_argument("--force", action="store_true", help="bake again prompts that are already baked")
     g.add_argument("--fail-fast", action="store_true", help="stop at the first prompt that fails")
@@ -34,6 +35,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     texts = common.read_prompts(args.prompts_file)
+    init = common.load_baked(args.init_from) if args.init_from else None  # before CLIP loads
     index, count, source = common.pick_shard(args.shard)
     args.device = common.torchrun_device(args.device)
     paths = common.bake_paths(args.baked_dir, texts)
@@ -43,7 +45,10 @@ def main(argv=None):
               f"{len(jobs)} of {len(texts)} prompt(s)")
     run = common.start(args, "bake.py", writes_baked=True)
     settings, model = common.settings_of(args, run), run.model
-    baker = common.Baker(model, common.style_shift(model, settings), run.wandb)
+    if init is not None:
+        common.check_stage_width(init, model.dim)
+        settings = common.starting_from(settings, init)
+    baker = common.Baker(model, common.style_shift(model, settings), run.wandb, init=init)
     try:
         baked, skipped, failed = common.bake_list(baker, settings, jobs, run.output, args.force, args.fail_fast)
     except common.BakeInterrupted as stop:

@@ -15,7 +15,7 @@ _DOOR = {  # name -> module.attribute in staged_clip
     "add_bake_args": "flags.add_bake_args", "add_bake_settings": "flags.add_bake_settings",
     "add_es_settings": "flags.add_es_settings", "positive_int": "flags.positive_int",
     "unit_float": "flags.unit_float", "name_list": "flags.name_list", "shard_arg": "flags.shard_arg",
-    "looks_baked": "flags.looks_baked",
+    "looks_baked": "flags.looks_baked", "add_init_arg": "flags.add_init_arg",
     "Settings": "settings.Settings", "SCRIPT_DEFAULTS": "settings.SCRIPT_DEFAULTS",
     "TUNE_LRS": "settings.TUNE_LRS",
     "META_GRADS": "settings.META_GRADS", "PARAMS": "settings.PARAMS", "PRECISIONS": "settings.PRECISIONS",
@@ -26,16 +26,19 @@ _DOOR = {  # name -> module.attribute in staged_clip
     "leave_processes": "distributed.leave", "shared_seed": "distributed.shared_seed",
     # prompts and the renderer
     "load_prompt": "prompts.load_prompt", "read_prompts": "prompts.read_prompts",
-    "style_shift": "prompts.style_shift", "shape_targets": "prompts.shape_targets", "lerp_unit": "prompts.lerp_unit",
+    "style_shift": "prompts.style_shift", "lerp_unit": "prompts.lerp_unit",
     "render": "render.render",
     # baking
-    "Baker": "baking.Baker", "bake_prompt": "baking.bake_prompt", "BakeInterrupted": "baking.BakeInterrupted",
+    "Baker": "baking.Baker", "bake_prompt": "baking.bake_prompt", "bake_shared": "baking.bake_shared",
+    "starting_from": "baking.starting_from", "replay_bake": "knobs.replay", "is_shared": "knobs.is_shared",
+    "knob_targets": "knobs.targets", "knob_lr_scale": "knobs.lr_scale", "part_embeds": "knobs.part_embeds",
+    "FAR": "settings.FAR", "BakeInterrupted": "baking.BakeInterrupted",
     "learner_of": "learners.learner_of", "bake_list": "batch.bake_list", "bake_paths": "batch.bake_paths",
     "pick_shard": "batch.pick_shard",
     # baked files
     "baked_path": "baked.baked_path", "load_baked": "baked.load_baked",
     "load_baked_dir": "baked.load_baked_dir", "check_stage_width": "baked.check_stage_width",
-    "nearest_bakes": "baked.nearest_bakes", "compose_bakes": "baked.compose_bakes", "scales_of": "baked.scales_of",
+    "nearest_bakes": "baked.nearest_bakes", "compose_bakes": "baked.compose_bakes",
     # files
     "check_file": "output.check_file", "write_text": "output.write_text", "provenance": "output.provenance",
     # measuring

@@ -10,6 +10,8 @@ start for every method, make an image by:
                        --tune-prompts (or other starts) that the evaluation never scores;
   normal_drop          the same, the learning rate / 10 for the last quarter (pixray-like);
   restart              the prompt as every stage, Adam restarted each stage;
+  shared               with --shared FILE: that shared bake replayed for the prompt (and
+                       every prompt's bake then starts from it);
   microwave_<est>      replaying the bake of each estimator;
   auto_mean            auto-microwaving from the other prompts' bakes (this prompt's
   auto_splice          own left out; --auto-from's), per-stage mean or a random splice.
@@ -58,6 +60,9 @@ def parse_args(argv=None):
                    help="starts per prompt of that sweep")
     g.add_argument("--tune-lrs", type=rate_list, default=",".join(map(str, common.TUNE_LRS)), metavar="LIST",
                    help="the learning rates that sweep tries, comma-separated")
+    g.add_argument("--shared", default=None, metavar="SHARED.pt",
+                   help="a shared bake (bake.py --prompts FILE): replay it as the method `shared`, compare every "
+                        "method with it, and start every prompt's bake from it")
     g.add_argument("--seeds", type=common.positive_int, default=5, help="random starts per prompt")
     g.add_argument("--first", type=common.positive_int, default=None, metavar="N",
                    help="evaluate only the first N prompts of the file")
@@ -142,6 +147,9 @@ def main(argv=None):
     if len(texts) < 2 and not args.chaos:
         raise common.UserError(f"{args.prompts_file} holds one prompt: leave-one-out needs at least two")
     tune = common.read_prompts(args.tune_prompts) if args.tune_prompts else None
+    if args.shared is not None and not common.is_shared(common.load_baked(args.shared)):
+        raise common.UserError(f"--shared {args.shared} is a bake of one prompt: give a shared bake, made by "
+                               f"bake.py --prompts FILE")
     for path, flag in [(args.json, "--json"), (args.table, "--table")]:
         common.check_file(path, flag)
     run = common.start(args, "evaluate.py", writes_baked=True)
@@ -153,7 +161,7 @@ def main(argv=None):
     plan = common.Plan(texts, args.meta_grads, args.auto_from, args.params, args.seeds, args.k, args.mix,
                        args.baked_dir, args.clip_model, tuple(args.score_model), replay_cutn=args.replay_cutn,
                        tune_prompts=tune, tune_starts=args.tune_starts, tune_lrs=args.tune_lrs,
-                       source=args.prompts_file)
+                       source=args.prompts_file, shared=args.shared)
     try:
         result, table, grids = common.evaluate(common.Baker(model, shift, run.wandb), settings, plan, run.output)
     except common.BakeInterrupted as stop:

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Microwave a baked file: replay its stages on a fresh image, optionally mixed with a prompt.
 
-Example: python microwave.py "a green apple" baked/a_red_apple.pt --out apple.png
+Examples:
+  python microwave.py baked/a_red_apple.pt
+  python microwave.py "a green apple" baked/a_red_apple.pt --out apple.png
+  python microwave.py "a green apple" baked/shared_prompts.pt   # a shared bake needs the prompt
 """
 
 import common
@@ -13,7 +16,7 @@ def parse_args(argv=None):
     p.add_argument("baked", metavar="BAKED.pt", help="the baked file to replay")
     common.add_common_args(p, "microwave.py")
     p.add_argument("--mix", type=common.unit_float, default=0.5,
-                   help="weight of the prompt in each stage's target (with a prompt)")
+                   help="weight of the prompt in each stage's target (with a prompt and a prompt's bake)")
     args, extra = p.parse_known_args(argv)
     if extra:
         loose = [x for x in extra if not x.startswith("-")]
@@ -29,6 +32,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     baked = common.load_baked(args.baked)  # a bad file fails before CLIP loads
+    if common.is_shared(baked) and args.prompt is None:
+        raise common.UserError(f"{args.baked} is a shared bake, learned over many prompts: give the prompt to "
+                               f"replay it for, e.g. microwave.py \"a red apple\" {args.baked}")
     run = common.start(args, "microwave.py")
     settings, model = common.settings_of(args, run, baked["config"], args.baked), run.model
     common.check_stage_width(baked, model.dim)
@@ -37,17 +43,17 @@ def main(argv=None):
         common.log(f"note: {args.baked} was baked with {other}; its stages may mean little to {model.name}")
     if not baked["complete"]:
         common.log(f"note: {args.baked} is an interrupted bake; its stages may be unfinished")
-    stages = baked["stages"].to(model.device)  # [S, D]
     info = {"baked_file": args.baked, "baked_prompt": baked["prompt"]}
+    prompt = None
     if args.prompt is not None:
         prompt = common.load_prompt(model, args.prompt)
-        stages = common.lerp_unit(stages, prompt.embed, args.mix)
         info["prompt"] = prompt.text
-    targets = common.shape_targets(stages, common.style_shift(model, settings))
-    z, loss = common.render(model, targets, settings, run.output, desc="microwave",
-                            lr_scale=common.scales_of([baked], model.device)[0])
+    # a shared bake replays the prompt itself as every stage, so --mix plays no part
+    targets, scale = common.replay_bake(model, baked, common.style_shift(model, settings), prompt, args.mix)
+    z, loss = common.render(model, targets, settings, run.output, desc="microwave", lr_scale=scale)
     run.output.save(z, settings, model.device, loss=loss, **info)
-    print(f"microwaved {baked['prompt']!r} ({len(stages)} stages); saved {args.out}")
+    print(f"microwaved {baked['prompt']!r} ({len(targets)} stages){f' for {prompt.text!r}' if prompt else ''}; "
+          f"saved {args.out}")
 
 
 if __name__ == "__main__":

@@ -11,26 +11,33 @@ The modules, bottom to top (each imports only from the lines above it):
   models, prompts, params
                      CLIP loaded and frozen at a precision; prompts, embeddings, targets; what
                      Adam optimizes (rgb, pyramid, fourier)
-  losses             the spherical distance, the renderer's loss and the bake's
+  losses, knobs      the spherical distance, the renderer's loss and the bake's; the per-stage
+                     knobs a bake may learn (learning rate, style, part of the prompt) and the
+                     targets made of them
   output             atomic files, the PNG that records its making (Output), progress frames
   render, scoring, wandb_log
                      the renderer (rollout, differentiable_rollout); an evaluation's starts
                      and how a judge scores an image; wandb
   es, startup        the ES estimator's maths; a run's start (device, threads, CLIP, seed)
+  tasks              what a bake aims at: one prompt, or a shared bake's list (pairs drawn on
+                     some, the gate validating on held-out ones)
   flags, gate, learners, chaos
                      the command line's flags and what parsed flags make (the one reader of
                      them); the validation gate; the estimators, one class each (LEARNERS);
                      the chaos probe
   baked, benchmark   baked files (saving, safe loading, same-bake checks, nearest bakes); timing
-  baking, methods    one prompt's bake (Baker, Bake); the ways an evaluation makes an image
+  baking, methods    a bake (Baker, Bake: one prompt's, or shared over a list); the ways an
+                     evaluation makes an image
   batch, tuning      baking a list (shards, resuming, failures); normal_tuned's learning-rate sweep
   report             the evaluation's tables and grids, and writing them
   evaluation         measuring the method: bakes, every method from held-out starts, scores
 
 Where the next thing goes:
 - an estimator: a Learner subclass in learners.py (step, current, and what the bake asks of
-  it: gate_every, fields, learns_lr, shares_processes), its name in settings.META_GRADS, its
+  it: gate_every, fields, shares_processes, learns_shared, learns_knobs), its name in settings.META_GRADS, its
   settings as Settings fields with their flags in flags.py;
+- a knob a bake learns per stage: a Knob in knobs.KNOBS (its file key, sigma and learn
+  fields in Settings, with flags), and its effect in knobs.targets or the renderer;
 - a parametrization: a class with encode and decode in params.py, its name in settings.PARAMS;
 - an evaluation method: a kind of methods.Method (its name), what it renders in methods.recipe,
   and its place in methods.methods_of (a baseline: also in methods.BASELINES).

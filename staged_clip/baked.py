@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import learners, losses, output, prompts
+from . import knobs, learners, losses, output, prompts
 from .errors import UserError, log
 from .output import atomic_write
 from .settings import SPEED_ONLY, Settings
@@ -48,12 +48,13 @@ def save_baked(path, contents):
 
     contents: prompt, prompt_type, clip_model, stages [S, D], config, history, complete; and,
     where known, clip_weights (the model's weights_id, so that a bake is known not to match
-    a model retrained under the same name), prompt_embed [D], lr_scale (learned multipliers
-    [S] of each stage's learning rate), validation (the gate's history) and seconds (how long
-    the bake took). Optional fields that are None are left out. The file adds its format,
+    a model retrained under the same name), prompt_embed [D], the learned knobs [S] each
+    (knobs.py: lr_scale, style_scale, part_weight), validation (the gate's history) and
+    seconds (how long the bake took); a shared bake adds kind "shared", prompts and held_out
+    (the texts it learned from and validated on), and its stages are zeros. Optional fields that are None are left out. The file adds its format,
     version, width, time of writing, and what its numbers depend on (output.provenance).
     """
-    tensors = {"stages", "prompt_embed", "lr_scale"}
+    tensors = {"stages", "prompt_embed", *(knob.key for knob in knobs.KNOBS)}
     data = {"format": BAKED_FORMAT, "version": BAKED_VERSION, "embed_dim": int(contents["stages"].shape[1])}
     for key, value in contents.items():
         if value is None and key not in ("prompt", "prompt_type", "stages", "config", "history", "complete"):
@@ -117,7 +118,8 @@ def load_baked(path, embed_dim=None):
     obj = {"clip_model": None, "config": {}, "history": [], "complete": True, "created": None, **obj}
     obj["embed_dim"] = obj["stages"].shape[1]
     obj["stages"] = obj["stages"].detach().float()
-    obj["lr_scale"] = obj["lr_scale"].detach().float() if obj.get("lr_scale") is not None else None
+    for knob in knobs.KNOBS:
+        obj[knob.key] = obj[knob.key].detach().float() if obj.get(knob.key) is not None else None
     obj["path"] = str(path)
     if embed_dim is not None:
         check_stage_width(obj, embed_dim)
@@ -147,10 +149,14 @@ def baked_problem(obj):
     if embed is not None and not (isinstance(embed, torch.Tensor) and embed.shape == stages.shape[1:]
                                   and torch.isfinite(embed).all()):
         return "prompt_embed is not a finite vector of the stages' width"
-    scale = obj.get("lr_scale")
-    if scale is not None and not (isinstance(scale, torch.Tensor) and scale.shape == stages.shape[:1]
-                                  and torch.isfinite(scale).all() and (scale > 0).all()):
-        return "lr_scale is not a positive number for each stage"
+    for knob in knobs.KNOBS:
+        value = obj.get(knob.key)
+        if value is not None and not (isinstance(value, torch.Tensor) and value.shape == stages.shape[:1]
+                                      and torch.isfinite(value).all() and (value >= 0).all()
+                                      and (not knob.exponential or (value > 0).all())):
+            return f"{knob.key} is not a {'positive ' if knob.exponential else ''}number for each stage"
+    if obj.get("kind", "prompt") not in ("prompt", "shared"):
+        return f"kind {obj['kind']!r} is not prompt or shared"
     return None
 
 
@@ -243,6 +249,8 @@ def nearest_bakes(model, prompt_embed, bakes, k, where="the baked folder"):
     """
     candidates, skipped = [], []
     for bake in bakes:
+        if knobs.is_shared(bake):
+            continue  # no prompt of its own
         try:
             embed = baked_prompt_embed(model, bake)
         except UserError as e:
@@ -262,26 +270,21 @@ def nearest_bakes(model, prompt_embed, bakes, k, where="the baked folder"):
     return [c for c in candidates if len(c[1]["stages"]) == n_stages][:k]
 
 
-def compose_path(paths, mode, scales):
-    """One path of stages from k paths [k, S, D], and its learning-rate multipliers from theirs,
-    scales [k, S] (1 for a file without them): per-stage mean (of the multipliers, geometric),
-    or a random splice (each stage's multiplier from the path it came from).
-    Returns (path [S, D], scale [S]).
+def compose_path(paths, mode, raw):
+    """One path of stages from k paths [k, S, D], and its knobs from theirs, raw [k, S, K]
+    (knobs.py; neutral for a file without): per-stage mean (of the raw knobs, so of the
+    learning-rate multipliers the geometric mean), or a random splice (each stage's knobs
+    from the path it came from). Returns (path [S, D], raw knobs [S, K]).
     """
     paths = F.normalize(paths, dim=-1)
     if mode == "mean":
-        return paths.mean(0), scales.log().mean(0).exp()  # each stage averaged over the paths, not over everything
+        return paths.mean(0), raw.mean(0)  # each stage averaged over the paths, not over everything
     pick = torch.randint(len(paths), (paths.shape[1],))  # [S]: which path gives each stage
-    return paths[pick, torch.arange(paths.shape[1])], scales[pick, torch.arange(paths.shape[1])]
+    return paths[pick, torch.arange(paths.shape[1])], raw[pick, torch.arange(paths.shape[1])]
 
 
 def compose_bakes(bakes, mode, device):
-    """One path of stages [S, D] and its learning-rate multipliers [S] from bakes of S stages each
-    (compose_path of their stages and multipliers), on device."""
-    return compose_path(torch.stack([b["stages"] for b in bakes]).to(device), mode, scales_of(bakes, device))
-
-
-def scales_of(bakes, device):
-    """The learning-rate multipliers [k, S] of bakes of S stages each (ones where a file has none)."""
-    return torch.stack([b["lr_scale"] if b.get("lr_scale") is not None else torch.ones(len(b["stages"]))
-                        for b in bakes]).to(device)
+    """One path of stages [S, D] and its raw knobs [S, K] from bakes of S stages each (compose_path
+    of their stages and knobs), on device."""
+    raw = torch.stack([knobs.raw_of(b, len(b["stages"]), device) for b in bakes])
+    return compose_path(torch.stack([b["stages"] for b in bakes]).to(device), mode, raw)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import baked, distributed, gate, learners, output, prompts, render
-from .errors import UserError
+from . import baked, distributed, gate, knobs, learners, output, render, tasks
+from .errors import UserError, log
+from .settings import Settings
 from .randomness import rng_aside
 from .wandb_log import wandb_image
 
@@ -15,13 +16,34 @@ from .wandb_log import wandb_image
 @dataclass(frozen=True)
 class Baker:
     """What the bakes of one run share: the model, the style shift added to every target [D],
-    wandb logging, and progress bars (off: a batch's log file; position: the bar's line)."""
+    wandb logging, progress bars (off: a batch's log file; position: the bar's line), and the
+    shared bake each prompt's bake starts from (a load_baked dict; None: none)."""
 
     model: object  # a models.Clip
     shift: object
     wandb: object  # a wandb_log.WandbLog
     bars: bool = True
     position: int = 0
+    init: object = None
+
+
+# what a prompt's bake takes from the shared bake it starts from: the knobs are per stage of its
+# renderer and multiply its learning rate
+FROM_SHARED = ("stages", "steps", "lr", "inner_eps", "carry_moments", "param", "pyramid_levels")
+
+
+def starting_from(settings, shared):
+    """The settings of a prompt's bake that starts from shared (a load_baked dict): its renderer as
+    the shared bake's (saying what that changes), and init_from naming it."""
+    if not knobs.is_shared(shared):
+        raise UserError(f"{shared['path']} is a bake of one prompt: --init-from takes a shared bake, made by "
+                        f"bake.py --prompts FILE")
+    theirs = Settings.from_config(shared["config"])
+    changed = [f"{name} {getattr(theirs, name)} (not {getattr(settings, name)})" for name in FROM_SHARED
+               if getattr(theirs, name) != getattr(settings, name)]
+    if changed:
+        log(f"note: as {shared['path']} was baked: " + ", ".join(changed))
+    return settings.replace(**{name: getattr(theirs, name) for name in FROM_SHARED}, init_from=shared["path"])
 
 
 class BakeInterrupted(Exception):
@@ -46,25 +68,41 @@ class BakeInterrupted(Exception):
 def bake_prompt(baker, prompt, settings, path, out):
     """Bake one prompt: meta-optimize its stages, save them to path and a preview to out.
 
-    settings: a Settings (its seed is recorded); out: the preview's output.Output. With the
-    validation gate, what is saved is the best that the gate kept. Under torchrun only the
-    first process writes and logs. Ctrl-C saves what was learned so far, marked incomplete,
-    and raises BakeInterrupted. Returns the meta-loss history.
+    settings: a Settings (its seed is recorded; see starting_from where baker.init is a shared
+    bake, whose knobs the bake and its gate start from); out: the preview's output.Output. With the validation gate, what is saved is the best that the gate kept.
+    Under torchrun only the first process writes and logs. Ctrl-C saves what was learned
+    so far, marked incomplete, and raises BakeInterrupted. Returns the meta-loss history.
     """
-    return Bake(baker, prompt, settings, path).run(out)
+    return Bake(baker, tasks.Tasks.single(baker.model, prompt, settings.stages), settings, path, baker.init).run(out)
+
+
+def bake_shared(baker, texts, settings, path, out, source):
+    """A shared bake: one set of knobs learned over the prompts texts (from the file source), each
+    ES pair drawn on one of them, validated on held-out ones; saved to path, its preview (the
+    first held-out prompt) to out. Otherwise as bake_prompt."""
+    if not learners.learner_of(settings).learns_shared:
+        raise UserError(f"--meta-grad {settings.meta_grad} cannot learn a shared bake: use --meta-grad es")
+    return Bake(baker, tasks.Tasks.of_list(baker.model, texts, settings.stages, settings.seed), settings, path,
+                source=source).run(out)
 
 
 class Bake:
-    """One prompt's bake under way: its learner, its gate, its history and its wandb run."""
+    """One bake under way: its learner, its gate, its history and its wandb run."""
 
-    def __init__(self, baker, prompt, settings, path):
-        self.baker, self.prompt, self.settings, self.path = baker, prompt, settings, path
+    def __init__(self, baker, aims, settings, path, init=None, source=None):
+        self.baker, self.tasks, self.settings, self.path = baker, aims, settings, path
+        self.source = source
+        # whose image the preview and wandb show: the prompt's, or a shared bake's first held-out prompt
+        self.prompt = aims.validation[0].prompt
+        self.title = f"shared: {source}" if aims.shared else self.prompt.text
         self.began = time.time()
         self.primary = distributed.is_primary()
-        self.learner = learners.learner_of(settings)(baker.model, prompt, baker.shift, settings)
+        raw = None if init is None else knobs.raw_of(init, settings.stages, baker.model.device)
+        self.learner = learners.learner_of(settings)(baker.model, aims, baker.shift, settings, raw)
         self.run_log, self.control = self.start_logging()
         self.every = self.learner.gate(settings)
-        self.validation = gate.Gate(baker.model, prompt, baker.shift, settings) if self.every else None
+        start = None if raw is None else (None if aims.shared else self.learner.current()[0], raw)
+        self.validation = gate.Gate(baker.model, aims, baker.shift, settings, start) if self.every else None
         self.history = []
 
     def start_logging(self):
@@ -73,8 +111,8 @@ class Bake:
         model, settings = self.baker.model, self.settings
         run = None
         if self.primary:
-            run = self.baker.wandb.start(self.prompt.text[:64], {**settings.config(), "prompt": self.prompt.text,
-                                                                 "clip_model": model.name})
+            run = self.baker.wandb.start(self.title[:64], {**settings.config(), "prompt": self.title,
+                                                           "clip_model": model.name})
         if run is None:
             return None, None
         with rng_aside(model.device):  # a seed bakes the same stages with or without logging
@@ -86,7 +124,7 @@ class Bake:
     def run(self, out):
         """Every meta step, then the saved bake and its preview (see bake_prompt)."""
         from tqdm import tqdm
-        bar = tqdm(range(self.settings.meta_steps), desc=self.prompt.text[:30], position=self.baker.position,
+        bar = tqdm(range(self.settings.meta_steps), desc=self.title[:30], position=self.baker.position,
                    leave=self.baker.position == 0, dynamic_ncols=True, disable=not (self.primary and self.baker.bars))
         try:
             for step in bar:
@@ -118,9 +156,7 @@ class Bake:
         record = {"meta_loss": loss}
         last = step == self.settings.meta_steps - 1
         if self.validation is not None and ((step + 1) % self.every == 0 or last):
-            stages, scale = self.learner.current()
-            kept = self.validation.offer(step, stages, scale if scale is not None else torch.ones_like(stages[:, 0]),
-                                   self.learner.settings)
+            kept = self.validation.offer(step, *self.learner.current(), self.learner.settings)
             record.update(validation_loss=self.validation.history[-1]["loss"], kept=int(kept))
         if self.run_log is not None:
             if step % self.baker.wandb.every == 0 or last:
@@ -130,28 +166,38 @@ class Bake:
         return loss
 
     def result(self):
-        """What the bake has made: (stages, lr_scale or None), the gate's best where there is a gate."""
-        if self.validation is None:
-            return self.learner.current()
-        stages, scale = self.validation.best
-        return stages, (scale if self.learner.learns_lr(self.settings) else None)
+        """What the bake has made: (stages [S, D] or None for a shared bake, raw knobs [S, K]), the
+        gate's best where there is a gate."""
+        return self.learner.current() if self.validation is None else self.validation.best
 
     def save(self, complete):
         """Write the baked file (the first process only)."""
         if not self.primary:
             return
-        stages, scale = self.result()
-        model = self.baker.model
+        stages, raw = self.result()
+        model, settings = self.baker.model, self.settings
+        found, learned = knobs.values(raw), knobs.learned(settings)
+        # a knob is written where it was learned or is not neutral
+        kept = {knob.key: found[knob.key] if (self.learner.learns_knobs and learned[k]) or raw[:, k].any() else None
+                for k, knob in enumerate(knobs.KNOBS)}
+        contents = {"prompt": self.prompt.text, "prompt_type": self.prompt.kind, "prompt_embed": self.prompt.embed}
+        if self.tasks.shared:
+            stages = torch.zeros(settings.stages, model.dim)
+            contents = {"prompt": self.title, "prompt_type": "text", "kind": "shared",
+                        "prompts": [t.prompt.text for t in self.tasks.training],
+                        "held_out": [t.prompt.text for t in self.tasks.validation]}
         baked.save_baked(self.path, {
-            "prompt": self.prompt.text, "prompt_type": self.prompt.kind, "prompt_embed": self.prompt.embed,
-            "clip_model": model.name, "clip_weights": model.weights_id, "stages": stages, "lr_scale": scale,
-            "config": self.settings.config(), "history": self.history, "complete": complete,
+            **contents, "clip_model": model.name, "clip_weights": model.weights_id, "stages": stages, **kept,
+            "config": settings.config(), "history": self.history, "complete": complete,
             "validation": self.validation and self.validation.history, "seconds": time.time() - self.began})
 
     def preview(self, out):
-        """Replay the saved bake from a fresh start into out's PNG."""
+        """Replay the saved bake from a fresh start into out's PNG (a shared bake's: for its first
+        held-out prompt)."""
         model, settings = self.baker.model, self.settings
-        stages, scale = self.result()
+        stages, raw = self.result()
+        task = self.tasks.validation[0]
+        directions = task.prompt.embed.expand(settings.stages, -1) if stages is None else stages
         start = render.random_start(settings.size, model.device)
         progress = output.Progress.of(out, settings, settings.stages, start)
         last = []  # the loss of the last step
@@ -162,8 +208,8 @@ class Bake:
                 progress.step(stage, step, z)
 
         try:
-            z = render.rollout(model, start, prompts.shape_targets(stages, self.baker.shift), settings,
-                               callback=report, lr_scale=scale)
+            z = render.rollout(model, start, knobs.targets(directions, self.baker.shift, raw, task.parts), settings,
+                               callback=report, lr_scale=knobs.lr_scale(raw))
         except KeyboardInterrupt:
             raise BakeInterrupted(self.path, complete=True) from None
         if progress is not None:

@@ -11,7 +11,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import distributed, es, learners, losses, models, prompts, render
+from . import distributed, es, learners, losses, models, prompts, render, tasks
 from .memory import Memory, return_freed_memory
 from .settings import PARAMS, SCRIPT_DEFAULTS, Settings
 
@@ -187,8 +187,11 @@ def time_es_meta_step(model, clock, memory, settings, tune_malloc=False):
     optimizer = search.optimizer(settings)
     steps = iter(range(10**9))
 
+    task = tasks.Task(prompt, prompt.embed.expand(settings.stages, -1))
+    aims = tasks.Tasks([task], [task])
+
     def step():
-        es.meta_step(model, search, optimizer, prompt, shift, settings, next(steps), 0.0)
+        es.meta_step(model, search, optimizer, aims, shift, settings, next(steps), 0.0)
 
     pairs = len(distributed.chunks(settings.population, settings.es_chunk)[0])
     targets = target_for(model).expand(settings.stages, -1)

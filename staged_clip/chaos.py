@@ -13,7 +13,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from . import es, losses, prompts, render
+from . import es, knobs, losses, prompts, render, tasks
 from .models import math_attention
 
 def generators(seed, n, device, tag="chaos"):
@@ -27,13 +27,14 @@ def loss_differences(model, prompt, shift, settings, sigmas, pairs=8, seed=0):
     sigma radians in a random direction; and, once, the spread (standard deviation) of L
     across the starts, and their mean. Returns ({sigma: mean difference}, spread, mean loss)."""
     search = es.Search(prompt.embed, settings.stages, 0, seed)
-    eps_l = torch.zeros(pairs, settings.stages, device=model.device)
+    eps_k = torch.zeros(pairs, settings.stages, len(knobs.KNOBS), device=model.device)
+    aims = tasks.Tasks.batch([tasks.task_of(model, prompt, settings.stages)] * pairs, repeat=2)
     eps = torch.randn(pairs, settings.stages, search.rank, generator=torch.Generator().manual_seed(seed))
     eps = F.normalize(eps, dim=-1).to(model.device)  # [pairs, S, k]: one unit direction per stage
     plain = settings.replace(learn_lr=False, learn_stages=True, sigma=1.0)
     found, spread, mean = {}, None, None
     for sigma in sigmas:  # normalize(p + tan(sigma) u) lies sigma radians from p
-        plus, minus, _ = es.pair_losses(model, search, math.tan(sigma) * eps, eps_l, prompt, shift, plain,
+        plus, minus, _ = es.pair_losses(model, search, math.tan(sigma) * eps, eps_k, aims, shift, plain,
                                         generators(seed, pairs, model.device))
         found[sigma] = (plus - minus).abs().mean().item()
         if spread is None:
@@ -75,29 +76,31 @@ def unrolled_agreement(model, prompt, shift, settings, starts=4, seed=0):
 
 
 def es_agreement(model, prompt, shift, settings, pairs=8, estimates=2, seed=0):
-    """Mean cosine between ES estimates from disjoint sets of pairs, at the prompt:
-    (of the stage directions, stage by stage; of the log learning-rate multipliers)."""
+    """Mean cosine between ES estimates from disjoint sets of pairs, at the prompt: of the stage
+    directions, stage by stage, and {knob: of its values over the stages} (knobs.py)."""
     search = es.Search(prompt.embed, settings.stages, settings.es_rank, seed)
+    aims = tasks.Tasks.batch([tasks.task_of(model, prompt, settings.stages)] * pairs, repeat=2)
     found = []
     for k in range(estimates):
-        eps_c, eps_l = search.perturbations(pairs, seed, f"agreement{k}", settings)
-        plus, minus, _ = es.pair_losses(model, search, eps_c, eps_l, prompt, shift, settings,
+        eps_c, eps_k = search.perturbations(pairs, seed, f"agreement{k}", settings)
+        plus, minus, _ = es.pair_losses(model, search, eps_c, eps_k, aims, shift, settings,
                                         generators(seed, pairs, model.device, f"agreement{k}"))
-        grad_c, grad_l, _ = es.estimate(plus - minus, eps_c, eps_l, settings)
-        found.append((grad_c, grad_l))
+        grad_c, grad_k, _ = es.estimate(plus - minus, eps_c, eps_k, settings)
+        found.append((grad_c, grad_k))
+    grads_k = torch.stack([g for _, g in found])  # [estimates, S, K]
     return (cosines(torch.stack([c for c, _ in found])),
-            cosines(torch.stack([lr for _, lr in found])[:, None]))
+            {knob.name: cosines(grads_k[:, None, :, k]) for k, knob in enumerate(knobs.KNOBS)})
 
 
 def probe(model, prompt, shift, settings, sigmas, pairs=8, seed=0):
     """Everything above for one prompt and renderer setting, as a dict."""
     differences, spread, loss = loss_differences(model, prompt, shift, settings, sigmas, pairs, seed)
-    stages, lr = es_agreement(model, prompt, shift, settings.replace(learn_stages=True, learn_lr=True), pairs,
-                              seed=seed)
+    every = settings.replace(learn_stages=True, **{knob.learn: True for knob in knobs.KNOBS})
+    stages, per_knob = es_agreement(model, prompt, shift, every, pairs, seed=seed)
     return {"prompt": prompt.text, "differences": differences, "spread": spread, "loss": loss,
             "pixel_gradient": pixel_gradient(model, prompt, shift, settings, seed),
             "unrolled_agreement": unrolled_agreement(model, prompt, shift, settings, seed=seed),
-            "es_agreement_stages": stages, "es_agreement_lr": lr}
+            "es_agreement_stages": stages, **{f"es_agreement_{name}": value for name, value in per_knob.items()}}
 
 
 def probe_all(model, shift, settings, texts, sigmas, pairs=8):
@@ -114,22 +117,25 @@ def markdown(rows, sigmas, settings):
     """A table of probe rows (one per prompt) and their mean."""
     head = (f"Chaos probe: renderer {settings.size} px, {settings.stages} x {settings.steps} steps, cutn "
             f"{settings.cutn}, inner eps {settings.inner_eps:g}, moments {'carried' if settings.carry_moments else 'reset'}"
-            f" each stage, --param {settings.param}. Mean |L(+sigma) - L(-sigma)| per sigma (radians), the mean and spread of L across starts, the "
+            f" each stage, --param {settings.param}, meta views {settings.meta_views}. Mean |L(+sigma) - L(-sigma)| per sigma (radians), the mean and spread of L across starts, the "
             f"median pixel gradient, and the mean cosine between meta-gradients of different starts (unrolled) "
-            f"or disjoint pairs (ES: stages, lr multipliers).")
+            f"or disjoint pairs (ES: stages, and each knob: lr multipliers, style weights, part weights).")
     cols = [f"sigma {s:g}" for s in sigmas]
-    lines = [head, "", "| prompt | " + " | ".join(cols) + " | loss | spread | pixel grad | unrolled cos | ES cos stages | ES cos lr |",
-             "|---" * (len(cols) + 7) + "|"]
+    lines = [head, "", "| prompt | " + " | ".join(cols) + " | loss | spread | pixel grad | unrolled cos | ES cos stages | "
+             + " | ".join(f"ES cos {knob.name}" for knob in knobs.KNOBS) + " |",
+             "|---" * (len(cols) + 6 + len(knobs.KNOBS)) + "|"]
 
     def row(name, r):
         values = [f"{r['differences'][s]:.4f}" for s in sigmas]
         return (f"| {name} | " + " | ".join(values) + f" | {r['loss']:.4f} | {r['spread']:.4f} | {r['pixel_gradient']:.2e} | "
-                f"{r['unrolled_agreement']:.2f} | {r['es_agreement_stages']:.2f} | {r['es_agreement_lr']:.2f} |")
+                f"{r['unrolled_agreement']:.2f} | {r['es_agreement_stages']:.2f} | "
+                + " | ".join(f"{r['es_agreement_' + knob.name]:.2f}" for knob in knobs.KNOBS) + " |")
 
     for r in rows:
         lines.append(row(r["prompt"], r))
     mean = {"differences": {s: statistics.fmean(r["differences"][s] for r in rows) for s in sigmas}}
-    for key in ("loss", "spread", "pixel_gradient", "unrolled_agreement", "es_agreement_stages", "es_agreement_lr"):
+    for key in ("loss", "spread", "pixel_gradient", "unrolled_agreement", "es_agreement_stages",
+                *(f"es_agreement_{knob.name}" for knob in knobs.KNOBS)):
         mean[key] = statistics.fmean(r[key] for r in rows)
     lines.append(row("**mean**", mean))
     return "\n".join(lines) + "\n", mean

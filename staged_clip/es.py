@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import cutouts, distributed, losses, prompts, render
+from . import cutouts, distributed, knobs, losses, output, render
 from .errors import UserError, log
 
 CLIP_AT = 3.0  # pair differences are clipped to this many times their median size
@@ -33,17 +33,24 @@ def mix_seed(*parts):
 
 
 class Search:
-    """What an ES bake learns around a prompt p: stage directions and learning-rate multipliers.
+    """What an ES bake learns: stage directions around a prompt p, and per-stage knobs (knobs.py).
 
     Stage i is normalize(p + basis @ coef[i]): basis [D, k] is orthonormal and orthogonal to
     p, with k = D - 1 (every direction) or rank (a fixed random subspace, the same for every
-    stage); coef [S, k] starts at 0, so the stages start on the prompt. The multipliers
-    exp(log_lr) [S] start at 1. A perturbation eps moves coef by sigma * eps with eps of
-    variance 1 / k per coordinate (so basis @ eps has length about 1: about sigma
-    radians), and log_lr by lr_sigma * eps' with eps' of variance 1.
+    stage); coef [S, k] starts at 0, so the stages start on the prompt. A shared search
+    (prompt_embed None) has no directions: each rollout's stages are its own prompt. The raw
+    knobs, one tensor [S] each (the log learning-rate multipliers first), start at raw (or 0,
+    neutral). A perturbation eps moves coef by sigma * eps with eps of variance 1 / k per
+    coordinate (so basis @ eps has length about 1: about sigma radians), and knob k by its
+    sigma (lr_sigma, ...) times a unit normal.
     """
 
-    def __init__(self, prompt_embed, stages, rank=0, seed=0):
+    def __init__(self, prompt_embed, stages, rank=0, seed=0, raw=None):
+        self.knob_tensors = [torch.zeros(stages) for _ in knobs.KNOBS] if raw is None else \
+            [column.detach().float().cpu().clone() for column in raw.unbind(-1)]
+        if prompt_embed is None:  # shared: knobs alone
+            self.prompt, self.basis, self.coef = None, None, torch.zeros(stages, 0)
+            return
         p = F.normalize(prompt_embed.detach().double().cpu(), dim=-1)
         dim = p.shape[0]
         k = dim - 1 if not rank else min(rank, dim - 1)
@@ -53,14 +60,31 @@ class Search:
         self.prompt = p.float().to(device)
         self.basis = torch.linalg.qr(a).Q.float().to(device)  # [D, k]
         self.coef = torch.zeros(stages, k, device=device)
-        self.log_lr = torch.zeros(stages, device=device)
+        self.knob_tensors = [t.to(device) for t in self.knob_tensors]
 
     @property
     def rank(self):
-        return self.basis.shape[1]
+        return self.coef.shape[1]
+
+    @property
+    def log_lr(self):
+        """The log learning-rate multipliers [S]."""
+        return self.knob_tensors[knobs.LR]
+
+    @log_lr.setter
+    def log_lr(self, value):
+        self.knob_tensors[knobs.LR] = value
+
+    @property
+    def knobs(self):
+        """The raw knobs [S, K]."""
+        return torch.stack(self.knob_tensors, -1)
 
     def stages(self, coef=None):
-        """Unit stage directions [..., S, D] of coefficients [..., S, k] (default: the current ones)."""
+        """Unit stage directions [..., S, D] of coefficients [..., S, k] (default: the current ones);
+        None for a shared search."""
+        if self.prompt is None:
+            return None
         coef = self.coef if coef is None else coef
         return F.normalize(self.prompt + coef @ self.basis.T, dim=-1)
 
@@ -69,22 +93,25 @@ class Search:
         return (self.log_lr if log_lr is None else log_lr).exp()
 
     def perturbations(self, n, seed, step, settings):
-        """n perturbations of meta step `step`: (eps of coef [n, S, k], eps of log_lr [n, S]).
+        """n perturbations of meta step `step`: (eps of coef [n, S, k], eps of the raw knobs [n, S, K]).
 
         Drawn from one seed in every process; what is not learned stays 0.
         """
         g = torch.Generator().manual_seed(mix_seed(seed, step, "perturb"))
         s, k = self.coef.shape
-        eps_c = torch.randn(n, s, k, generator=g) / math.sqrt(k)
-        eps_l = torch.randn(n, s, generator=g)
-        return ((eps_c if settings.learn_stages else torch.zeros_like(eps_c)).to(self.coef.device),
-                (eps_l if settings.learn_lr else torch.zeros_like(eps_l)).to(self.coef.device))
+        eps_c = torch.randn(n, s, k, generator=g) / math.sqrt(max(k, 1))
+        eps_k = torch.randn(n, s, len(knobs.KNOBS), generator=g)
+        eps_k *= torch.tensor(knobs.learned(settings), dtype=eps_k.dtype)
+        device = self.coef.device
+        return (eps_c if settings.learn_stages else torch.zeros_like(eps_c)).to(device), eps_k.to(device)
 
     def optimizer(self, settings):
-        """Adam on coef and log_lr, its steps in units of each one's perturbation: about
+        """Adam on coef and each knob, its steps in units of each one's perturbation: about
         es_lr * sigma radians a meta step for a stage, es_lr * lr_sigma for a log multiplier."""
-        return torch.optim.Adam([{"params": [self.coef], "lr": settings.es_lr * settings.sigma / math.sqrt(self.rank)},
-                                 {"params": [self.log_lr], "lr": settings.es_lr * settings.lr_sigma}])
+        groups = [{"params": [self.coef], "lr": settings.es_lr * settings.sigma / math.sqrt(max(self.rank, 1))}]
+        groups += [{"params": [tensor], "lr": settings.es_lr * getattr(settings, knob.sigma)}
+                   for knob, tensor in zip(knobs.KNOBS, self.knob_tensors)]
+        return torch.optim.Adam(groups)
 
 
 def replay_losses(model, generators, targets, settings, prompt, lr_scale=None, repeat=1):
@@ -93,35 +120,47 @@ def replay_losses(model, generators, targets, settings, prompt, lr_scale=None, r
     Image j's start and its cutouts at every step come from generators[j] alone (so not from
     what else shares the batch); the batch is the n starts repeated `repeat` times, each
     repeat seeing the same cutouts (an ES pair's + and -). targets and lr_scale as
-    render.rollout takes them.
+    render.rollout takes them; prompt.embed [D] or one per image [repeat * n, D]. The final
+    images are seen through settings.meta_views views of the image as saved (quantized),
+    drawn after the rollout from the same generators; with 0, through the inner loop's
+    settings.cutn cutouts of the unquantized image (the bakes before views).
     """
     starts = render.starts_from(generators, settings.size, model.device)
     draw = cutouts.draws_from(generators, repeat)
     z = render.rollout(model, torch.cat([starts] * repeat), targets, settings, lr_scale=lr_scale, draw=draw)
+    views = settings.meta_views or settings.cutn
     with torch.no_grad():
-        found = losses.bake_loss(model, z, prompt, settings.cutn,
-                                 draw(len(z), settings.cutn, z.shape[-1], model.size, model.device))
+        found = losses.bake_loss(model, z, prompt, views, draw(len(z), views, z.shape[-1], model.size, model.device),
+                                 look=output.quantize if settings.meta_views else None)
     return found, z
 
 
-def pair_losses(model, search, eps_c, eps_l, prompt, shift, settings, generators):
+def pair_losses(model, search, eps_c, eps_k, aims, shift, settings, generators):
     """Final-image losses of the pairs whose generators are given: (L+ [n], L- [n], one final image).
 
-    Pair j's + and - rollouts start from the same image and see the same cutouts at every
-    step, both drawn from generators[j] alone; the population is one batch [+..., -...].
+    Pair j's + and - rollouts start from the same image, aim at the same prompt and see the
+    same cutouts and views, all drawn from generators[j] alone; the population is one batch
+    [+..., -...]. aims: what the 2n rollouts aim at, (a prompts.Prompt whose embed is
+    [2n, D], their parts [2n, S, D]) as tasks.Tasks.batch makes them.
     """
     n = len(generators)
     coef = torch.cat([search.coef + settings.sigma * eps_c, search.coef - settings.sigma * eps_c])  # [2n, S, k]
-    log_lr = torch.cat([search.log_lr + settings.lr_sigma * eps_l, search.log_lr - settings.lr_sigma * eps_l])
-    targets = prompts.shape_targets(search.stages(coef), shift).transpose(0, 1)  # [S, 2n, D]
-    lr_scale = log_lr.exp().T if settings.learn_lr else None  # [S, 2n]
-    final, z = replay_losses(model, generators, targets, settings, prompt, lr_scale, repeat=2)
+    step_k = knobs.sigmas(settings, eps_k.device) * eps_k
+    raw = torch.cat([search.knobs + step_k, search.knobs - step_k])  # [2n, S, K]
+    prompt, parts = aims
+    stages = search.stages(coef)
+    if stages is None:  # shared: each rollout's own prompt
+        stages = prompt.embed[:, None].expand(-1, coef.shape[1], -1)
+    targets = knobs.targets(stages, shift, raw, parts).transpose(0, 1)  # [S, 2n, D]
+    lr_scale = knobs.lr_scale(raw)  # [2n, S] or None
+    final, z = replay_losses(model, generators, targets, settings, prompt,
+                             None if lr_scale is None else lr_scale.T, repeat=2)
     return final[:n], final[n:], z[:1]
 
 
-def estimate(diff, eps_c, eps_l, settings):
+def estimate(diff, eps_c, eps_k, settings):
     """The smoothed loss's gradient from pair differences diff = L+ - L- [n]:
-    (gradient of coef [S, k], of log_lr [S], pairs used).
+    (gradient of coef [S, k], of the raw knobs [S, K], pairs used).
 
     For eps ~ N(0, C), E[(L(theta + sigma eps) - L(theta - sigma eps)) eps] is about
     2 sigma C grad L, so grad L = C^-1 mean(diff eps) / (2 sigma). Non-finite pairs are
@@ -138,12 +177,13 @@ def estimate(diff, eps_c, eps_l, settings):
     d = d.clamp(-bound, bound) if bound > 0 else d
     k = eps_c.shape[-1]
     grad_c = k * (d.view(-1, 1, 1) * eps_c[ok]).mean(0) / (2 * settings.sigma)
-    grad_l = (d.view(-1, 1) * eps_l[ok]).mean(0) / (2 * settings.lr_sigma)
-    return grad_c, grad_l, int(ok.sum())
+    grad_k = (d.view(-1, 1, 1) * eps_k[ok]).mean(0) / (2 * knobs.sigmas(settings, d.device))
+    return grad_c, grad_k, int(ok.sum())
 
 
-def population_losses(model, search, eps_c, eps_l, prompt, shift, settings, step):
-    """L+ and L- of every pair of meta step `step`, this process rolling out its chunks:
+def population_losses(model, search, eps_c, eps_k, tasks, shift, settings, step):
+    """L+ and L- of every pair of meta step `step`, this process rolling out its chunks, each pair
+    aiming at the prompt tasks (a tasks.Tasks) draws for it:
     ([n, 2] in every process, one final image of this process's, the settings to go on with).
 
     Out of GPU memory, the chunks are halved until they fit (saying so once); the settings
@@ -161,7 +201,8 @@ def population_losses(model, search, eps_c, eps_l, prompt, shift, settings, step
                     continue
                 generators = [torch.Generator(device=model.device).manual_seed(mix_seed(settings.seed, step, j))
                               for j in chunk]
-                plus, minus, z = pair_losses(model, search, eps_c[chunk], eps_l[chunk], prompt, shift, settings,
+                aims = tasks.batch(tasks.of_pairs(settings.seed, step, chunk), repeat=2)
+                plus, minus, z = pair_losses(model, search, eps_c[chunk], eps_k[chunk], aims, shift, settings,
                                              generators)
                 values[chunk] = torch.stack([plus, minus], 1)
                 mine += chunk
@@ -178,26 +219,30 @@ def population_losses(model, search, eps_c, eps_l, prompt, shift, settings, step
     return distributed.gather(values, mine), image, settings
 
 
-def meta_step(model, search, optimizer, prompt, shift, settings, step, progress):
+def meta_step(model, search, optimizer, tasks, shift, settings, step, progress):
     """One ES meta step: roll out the population, estimate the gradient, update the search.
 
-    The fading 'stay near the prompt' term's gradient is exact (autograd), added to the
-    estimate. Returns (meta loss: the pairs' mean loss plus that term, a final image, the
+    The fading 'stay near the prompt' term's gradient (a prompt's bake only) is exact
+    (autograd), added to the estimate. Returns (meta loss: the pairs' mean loss plus that term, a final image, the
     settings to go on with: see population_losses).
     """
-    eps_c, eps_l = search.perturbations(settings.population, settings.seed, step, settings)
-    values, image, settings = population_losses(model, search, eps_c, eps_l, prompt, shift, settings, step)
-    found = estimate(values[:, 0] - values[:, 1], eps_c, eps_l, settings)
+    eps_c, eps_k = search.perturbations(settings.population, settings.seed, step, settings)
+    values, image, settings = population_losses(model, search, eps_c, eps_k, tasks, shift, settings, step)
+    found = estimate(values[:, 0] - values[:, 1], eps_c, eps_k, settings)
     if found is None:
         raise UserError("every pair's loss was NaN: lower --lr or --sigma")
-    grad_c, grad_l, _ = found
-    coef = search.coef.detach().requires_grad_()
-    regularizer = settings.stage_reg * losses.stage_regularizer(search.stages(coef), prompt.embed, progress)
-    if regularizer.requires_grad:
-        grad_c = grad_c + torch.autograd.grad(regularizer, coef)[0]
+    grad_c, grad_k, _ = found
+    regularizer = torch.zeros(())
+    if search.prompt is not None:
+        coef = search.coef.detach().requires_grad_()
+        regularizer = settings.stage_reg * losses.stage_regularizer(search.stages(coef), tasks.prompt.embed,
+                                                                    progress)
+        if regularizer.requires_grad:
+            grad_c = grad_c + torch.autograd.grad(regularizer, coef)[0]
     optimizer.zero_grad(set_to_none=True)
     search.coef.grad = grad_c if settings.learn_stages else torch.zeros_like(grad_c)
-    search.log_lr.grad = grad_l
+    for k, tensor in enumerate(search.knob_tensors):
+        tensor.grad = grad_k[:, k].to(tensor.device)
     optimizer.step()
     finite = values[torch.isfinite(values).all(1)]
     return float(finite.mean() + regularizer.detach()), image, settings

@@ -1,6 +1,7 @@
 """Measuring the method: each prompt baked by each estimator, then every method's image made from
 held-out starts, the same for every method, and scored by the guide and the held-out judges."""
 
+import dataclasses
 import statistics
 import sys
 import time
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from . import baked, baking, batch, losses, models, output, prompts, render, report, scoring, stats, tuning
+from . import baked, baking, batch, knobs, losses, models, output, prompts, render, report, scoring, stats, tuning
+from .errors import UserError
 from .methods import Case, Method, baselines_of, methods_of, recipe
 
 
@@ -19,7 +21,8 @@ class Plan:
     bakes it replays, and whose bakes auto-microwaving composes (k nearest, the prompt at weight
     mix); the parametrizations; starts per prompt; where bakes go; the guide's model name and
     the held-out judges'; the cutouts every method renders with (None: the bakes'); the
-    learning-rate sweep's prompts (None: the evaluated ones, from other starts), starts and rates."""
+    learning-rate sweep's prompts (None: the evaluated ones, from other starts), starts and rates;
+    and a shared bake (its path) to replay as a method of its own and to start every bake from."""
 
     prompts: list
     estimators: list
@@ -36,18 +39,23 @@ class Plan:
     tune_starts: int = 2
     tune_lrs: tuple = tuning.LRS
     source: str = None
+    shared: str = None
 
 
 def bake_all(baker, settings, plan, out, folder):
     """{(i, estimator): bake dict} for every prompt and estimator, baking what is missing.
 
-    Prompt i is baked with seed settings.seed + i, into folder/<estimator>/; a bake there is
+    Prompt i is baked with seed settings.seed + i, into folder/<estimator>/ (started from the
+    shared bake baker.init where there is one: folder/<estimator>+<its name>/); a bake there is
     reused when made with the same settings and seed. out: the previews' output.Output.
     """
     bakes = {}
     for estimator in plan.estimators:
-        jobs = [(i, text, baked.baked_path(Path(folder) / estimator, text)) for i, text in enumerate(plan.prompts)]
+        under = estimator if baker.init is None else f"{estimator}+{Path(baker.init['path']).stem}"
+        jobs = [(i, text, baked.baked_path(Path(folder) / under, text)) for i, text in enumerate(plan.prompts)]
         own = settings.replace(meta_grad=estimator)
+        if baker.init is not None:
+            own = baking.starting_from(own, baker.init)
         try:
             _, skipped, _ = batch.bake_list(baker, own, jobs, out, same_seed=True, isolate=False)
         except baking.BakeInterrupted as stop:
@@ -60,17 +68,19 @@ def bake_all(baker, settings, plan, out, folder):
     return bakes
 
 
-def cases_of(model, judges, plan, bakes):
-    """Each prompt's Case: its embeddings, its bakes, and the k nearest bakes of the other prompts
-    by plan.auto_from (leave one out)."""
+def cases_of(model, judges, plan, bakes, shared=None):
+    """Each prompt's Case: its embeddings, its bakes, the k nearest bakes of the other prompts by
+    plan.auto_from (leave one out), its parts, and the shared bake (a dict or None)."""
     cases = []
+    stages = len(bakes[0, plan.estimators[0]]["stages"])
     for i, text in enumerate(plan.prompts):
         prompt = prompts.load_prompt(model, text)
         others = [bakes[j, plan.auto_from] for j in range(len(plan.prompts)) if j != i]
         near = baked.nearest_bakes(model, prompt.embed, others, plan.k, "the other prompts' bakes")
         print(f"{text!r}: auto-microwaves from {[b['prompt'] for _, b in near]}")
         embeds = {name: prompts.load_prompt(judge, text).embed for name, judge in judges.items()}
-        cases.append(Case(i, prompt, embeds, {e: bakes[i, e] for e in plan.estimators}, near))
+        parts = knobs.part_embeds(model, prompt, stages) if prompt.kind == "text" else None
+        cases.append(Case(i, prompt, embeds, {e: bakes[i, e] for e in plan.estimators}, near, parts, shared))
     return cases
 
 
@@ -126,10 +136,10 @@ def stage_distances(bakes, cases):
     return {estimator: statistics.fmean(values) for estimator, values in found.items()}
 
 
-def summary_of(scores, methods, judges, bakes):
+def summary_of(scores, methods, judges, bakes, shared=None):
     """stats.summarize's summary of methods against the baselines among them, under each judge, with
-    each replayed estimator's mean bake seconds."""
-    seconds = {}
+    each replayed estimator's mean bake seconds (and the shared bake's, once for every prompt)."""
+    seconds = {"shared": shared.get("seconds")} if shared is not None else {}
     for method in methods:
         if method.kind == "microwave":
             found = [b.get("seconds") for (_, e), b in bakes.items() if e == method.estimator]
@@ -155,10 +165,10 @@ def evaluate_one(baker, judges, settings, plan, out):
     folder = Path(plan.baked_dir) if settings.param == "rgb" else Path(plan.baked_dir) / settings.param
     began = time.perf_counter()
     bakes = bake_all(baker, settings, plan, out, folder)
-    cases = cases_of(baker.model, judges, plan, bakes)
+    cases = cases_of(baker.model, judges, plan, bakes, baker.init)
     sweep_began = time.perf_counter()
     tuned = tune(baker, settings, plan, bakes)
-    methods = methods_of(plan.estimators, plan.auto_from, settings.param, tuned["lr"])
+    methods = methods_of(plan.estimators, plan.auto_from, settings.param, tuned["lr"], baker.init is not None)
     methods_began = time.perf_counter()
     scores, images = run_methods(baker.model, judges, baker.shift, cases, settings, plan, methods)
     seconds = {"bakes": sweep_began - began, "sweep": methods_began - sweep_began,
@@ -179,7 +189,7 @@ def evaluate_one(baker, judges, settings, plan, out):
               "bakes": {c.prompt.text: {e: str(b["path"]) for e, b in c.bakes.items()} for c in cases},
               "leave_one_out": {c.prompt.text: [str(b["path"]) for _, b in c.near] for c in cases},
               "stage_distance": stage_distances(bakes, cases), "scores": scores,
-              "summary": summary_of(scores, methods, judge_names, bakes),
+              "shared": plan.shared, "summary": summary_of(scores, methods, judge_names, bakes, baker.init),
               "agreement": stats.agreement(scores, judge_names)}
     return result, report.markdown_table(result, methods, plan), images
 
@@ -198,6 +208,11 @@ def evaluate(baker, settings, plan, out):
     (the JSON's result, the table, {path: grid image}). out: the grid's output.Output (its path:
     the first parametrization's grid), also the template of the bakes' previews."""
     judges = load_judges(plan, baker.model.device, settings.precision)
+    if plan.shared is not None:
+        shared = baked.load_baked(plan.shared, baker.model.dim)
+        if not knobs.is_shared(shared):
+            raise UserError(f"--shared {plan.shared} is a bake of one prompt: give a shared bake (bake.py --prompts)")
+        baker = dataclasses.replace(baker, init=shared)
     runs = {}
     for param in plan.params:
         runs[param] = evaluate_one(baker, judges, settings.replace(param=param), plan, out)

@@ -205,6 +205,16 @@ def add_es_settings(group):
                        help="learn the stage directions")
     group.add_argument("--learn-lr", action=argparse.BooleanOptionalAction, default=Settings.learn_lr,
                        help="learn a multiplier of the image's learning rate for each stage")
+    group.add_argument("--learn-style", action=argparse.BooleanOptionalAction, default=Settings.learn_style,
+                       help="learn a weight of the style texts for each stage")
+    group.add_argument("--learn-part", action=argparse.BooleanOptionalAction, default=Settings.learn_part,
+                       help="learn how far each stage aims at a part of the prompt (its first words: the "
+                            "first stages the beginning, the last all of it)")
+    option("--style-sigma", positive_float, "size of the perturbation of each stage's log style weight")
+    option("--part-sigma", positive_float, "size of the perturbation of each stage's weight of its part")
+    option("--meta-views", nonnegative_int, "views (random crops, flips, noise) of the final image as saved "
+                                            "(quantized) that the meta-loss sees, the same for + and - of a "
+                                            "pair (0: the inner loop's own cutouts, unquantized: bakes before views)")
     option("--es-chunk", nonnegative_int, "pairs rolled out in one batch (0: a process's whole share); lower it "
                                           "when memory runs out")
     group.add_argument("--validate-every", type=nonnegative_int, default=None,
@@ -227,6 +237,14 @@ def add_bake_args(parser, choose_estimator=True, es_title="es options (--meta-gr
     g.add_argument("--log-every", type=positive_int, default=10,
                    help="log the baked and control images every N meta steps")
     return g
+
+
+def add_init_arg(group):
+    """--init-from: a prompt's bake started from a shared bake (bake.py, batch_bake.py)."""
+    group.add_argument("--init-from", default=None, metavar="SHARED.pt",
+                       help="start from a shared bake (bake.py --prompts FILE): its knobs, its renderer (stages, "
+                            "steps, learning rate), and its gate's first best; learn the stage directions and "
+                            "corrections of the knobs")
 
 
 def looks_baked(path):

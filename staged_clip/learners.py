@@ -1,7 +1,7 @@
 """The bake's estimators, one class each, chosen once by name (--meta-grad) from LEARNERS.
 
-A learner holds what a bake learns for one prompt and moves it by one meta step at a
-time; the bake (baking.py) asks it, not its name, what differs: whether it validates by
+A learner holds what a bake learns (for one prompt, or for es over a prompt list: a shared
+bake) and moves it by one meta step at a time; the bake (baking.py) asks it, not its name, what differs: whether it validates by
 default, whether it learns step sizes, which settings play a part in it, and whether
 torchrun's processes share its work.
 """
@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from . import es, losses, prompts, render
+from . import es, knobs, losses, prompts, render
 from .errors import UserError, log
 from .models import math_attention
 from .settings import GATE_EVERY
@@ -62,7 +62,8 @@ def meta_step(model, stages, optimizer, prompt, shift, settings, progress, diffe
 
 
 class Learner:
-    """What a bake learns for one prompt, and how one meta step moves it."""
+    """What a bake learns, and how one meta step moves it: tasks (a tasks.Tasks) is what it
+    aims at; init, raw knobs [S, K] to start from (a shared bake's; None: neutral)."""
 
     name = None  # its --meta-grad
     gate_every = 0  # meta steps between validations where --validate-every is not given (0: no gate)
@@ -70,22 +71,19 @@ class Learner:
     # compares bakes (unrolled and none declare none: their meta_lr and batch were always compared)
     fields = ()
     shares_processes = False  # whether torchrun's processes share one bake's work
+    learns_shared = False  # whether it can learn a shared bake (over a prompt list)
+    learns_knobs = False  # whether it learns the knobs settings ask for (knobs.py)
 
-    def __init__(self, model, prompt, shift, settings):
-        self.model, self.prompt, self.shift, self.settings = model, prompt, shift, settings
+    def __init__(self, model, tasks, shift, settings, init=None):
+        self.model, self.tasks, self.shift, self.settings = model, tasks, shift, settings
 
     def step(self, step):
         """Meta step number `step`: (meta loss, a final image of it)."""
         raise NotImplementedError
 
     def current(self):
-        """What is learned so far: (stages [S, D], learning-rate multipliers [S] or None)."""
+        """What is learned so far: (stages [S, D], or None for a shared bake; raw knobs [S, K])."""
         raise NotImplementedError
-
-    @classmethod
-    def learns_lr(cls, settings):
-        """Whether its bakes carry learned learning-rate multipliers."""
-        return False
 
     @classmethod
     def gate(cls, settings):
@@ -99,17 +97,18 @@ class Unrolled(Learner):
     name = "unrolled"
     differentiate = True
 
-    def __init__(self, model, prompt, shift, settings):
-        super().__init__(model, prompt, shift, settings)
+    def __init__(self, model, tasks, shift, settings, init=None):
+        super().__init__(model, tasks, shift, settings, init)
         self.stages = torch.randn(settings.stages, model.dim, device=model.device).requires_grad_()
         self.optimizer = torch.optim.AdamW([self.stages], lr=settings.meta_lr)
+        self.knobs = torch.zeros(settings.stages, len(knobs.KNOBS), device=model.device) if init is None else init
 
     def step(self, step):
-        return meta_step(self.model, self.stages, self.optimizer, self.prompt, self.shift, self.settings,
+        return meta_step(self.model, self.stages, self.optimizer, self.tasks.prompt, self.shift, self.settings,
                          step / self.settings.meta_steps, self.differentiate)
 
     def current(self):
-        return self.stages.detach(), None
+        return self.stages.detach(), self.knobs
 
 
 class Original(Unrolled):
@@ -124,25 +123,25 @@ class Evolution(Learner):
 
     name = "es"
     gate_every = GATE_EVERY
-    fields = ("population", "sigma", "lr_sigma", "es_lr", "es_rank", "learn_stages", "learn_lr")
+    fields = ("population", "sigma", "lr_sigma", "es_lr", "es_rank", "learn_stages", "learn_lr", "style_sigma",
+              "part_sigma", "learn_style", "learn_part", "meta_views", "init_from")
     shares_processes = True
+    learns_shared = True
+    learns_knobs = True
 
-    def __init__(self, model, prompt, shift, settings):
-        super().__init__(model, prompt, shift, settings)
-        self.search = es.Search(prompt.embed, settings.stages, settings.es_rank, settings.seed)
+    def __init__(self, model, tasks, shift, settings, init=None):
+        super().__init__(model, tasks, shift, settings, init)
+        embed = None if tasks.shared else tasks.prompt.embed
+        self.search = es.Search(embed, settings.stages, settings.es_rank, settings.seed, raw=init)
         self.optimizer = self.search.optimizer(settings)
 
     def step(self, step):
-        loss, z, self.settings = es.meta_step(self.model, self.search, self.optimizer, self.prompt, self.shift,
+        loss, z, self.settings = es.meta_step(self.model, self.search, self.optimizer, self.tasks, self.shift,
                                               self.settings, step, step / self.settings.meta_steps)
         return loss, z
 
     def current(self):
-        return self.search.stages(), self.search.lr_scale() if self.settings.learn_lr else None
-
-    @classmethod
-    def learns_lr(cls, settings):
-        return settings.learn_lr
+        return self.search.stages(), self.search.knobs
 
 
 LEARNERS = {learner.name: learner for learner in (Unrolled, Original, Evolution)}

@@ -53,15 +53,17 @@ def image_loss(model, z, target, cutn, draws=None):
     return image_loss_with(model, z, target, cutn, draws)
 
 
-def bake_loss(model, z, prompt, cutn, draws=None):
+def bake_loss(model, z, prompt, cutn, draws=None, look=None):
     """How far each final image z is from the prompt (plus pixel MSE for an image prompt): [B].
 
-    draws: the cutouts' random choices (cutouts.draw_cutouts), drawn here when not given.
+    prompt.embed: [D], or one per image [B, D]. draws: the cutouts' random choices
+    (cutouts.draw_cutouts), drawn here when not given. look: what is done to the image before
+    it is seen (e.g. output.quantize: the image as saved).
     """
     b = z.shape[0]
-    image = to_image(z)
+    image = to_image(z) if look is None else look(to_image(z))
     embeds = prompts.embed_images(model, cutouts.make_cutouts(image, model.size, cutn, draws)).view(b, cutn, -1)
-    loss = spherical_distance(embeds, prompt.embed).mean(1)
+    loss = spherical_distance(embeds, prompt.embed.view(-1, 1, embeds.shape[-1])).mean(1)
     if prompt.image is not None:
         resized = F.interpolate(image, size=prompt.image.shape[-2:], mode="bilinear", align_corners=False)
         loss = loss + (resized - prompt.image).pow(2).mean((1, 2, 3))

@@ -5,7 +5,7 @@ auto-microwaving from the other prompts' bakes; and what each renders from a sta
 import math
 from dataclasses import dataclass
 
-from . import baked, prompts
+from . import baked, knobs, prompts
 
 DROP_AT, DROP_BY = 0.75, 0.1  # the hand schedule (pixray-like): the learning rate / 10 for the last quarter
 
@@ -19,7 +19,7 @@ class Method:
     Kinds: "normal" (plain optimization toward the prompt), "normal_tuned" (the same at the swept
     learning rate), "normal_drop" (the same with the learning rate divided by 10 for the last
     quarter of the steps, Adam's moments kept: pixray-like), "restart" (the prompt as every stage: Adam restarted each stage),
-    "microwave" and "auto".
+    "microwave", "shared" (a shared bake replayed for the prompt) and "auto".
     """
 
     kind: str
@@ -38,20 +38,23 @@ class Method:
 # what every method is compared with, where evaluated: plain optimization at the reference and at
 # a tuned learning rate, with a hand schedule, restarted each stage, and the original's bake replayed
 BASELINES = (Method("normal"), Method("normal_tuned"), Method("normal_drop"), Method("restart"),
-             Method("microwave", "none"))
+             Method("microwave", "none"), Method("shared"))
 PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the kinds that need no bake
 SAID = {"normal": "plain optimization at the reference learning rate",
         "normal_tuned": "plain optimization at the learning rate the guide chose on other starts",
         "normal_drop": "plain optimization, the learning rate / 10 for the last quarter of the steps, Adam's "
                        "moments kept (pixray-like; pixray restarts Adam at the drop)",
         "restart": "the prompt as every stage, Adam restarted each stage, multipliers 1",
-        "microwave_none": "the original-style bake replayed"}
+        "microwave_none": "the original-style bake replayed",
+        "shared": "the shared bake (learned over another prompt list) replayed for the prompt"}
 
 
-def methods_of(estimators, auto_from, param="rgb", tuned_lr=None):
-    """The methods an evaluation compares: the plain baselines (normal_tuned at tuned_lr), each
-    estimator's bake replayed, and auto-microwaving (mean and splice) from auto_from's bakes."""
+def methods_of(estimators, auto_from, param="rgb", tuned_lr=None, shared=False):
+    """The methods an evaluation compares: the plain baselines (normal_tuned at tuned_lr), a shared
+    bake replayed (where there is one), each estimator's bake replayed, and auto-microwaving
+    (mean and splice) from auto_from's bakes."""
     plain = [Method(kind, param=param, lr=tuned_lr if kind == "normal_tuned" else None) for kind in PLAIN]
+    plain += [Method("shared", param=param)] if shared else []
     return [*plain, *[Method("microwave", e, param=param) for e in estimators],
             *[Method("auto", auto_from, mode, param) for mode in ("mean", "splice")]]
 
@@ -65,14 +68,17 @@ def baselines_of(methods):
 @dataclass(frozen=True)
 class Case:
     """One prompt of an evaluation: its place in the list, its prompts.Prompt under the guide, its
-    embedding under each judge {name: [D']}, its own bakes by estimator, and the nearest bakes of
-    the other prompts, [(distance, bake)], that auto-microwaving composes."""
+    embedding under each judge {name: [D']}, its own bakes by estimator, the nearest bakes of
+    the other prompts, [(distance, bake)], that auto-microwaving composes, its parts [S, D]
+    (knobs.part_embeds) and the shared bake (None: none)."""
 
     index: int
     prompt: object
     judge_embeds: dict
     bakes: dict
     near: list
+    parts: object = None
+    shared: dict = None
 
 
 def plain_recipe(kind, target, stages, steps, settings, lr=None):
@@ -92,20 +98,25 @@ def recipe(method, case, shift, settings, mix):
     """What a method renders for a case: (targets [S, D], the renderer's settings, learning-rate
     multipliers [S] or None).
 
-    Replays take their steps and multipliers from their bakes; the plain baselines optimize
-    toward the prompt for as many steps in all. mix: auto-microwave's weight of the prompt.
+    Replays take their steps, learning rate and knobs from their bakes; the plain baselines
+    optimize toward the prompt for as many steps in all. mix: auto-microwave's weight of the prompt.
     """
     device = case.prompt.embed.device
     settings = settings.replace(param=method.param)
+    first = next(iter(case.bakes.values()))
     if method.kind in PLAIN:
-        first = next(iter(case.bakes.values()))
         return plain_recipe(method.kind, case.prompt.embed + shift, len(first["stages"]), first["config"]["steps"],
                             settings, method.lr)
-    if method.kind == "microwave":
-        bake = case.bakes[method.estimator]
-        return (prompts.shape_targets(bake["stages"].to(device), shift),
-                settings.replace(steps=bake["config"]["steps"]), baked.scales_of([bake], device)[0])
-    near = [b for _, b in case.near]
-    path, scale = baked.compose_bakes(near, method.mode, device)
-    return (prompts.shape_targets(prompts.lerp_unit(path, case.prompt.embed, mix), shift),
-            settings.replace(steps=near[0]["config"]["steps"]), scale)
+    if method.kind in ("microwave", "shared"):
+        bake = case.shared if method.kind == "shared" else case.bakes[method.estimator]
+        stages = len(bake["stages"])
+        directions = case.prompt.embed.expand(stages, -1) if knobs.is_shared(bake) else bake["stages"].to(device)
+        raw = knobs.raw_of(bake, stages, device)
+    else:
+        near = [b for _, b in case.near]
+        bake = near[0]
+        path, raw = baked.compose_bakes(near, method.mode, device)
+        directions = prompts.lerp_unit(path, case.prompt.embed, mix)
+    return (knobs.targets(directions, shift, raw, case.parts),
+            settings.replace(steps=bake["config"]["steps"], lr=bake["config"].get("lr", settings.lr)),
+            knobs.lr_scale(raw))

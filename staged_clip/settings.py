@@ -17,6 +17,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")  # of CLIP's image tower
 PARAMS = ("rgb", "pyramid", "fourier")  # what Adam optimizes (params.py)
 META_GRADS = ("unrolled", "none", "es")  # the bake's estimators (learners.py)
 TUNE_LRS = (0.06, 0.12, 0.24, 0.48, 0.96)  # normal_tuned's sweep (evaluate.py): the reference halved, doubled 3x
+FAR = 0.5  # auto_microwave.py: nearest bakes farther than this (spherical distance) give way to a shared bake
 GATE_EVERY = 5  # meta steps between validations, by default, for an estimator that validates by default (es)
 
 # each script's renderer defaults, the original's: image side, steps (per stage), cutouts;
@@ -30,6 +31,8 @@ SCRIPT_DEFAULTS = {
 # fields that only change how fast a result comes (or its rounding), not which result: not
 # compared when deciding whether two bakes are the same bake
 SPEED_ONLY = ("checkpoint", "threads", "es_chunk")
+# fields added since whose value in a file that lacks them is not today's default but how bakes were made
+BEFORE = {"meta_views": 0}
 # the renderer's settings that a replay takes from its bake, unless told otherwise
 RENDERER_OF_BAKE = ("lr", "inner_eps", "carry_moments", "param", "pyramid_levels")
 
@@ -67,6 +70,12 @@ class Settings:
     es_rank: int = 0  # dimensions of the subspace stage directions are searched in (0: all)
     learn_stages: bool = True  # learn the stage directions
     learn_lr: bool = True  # learn a learning-rate multiplier per stage
+    style_sigma: float = 0.3  # perturbation of a stage's log style weight (knobs.py)
+    part_sigma: float = 0.3  # perturbation of a stage's turn towards its part of the prompt (knobs.py)
+    learn_style: bool = False  # learn a weight of the style shift per stage
+    learn_part: bool = False  # learn how far each stage turns towards a part of the prompt
+    meta_views: int = 8  # views of the final image as saved that the meta-loss sees (0: the inner cutouts)
+    init_from: str = None  # the shared bake a prompt's bake starts from (its knobs)
     es_chunk: int = 0  # pairs rolled out in one batch (0: a process's whole share)
     # the validation gate
     validate_every: int = None  # meta steps between validations (0: off; None: the estimator's default)
@@ -87,7 +96,7 @@ class Settings:
     def from_config(cls, config):
         """The settings a baked file's config records; fields it lacks (added since) at their defaults."""
         names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
+        return cls(**{**BEFORE, **{k: v for k, v in config.items() if k in names}})
 
 
 def replayed(given, config):

@@ -16,7 +16,7 @@ import batch_bake
 import common
 import microwave
 from conftest import ROOT, bake_args, reference_rollout, render_args
-from staged_clip import baked, distributed, es, gate, losses, render, settings, stats
+from staged_clip import baked, distributed, es, gate, knobs, losses, prompts, render, settings, stats, tasks
 
 ES = ["--meta-grad", "es", "--population", "2"]
 
@@ -39,7 +39,7 @@ def smooth_renderer(monkeypatch):
         return loss_of(targets, log_lr).view(-1, 1, 1, 1).expand_as(z).clone()
 
     monkeypatch.setattr(render, "rollout", rollout)
-    monkeypatch.setattr(losses, "bake_loss", lambda model, z, prompt, cutn, draws=None: z.mean((1, 2, 3)))
+    monkeypatch.setattr(losses, "bake_loss", lambda model, z, prompt, cutn, draws=None, look=None: z.mean((1, 2, 3)))
     return loss_of
 
 
@@ -50,11 +50,13 @@ def test_the_es_estimate_follows_the_true_gradient_of_a_smooth_loss(tiny, smooth
     search = es.Search(prompt.embed, settings.stages, rank=6, seed=0)
     search.coef += 0.1 * torch.randn_like(search.coef)
     search.log_lr += 0.2 * torch.randn_like(search.log_lr)
-    eps_c, eps_l = search.perturbations(settings.population, 0, 0, settings)
-    values, _, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, shift, settings, 0)
-    grad_c, grad_l, used = es.estimate(values[:, 0] - values[:, 1], eps_c, eps_l, settings)
+    eps_c, eps_k = search.perturbations(settings.population, 0, 0, settings)
+    values, _, _ = es.population_losses(tiny, search, eps_c, eps_k, tasks.Tasks.single(tiny, prompt, 4), shift,
+                                        settings, 0)
+    grad_c, grad_k, used = es.estimate(values[:, 0] - values[:, 1], eps_c, eps_k, settings)
+    grad_l = grad_k[:, knobs.LR]
     coef, log_lr = search.coef.clone().requires_grad_(), search.log_lr.clone().requires_grad_()
-    targets = common.shape_targets(search.stages(coef), shift)[:, None]  # [S, 1, D]
+    targets = prompts.shape_targets(search.stages(coef), shift)[:, None]  # [S, 1, D]
     smooth_renderer(targets, log_lr[:, None]).sum().backward()
     assert used == settings.population
     assert F.cosine_similarity(grad_c.flatten(), coef.grad.flatten(), dim=0) > 0.9
@@ -64,11 +66,11 @@ def test_the_es_estimate_follows_the_true_gradient_of_a_smooth_loss(tiny, smooth
 
 def test_non_finite_pairs_are_dropped_and_outliers_clipped():
     settings = common.Settings(sigma=0.5, lr_sigma=1.0)
-    eps_c, eps_l = torch.ones(4, 2, 3), torch.ones(4, 2)
-    grad_c, grad_l, used = es.estimate(torch.tensor([1.0, 1.0, float("nan"), 100.0]), eps_c, eps_l, settings)
+    eps_c, eps_k = torch.ones(4, 2, 3), torch.ones(4, 2, len(knobs.KNOBS))
+    grad_c, grad_k, used = es.estimate(torch.tensor([1.0, 1.0, float("nan"), 100.0]), eps_c, eps_k, settings)
     assert used == 3
-    assert torch.allclose(grad_l, torch.full((2,), (1 + 1 + 3) / 3 / 2))  # 100 clipped to 3 x the median
-    assert es.estimate(torch.tensor([float("nan")] * 2), eps_c[:2], eps_l[:2], settings) is None
+    assert torch.allclose(grad_k[:, knobs.LR], torch.full((2,), (1 + 1 + 3) / 3 / 2))  # 100 clipped to 3 x the median
+    assert es.estimate(torch.tensor([float("nan")] * 2), eps_c[:2], eps_k[:2], settings) is None
 
 
 def test_each_pair_shares_its_start_and_cutouts_and_pairs_differ(tiny, monkeypatch):
@@ -83,8 +85,9 @@ def test_each_pair_shares_its_start_and_cutouts_and_pairs_differ(tiny, monkeypat
     prompt = common.load_prompt(tiny, "a red apple")
     settings = common.Settings(stages=2, size=16, steps=2, cutn=4, population=3, seed=1)
     search = es.Search(prompt.embed, 2, seed=1)
-    eps_c, eps_l = search.perturbations(3, 1, 0, settings)
-    values, _, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, common.style_shift(tiny), settings, 0)
+    eps_c, eps_k = search.perturbations(3, 1, 0, settings)
+    values, _, _ = es.population_losses(tiny, search, eps_c, eps_k, tasks.Tasks.single(tiny, prompt, 2),
+                                        common.style_shift(tiny), settings, 0)
     (z, draws, targets), = seen
     assert torch.equal(z[:3], z[3:]) and not torch.equal(z[0], z[1])  # + and - share a start; pairs differ
     for key, value in draws.items():
@@ -100,10 +103,10 @@ def test_a_pair_does_not_depend_on_what_shares_its_batch(tiny):
     prompt = common.load_prompt(tiny, "a red apple")
     settings = common.Settings(stages=2, size=16, steps=2, cutn=2, population=4, seed=2)
     search = es.Search(prompt.embed, 2, seed=2)
-    eps_c, eps_l = search.perturbations(4, 2, 5, settings)
-    shift = common.style_shift(tiny)
-    whole, _, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, shift, settings, 5)
-    single, _, _ = es.population_losses(tiny, search, eps_c, eps_l, prompt, shift, settings.replace(es_chunk=1), 5)
+    eps_c, eps_k = search.perturbations(4, 2, 5, settings)
+    shift, aims = common.style_shift(tiny), tasks.Tasks.single(tiny, prompt, 2)
+    whole, _, _ = es.population_losses(tiny, search, eps_c, eps_k, aims, shift, settings, 5)
+    single, _, _ = es.population_losses(tiny, search, eps_c, eps_k, aims, shift, settings.replace(es_chunk=1), 5)
     assert torch.allclose(whole, single, atol=1e-3)  # the same draws; only rounding may differ
 
 
@@ -117,15 +120,16 @@ def test_chunks_deal_out_every_pair_once():
 def test_the_gate_never_keeps_a_candidate_worse_on_its_validation_starts(tiny):
     prompt = common.load_prompt(tiny, "a red apple")
     settings = common.Settings(stages=2, size=16, steps=2, cutn=2, validation_starts=3)
-    validation = gate.Gate(tiny, prompt, common.style_shift(tiny), settings)
+    validation = gate.Gate(tiny, tasks.Tasks.single(tiny, prompt, 2), common.style_shift(tiny), settings)
     best = validation.best_losses.clone()
     assert torch.equal(validation.losses(*validation.best), best)  # fixed starts and cutouts: the same replay
     torch.manual_seed(0)
     for step in range(6):
         stages = F.normalize(prompt.embed + 0.5 * torch.randn(2, tiny.dim), dim=-1)
-        scale = torch.exp(0.5 * torch.randn(2))
-        found = validation.losses(stages, scale)
-        kept = validation.offer(step, stages, scale)
+        raw = torch.zeros(2, len(knobs.KNOBS))
+        raw[:, knobs.LR] = 0.5 * torch.randn(2)
+        found = validation.losses(stages, raw)
+        kept = validation.offer(step, stages, raw)
         assert kept == bool(found.mean() < best.mean())
         if kept:
             best = found
@@ -197,13 +201,16 @@ def test_bad_learned_step_sizes_are_refused(tmp_path):
 def test_auto_microwave_composes_step_sizes_like_paths():
     paths = F.normalize(torch.randn(2, 3, 8), dim=-1)
     scales = torch.tensor([[1.0, 2.0, 4.0], [4.0, 2.0, 1.0]])
-    path, scale = baked.compose_path(paths, "mean", scales)
-    assert torch.allclose(scale, torch.tensor([2.0, 2.0, 2.0]))  # the geometric mean, stage by stage
+    raw = torch.zeros(2, 3, len(knobs.KNOBS))
+    raw[..., knobs.LR], raw[..., knobs.PART] = scales.log(), torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]])
+    path, mixed = baked.compose_path(paths, "mean", raw)
+    assert torch.allclose(mixed[:, knobs.LR].exp(), torch.tensor([2.0, 2.0, 2.0]))  # the geometric mean
+    assert torch.allclose(mixed[:, knobs.PART], torch.full((3,), 0.5))
     torch.manual_seed(0)
-    path, scale = baked.compose_path(paths, "splice", scales)
+    path, mixed = baked.compose_path(paths, "splice", raw)
     for i in range(3):
         j = next(j for j in range(2) if torch.allclose(path[i], paths[j, i]))
-        assert scale[i] == scales[j, i]  # each stage's rate from the path its direction came from
+        assert torch.equal(mixed[i], raw[j, i])  # each stage's knobs from the path its direction came from
 
 
 # --- the renderer's settings

@@ -75,7 +75,7 @@ def test_unrolled_gradient_matches_finite_differences(monkeypatch):
         torch.manual_seed(0)  # the same cutout choices every call
         with models.math_attention():
             roll = render.differentiable_rollout if create_graph else render.rollout
-            z = roll(model, z0.clone(), common.shape_targets(s, shift), RUN)
+            z = roll(model, z0.clone(), prompts.shape_targets(s, shift), RUN)
             return losses.bake_loss(model, z, prompt, 1)
 
     s = stages.clone().requires_grad_()
@@ -113,7 +113,7 @@ def test_renormalized_meta_gradient_keeps_each_stage_direction(tiny):
         s = stages.clone().requires_grad_()
         torch.manual_seed(0)
         with models.math_attention():
-            z = render.differentiable_rollout(tiny, z0.clone(), common.shape_targets(s, common.style_shift(tiny)),
+            z = render.differentiable_rollout(tiny, z0.clone(), prompts.shape_targets(s, common.style_shift(tiny)),
                                               RUN, renormalize=renormalize)
             losses.bake_loss(tiny, z, prompt, 1).backward()
         grads.append(s.grad)

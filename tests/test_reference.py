@@ -101,7 +101,7 @@ def test_microwave_mixes_half_and_half(tiny, tiny_ckpt, captured):
     microwave.main(["a blue car", "old.pt", *render_args(tiny_ckpt, "--out", "m.png")])
     car = common.load_prompt(tiny, "a blue car").embed
     unit = F.normalize(stages, dim=-1)
-    expected = common.shape_targets(0.5 * unit + 0.5 * car, common.style_shift(tiny))
+    expected = prompts.shape_targets(0.5 * unit + 0.5 * car, common.style_shift(tiny))
     assert torch.allclose(captured["targets"], expected, atol=1e-6)
     microwave.main(["old.pt", "--no-style", *render_args(tiny_ckpt, "--out", "m.png")])
     assert torch.allclose(captured["targets"], unit, atol=1e-6)

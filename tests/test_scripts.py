@@ -205,11 +205,11 @@ def test_compose_path_is_per_stage(tmp_path):
     # compose_path normalizes again: unit vectors move by rounding (about 1e-8), which
     # matters where two paths' elements nearly cancel in the mean, so compare to 1e-6
     paths = torch.nn.functional.normalize(torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
-    mean, _ = baked.compose_path(paths, "mean", torch.ones(2, 4))  # [k, S, D] -> [S, D]
+    mean, _ = baked.compose_path(paths, "mean", torch.zeros(2, 4, 3))  # [k, S, D] -> [S, D]
     assert mean.shape == (4, 8)
     assert torch.allclose(mean, paths.mean(0), atol=1e-6)
     assert not torch.allclose(mean[0], mean[1])  # not one number for everything
-    splice, _ = baked.compose_path(paths, "splice", torch.ones(2, 4))
+    splice, _ = baked.compose_path(paths, "splice", torch.zeros(2, 4, 3))
     for i in range(4):
         assert any(torch.allclose(splice[i], paths[j, i], atol=1e-6) for j in range(2))
 

@@ -11,19 +11,33 @@ from conftest import ROOT
 from staged_clip import baked, models
 
 
-SHIPPED = common.Settings(size=64, stages=5, steps=10, meta_steps=30)  # baked/README.md's command
+# baked/README.md's commands: the shared bake of prompts_toy.txt, then each prompt's on top of it
+SHARED = common.Settings(size=64, stages=5, steps=10, cutn=8, meta_views=8, lr=0.96, meta_steps=40, population=8,
+                         learn_style=True)
+SHIPPED = common.Settings(size=64, stages=5, steps=10, cutn=8, meta_views=8, lr=0.96, meta_steps=10, learn_style=True,
+                          lr_sigma=0.1, style_sigma=0.1, init_from="baked/shared_prompts_toy.pt")
+
+
+def test_baked_ships_the_shared_bake_of_the_toy_prompts():
+    found = baked.load_baked(ROOT / "baked" / "shared_prompts_toy.pt")
+    texts = common.read_prompts(ROOT / "prompts_toy.txt")
+    assert found["kind"] == "shared" and found["complete"] and found["clip_model"] == "toy"
+    assert sorted(found["prompts"] + found["held_out"]) == sorted(texts)
+    assert not baked.differences(SHARED, found["config"])
+    assert models.load_clip("toy", torch.device("cpu")).made(found)
 
 
 def test_baked_ships_a_default_bake_of_every_toy_prompt():
     model = models.load_clip("toy", torch.device("cpu"))
     texts = common.read_prompts(ROOT / "prompts_toy.txt")
-    names = set()
+    names = {"shared_prompts_toy.pt"}
     for text in texts:
         path = baked.baked_path(ROOT / "baked", text)
         reason = baked.stale_reason(path, text, SHIPPED, model)
         assert reason is None, f"{path.name}: {reason}, not the README's bake"
         found = baked.load_baked(path)
         assert found["config"]["meta_grad"] == common.Settings().meta_grad and found["lr_scale"] is not None
+        assert found["style_scale"] is not None
         names.add(path.name)
     try:
         tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "baked/*.pt"], capture_output=True, text=True)
