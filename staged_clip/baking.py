@@ -101,7 +101,8 @@ class Bake:
         self.learner = learners.learner_of(settings)(baker.model, aims, baker.shift, settings, raw)
         self.run_log, self.control = self.start_logging()
         self.every = self.learner.gate(settings)
-        start = None if raw is None else (None if aims.shared else self.learner.current()[0], raw)
+        # the gate's first best: the prompt itself (a shared bake: each prompt), at the knobs it starts from
+        start = None if raw is None else (None if aims.shared else aims.prompt.embed.expand(settings.stages, -1), raw)
         self.validation = gate.Gate(baker.model, aims, baker.shift, settings, start) if self.every else None
         self.history = []
 
