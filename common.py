@@ -31,6 +31,7 @@ _DOOR = {  # name -> module.attribute in staged_clip
     # baking
     "Baker": "baking.Baker", "bake_prompt": "baking.bake_prompt", "bake_shared": "baking.bake_shared",
     "starting_from": "baking.starting_from", "replay_bake": "knobs.replay", "is_shared": "knobs.is_shared",
+    "check_replay": "knobs.check_replay",
     "knob_targets": "knobs.targets", "knob_lr_scale": "knobs.lr_scale", "part_embeds": "knobs.part_embeds",
     "FAR": "settings.FAR", "BakeInterrupted": "baking.BakeInterrupted",
     "learner_of": "learners.learner_of", "bake_list": "batch.bake_list", "bake_paths": "batch.bake_paths",

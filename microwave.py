@@ -32,9 +32,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     baked = common.load_baked(args.baked)  # a bad file fails before CLIP loads
-    if common.is_shared(baked) and args.prompt is None:
-        raise common.UserError(f"{args.baked} is a shared bake, learned over many prompts: give the prompt to "
-                               f"replay it for, e.g. microwave.py \"a red apple\" {args.baked}")
+    common.check_replay(baked, args.prompt is not None)
     run = common.start(args, "microwave.py")
     settings, model = common.settings_of(args, run, baked["config"], args.baked), run.model
     common.check_stage_width(baked, model.dim)

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from . import baked, baking, batch, knobs, losses, models, output, prompts, render, report, scoring, stats, tuning
-from .errors import UserError
 from .methods import Case, Method, baselines_of, methods_of, recipe
 
 
@@ -209,10 +208,7 @@ def evaluate(baker, settings, plan, out):
     the first parametrization's grid), also the template of the bakes' previews."""
     judges = load_judges(plan, baker.model.device, settings.precision)
     if plan.shared is not None:
-        shared = baked.load_baked(plan.shared, baker.model.dim)
-        if not knobs.is_shared(shared):
-            raise UserError(f"--shared {plan.shared} is a bake of one prompt: give a shared bake (bake.py --prompts)")
-        baker = dataclasses.replace(baker, init=shared)
+        baker = dataclasses.replace(baker, init=baked.load_baked(plan.shared, baker.model.dim))  # evaluate.py checked its kind
     runs = {}
     for param in plan.params:
         runs[param] = evaluate_one(baker, judges, settings.replace(param=param), plan, out)

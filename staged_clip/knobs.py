@@ -109,6 +109,13 @@ def is_shared(bake):
     return bake.get("kind") == "shared"
 
 
+def check_replay(bake, has_prompt):
+    """Refuse to replay a shared bake without a prompt to replay it for."""
+    if is_shared(bake) and not has_prompt:
+        raise UserError(f"{bake['path']} is a shared bake, learned over many prompts: give the prompt to "
+                        f"replay it for, e.g. microwave.py \"a red apple\" {bake['path']}")
+
+
 def replay(model, bake, shift, prompt=None, mix=0.5):
     """What replaying a baked file renders: (targets [S, D], learning-rate multipliers [S] or None).
 
@@ -118,10 +125,8 @@ def replay(model, bake, shift, prompt=None, mix=0.5):
     """
     stages = len(bake["stages"])
     raw = raw_of(bake, stages, model.device)
+    check_replay(bake, prompt is not None)
     if is_shared(bake):
-        if prompt is None:
-            raise UserError(f"{bake['path']} is a shared bake, learned over many prompts: give the prompt to "
-                            f"replay it for, e.g. microwave.py \"a red apple\" {bake['path']}")
         directions, subject = prompt.embed.expand(stages, -1), prompt
     else:
         directions = bake["stages"].to(model.device)

@@ -189,3 +189,29 @@ def test_two_processes_make_the_same_shared_bake_as_one(tiny_ckpt):
     for knob in knobs.KNOBS:
         assert torch.equal(a[knob.key], b[knob.key])
     assert a["history"] == b["history"] and a["validation"] == b["validation"]
+
+
+def test_evaluate_with_a_shared_bake_replays_it_and_compares_every_method_with_it(tiny_ckpt, wide_ckpt, capsys):
+    import json
+
+    import evaluate
+    shared_bake(tiny_ckpt, "--seed", "0")
+    Path("e.txt").write_text("a blue plum\na yellow lemon\n")
+    evaluate.main(["e.txt", "--clip-model", tiny_ckpt, "--score-model", wide_ckpt, "--device", "cpu", "--seeds", "2",
+                   "--size", "16", "--steps", "2", "--stages", "2", "--meta-steps", "2", "--seed", "0",
+                   "--meta-grads", "es", "--population", "2", "--validation-starts", "2", "--tune-starts", "1",
+                   "--tune-lrs", "0.12,0.24", "--replay-cutn", "2", "--cutn", "2", "--shared", "baked/shared_p.pt",
+                   "--baked-dir", "bakes", "--out", "grid.png", "--json", "e.json", "--table", "e.md"])
+    result = json.loads(Path("e.json").read_text())
+    assert "shared" in result["methods"] and "shared" in result["baselines"] and result["shared"] == "baked/shared_p.pt"
+    for method in result["methods"]:
+        for judge in ("guide", wide_ckpt):
+            entry = result["summary"][method][judge]
+            assert "win_rate_vs_shared" in entry and "mean_diff_vs_shared" in entry
+    for path in result["bakes"].values():  # each prompt's bake started from the shared one
+        assert common.load_baked(path["es"])["config"]["init_from"] == "baked/shared_p.pt"
+    assert Path("bakes/es+shared_p").is_dir()
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["e.txt", "--clip-model", tiny_ckpt, "--score-model", wide_ckpt, "--shared", path["es"],
+                       "--json", "x.json"])
+    assert "a bake of one prompt" in str(stop.value.code) and not Path("x.json").exists()
