@@ -148,10 +148,7 @@ def pair_losses(model, search, eps_c, eps_k, aims, shift, settings, generators):
     step_k = knobs.sigmas(settings, eps_k.device) * eps_k
     raw = torch.cat([search.knobs + step_k, search.knobs - step_k])  # [2n, S, K]
     prompt, parts = aims
-    stages = search.stages(coef)
-    if stages is None:  # shared: each rollout's own prompt
-        stages = prompt.embed[:, None].expand(-1, coef.shape[1], -1)
-    targets = knobs.targets(stages, shift, raw, parts).transpose(0, 1)  # [S, 2n, D]
+    targets = knobs.batch_targets(search.stages(coef), prompt.embed, shift, raw, parts)  # [S, 2n, D]
     lr_scale = knobs.lr_scale(raw)  # [2n, S] or None
     final, z = replay_losses(model, generators, targets, settings, prompt,
                              None if lr_scale is None else lr_scale.T, repeat=2)

@@ -40,9 +40,7 @@ class Gate:
         mine = []
         for chunk in distributed.chunks(n, settings.es_chunk):
             prompt, parts = self.tasks.batch(self.tasks.of_starts(chunk))
-            directions = prompt.embed[:, None].expand(-1, settings.stages, -1) if stages is None else \
-                stages.expand(len(chunk), -1, -1)
-            targets = knobs.targets(directions, self.shift, raw.expand(len(chunk), -1, -1), parts).transpose(0, 1)
+            targets = knobs.batch_targets(stages, prompt.embed, self.shift, raw, parts)
             generators = [torch.Generator(device=model.device).manual_seed(VALIDATION_SEED + v) for v in chunk]
             values[chunk] = es.replay_losses(model, generators, targets, settings, prompt, knobs.lr_scale(raw))[0]
             mine += chunk

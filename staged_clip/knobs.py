@@ -104,6 +104,16 @@ def targets(stages, shift, raw, parts=None):
     return directions + shift * KNOBS[STYLE].value(raw[..., STYLE])[..., None]
 
 
+def batch_targets(stages, embeds, shift, raw, parts):
+    """Targets [S, n, D] of a batch of n rollouts, as render.rollout takes them: stages [n, S, D] or
+    [S, D] (None: each rollout's own prompt, embeds [n, D], as every stage), raw knobs [n, S, K]
+    or [S, K], parts [n, S, D]."""
+    n, s = parts.shape[:2]
+    if stages is None:
+        stages = embeds[:, None].expand(-1, s, -1)
+    return targets(stages.expand(n, s, -1), shift, raw.expand(n, s, -1), parts).transpose(0, 1)
+
+
 def is_shared(bake):
     """Whether a baked file is a shared bake (learned over a prompt list: knobs, no directions)."""
     return bake.get("kind") == "shared"
