@@ -91,7 +91,6 @@ class Bake:
 
     def __init__(self, baker, aims, settings, path, init=None, source=None):
         self.baker, self.tasks, self.settings, self.path = baker, aims, settings, path
-        self.source = source
         # whose image the preview and wandb show: the prompt's, or a shared bake's first held-out prompt
         self.prompt = aims.validation[0].prompt
         self.title = f"shared: {source}" if aims.shared else self.prompt.text
