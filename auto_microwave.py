@@ -12,6 +12,7 @@ def parse_args(argv=None):
     p = common.make_parser(__doc__)
     p.add_argument("prompt", help="text (weighted parts: 'a | b:0.5 | c:-1') or an image file")
     common.add_common_args(p, "auto_microwave.py")
+    common.add_start_args(p)
     p.add_argument("--baked-dir", default="baked", help="folder of baked files to draw from")
     p.add_argument("--k", type=common.positive_int, default=2, help="how many nearest baked prompts to use")
     p.add_argument("--mix", type=common.unit_float, default=0.7,
@@ -50,9 +51,10 @@ def main(argv=None):
     else:
         targets, scale, settings = compose(args, run, prompt, chosen)
         used = {"baked_prompts": [b["prompt"] for _, b in chosen]}
-    z, loss = common.render(model, targets, settings, run.output, desc="auto-microwave", lr_scale=scale)
-    run.output.save(z, settings, model.device, loss=loss, prompt=prompt.text, **used)
-    print(f"saved {args.out}")
+    z, loss = common.render(model, targets, settings, run.output, desc="auto-microwave", lr_scale=scale,
+                            start=run.start)
+    paths = run.save(z, settings, loss=loss, prompt=prompt.text, **used)
+    print(f"saved {', '.join(paths)}")
 
 
 def compose(args, run, prompt, chosen):

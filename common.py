@@ -16,12 +16,13 @@ _DOOR = {  # name -> module.attribute in staged_clip
     "add_es_settings": "flags.add_es_settings", "positive_int": "flags.positive_int",
     "unit_float": "flags.unit_float", "name_list": "flags.name_list", "shard_arg": "flags.shard_arg",
     "looks_baked": "flags.looks_baked", "add_init_arg": "flags.add_init_arg",
+    "add_start_args": "flags.add_start_args",
     "Settings": "settings.Settings", "SCRIPT_DEFAULTS": "settings.SCRIPT_DEFAULTS",
     "TUNE_LRS": "settings.TUNE_LRS",
     "META_GRADS": "settings.META_GRADS", "PARAMS": "settings.PARAMS", "PRECISIONS": "settings.PRECISIONS",
     "UserError": "errors.UserError", "log": "errors.log",
     # a run's start
-    "start": "flags.start", "settings_of": "flags.settings_of", "seed_everything": "randomness.seed_everything",
+    "start": "runs.start", "settings_of": "runs.settings_of", "seed_everything": "randomness.seed_everything",
     "torchrun_device": "batch.torchrun_device", "join_processes": "distributed.join",
     "leave_processes": "distributed.leave", "shared_seed": "distributed.shared_seed",
     # prompts and the renderer

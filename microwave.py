@@ -15,6 +15,7 @@ def parse_args(argv=None):
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="a prompt to mix into each stage (optional)")
     p.add_argument("baked", metavar="BAKED.pt", help="the baked file to replay")
     common.add_common_args(p, "microwave.py")
+    common.add_start_args(p)
     p.add_argument("--mix", type=common.unit_float, default=0.5,
                    help="weight of the prompt in each stage's target (with a prompt and a prompt's bake)")
     args, extra = p.parse_known_args(argv)
@@ -48,10 +49,10 @@ def main(argv=None):
         info["prompt"] = prompt.text
     # a shared bake replays the prompt itself as every stage, so --mix plays no part
     targets, scale = common.replay_bake(model, baked, common.style_shift(model, settings), prompt, args.mix)
-    z, loss = common.render(model, targets, settings, run.output, desc="microwave", lr_scale=scale)
-    run.output.save(z, settings, model.device, loss=loss, **info)
+    z, loss = common.render(model, targets, settings, run.output, desc="microwave", lr_scale=scale, start=run.start)
+    paths = run.save(z, settings, loss=loss, **info)
     print(f"microwaved {baked['prompt']!r} ({len(targets)} stages){f' for {prompt.text!r}' if prompt else ''}; "
-          f"saved {args.out}")
+          f"saved {', '.join(paths)}")
 
 
 if __name__ == "__main__":

@@ -5,26 +5,29 @@ The modules, bottom to top (each imports only from the lines above it):
   errors, settings   user errors and status lines; the frozen Settings and every default and
                      choice the command line shows (neither imports torch)
   cli                a script's main: user errors as one line, SIGTERM as Ctrl-C
-  randomness, distributed, memory, cutouts, stats
+  randomness, distributed, memory, cutouts, stats, palettes
                      seeds; one bake's work shared among torchrun's processes; peak memory;
-                     what CLIP sees of an image; win rates, intervals, paired differences
-  models, prompts, params
+                     what CLIP sees of an image; win rates, intervals, paired differences;
+                     palettes (named, listed, from an image) and what they do to an image
+  models, prompts, params, starts
                      CLIP loaded and frozen at a precision; prompts, embeddings, targets; what
-                     Adam optimizes (rgb, pyramid, fourier)
+                     Adam optimizes (rgb, pyramid, fourier, at any aspect); where a run's
+                     images start (its seeds or variations' seeds, a start image)
   losses, knobs      the spherical distance, the renderer's loss and the bake's; the per-stage
                      knobs a bake may learn (learning rate, style, part of the prompt) and the
                      targets made of them
-  output             atomic files, the PNG that records its making (Output), progress frames
+  output             atomic files, the PNG that records its making (Output; indexed in a
+                     palette, at its own grid, variations and their contact sheet), progress frames
   render, scoring, wandb_log
                      the renderer (rollout, differentiable_rollout); an evaluation's starts
                      and how a judge scores an image; wandb
   es, startup        the ES estimator's maths; a run's start (device, threads, CLIP, seed)
   tasks              what a bake aims at: one prompt, or a shared bake's list (pairs drawn on
                      some, the gate validating on held-out ones)
-  flags, gate, learners, chaos
-                     the command line's flags and what parsed flags make (the one reader of
-                     them); the validation gate; the estimators, one class each (LEARNERS);
-                     the chaos probe
+  flags, runs, gate, learners, chaos
+                     the command line's flags, and what parsed flags make (a started run, its
+                     settings: the one reader of them); the validation gate; the estimators,
+                     one class each (LEARNERS); the chaos probe
   baked, benchmark   baked files (saving, safe loading, same-bake checks, nearest bakes); timing
   baking, methods    a bake (Baker, Bake: one prompt's, or shared over a list); the ways an
                      evaluation makes an image

@@ -202,6 +202,8 @@ def differences(settings, config, seed=False):
         skip.add("validation_starts")
     if settings.param != "pyramid":
         skip.add("pyramid_levels")
+    if settings.palette is None:
+        skip.update(("palette_weight", "palette_hard"))
     found = [(name, value, getattr(settings, name)) for name, value in vars(theirs).items()
              if name not in skip and value != getattr(settings, name)]
     other = learners.LEARNERS.get(theirs.meta_grad)

@@ -116,7 +116,7 @@ class Bake:
         if run is None:
             return None, None
         with rng_aside(model.device):  # a seed bakes the same stages with or without logging
-            control = render.rollout(model, render.random_start(settings.size, model.device),
+            control = render.rollout(model, render.random_start(settings.shape, model.device),
                                      (self.prompt.embed + self.baker.shift)[None],
                                      settings.replace(steps=settings.steps * settings.stages))
         return run, control
@@ -160,8 +160,9 @@ class Bake:
             record.update(validation_loss=self.validation.history[-1]["loss"], kept=int(kept))
         if self.run_log is not None:
             if step % self.baker.wandb.every == 0 or last:
-                record["baked"] = wandb_image(z, f"meta step {step}")
-                record["control"] = wandb_image(self.control, "plain optimization")
+                palette = self.settings.palette
+                record["baked"] = wandb_image(z, f"meta step {step}", palette)
+                record["control"] = wandb_image(self.control, "plain optimization", palette)
             self.run_log.log(record, step=step)
         return loss
 
@@ -198,7 +199,7 @@ class Bake:
         stages, raw = self.result()
         task = self.tasks.validation[0]
         directions = task.prompt.embed.expand(settings.stages, -1) if stages is None else stages
-        start = render.random_start(settings.size, model.device)
+        start = render.random_start(settings.shape, model.device)
         progress = output.Progress.of(out, settings, settings.stages, start)
         last = []  # the loss of the last step
 

@@ -58,7 +58,7 @@ def median_step(clock, run, steps):
 def time_inner_step(model, clock, settings, repeat, warmup, batch=1):
     """Seconds per step of the plain renderer (the fast path every script uses) at settings' size and cutn."""
     target = target_for(model)[None]
-    z = render.random_start(settings.size, model.device, batch)
+    z = render.random_start(settings.shape, model.device, batch)
     z = render.rollout(model, z, target, settings.replace(steps=warmup))  # warm caches, compile
     return median_step(clock, lambda n, tick: render.rollout(model, z, target, settings.replace(steps=n),
                                                              callback=tick), repeat)
@@ -145,7 +145,7 @@ def time_unrolled_step(model, clock, settings):
 
     def run(n):
         with models.math_attention():
-            z = render.random_start(settings.size, model.device, settings.batch).requires_grad_()
+            z = render.random_start(settings.shape, model.device, settings.batch).requires_grad_()
             z = render.differentiable_rollout(model, z, prompts.shape_targets(stages, shift),
                                               settings.replace(steps=n, checkpoint=False))
             losses.bake_loss(model, z, prompts.Prompt("", "text", F.normalize(stages[0].detach(), dim=-1)),
@@ -197,7 +197,7 @@ def time_es_meta_step(model, clock, memory, settings, tune_malloc=False):
     targets = target_for(model).expand(settings.stages, -1)
 
     def batch():
-        render.rollout(model, render.random_start(settings.size, model.device, 2 * pairs), targets, settings)
+        render.rollout(model, render.random_start(settings.shape, model.device, 2 * pairs), targets, settings)
 
     step()
     seconds = clock.time(step)
@@ -291,13 +291,13 @@ def rollout_rows(model, settings, options, clock, inner):
     normal = settings.replace(**SCRIPT_DEFAULTS["normal.py"])
     step = inner["normal.py"]
     if step * normal.steps < 30:  # measured where it is quick, projected from the inner step where not
-        run = clock.time(lambda: render.rollout(model, render.random_start(normal.size, model.device),
+        run = clock.time(lambda: render.rollout(model, render.random_start(normal.shape, model.device),
                                                 target_for(model)[None], normal))
         yield row(f"normal.py run, {normal.steps} steps ({normal.size} px, cutn {normal.cutn})", run)
     else:
         yield row(f"normal.py run, {normal.steps} steps ({normal.size} px, cutn {normal.cutn}) (projected)",
                   step * normal.steps, f"= inner step x {normal.steps}")
-    seconds = clock.time(lambda: render.rollout(model, render.random_start(settings.size, model.device),
+    seconds = clock.time(lambda: render.rollout(model, render.random_start(settings.shape, model.device),
                                                 target_for(model).expand(settings.stages, -1), settings))
     yield row(f"rollout, {settings.stages} stages x {settings.steps} steps ({settings.size} px, cutn {settings.cutn})",
               seconds)

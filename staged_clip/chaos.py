@@ -46,7 +46,7 @@ def loss_differences(model, prompt, shift, settings, sigmas, pairs=8, seed=0):
 def pixel_gradient(model, prompt, shift, settings, seed=0):
     """The median size of a pixel's gradient at a fresh start's first step (what Adam's eps meets)."""
     g = generators(seed, 1, model.device, "pixel")[0]
-    z = render.starts_from([g], settings.size, model.device).requires_grad_()
+    z = render.starts_from([g], settings.shape, model.device).requires_grad_()
     _, grad = render.loss_and_grad(model, z, (prompt.embed + shift)[None], settings.cutn)
     return grad.abs().median().item()
 
@@ -63,7 +63,7 @@ def unrolled_agreement(model, prompt, shift, settings, starts=4, seed=0):
     """Mean cosine, stage by stage, between exact meta-gradients of the stages (on the prompt)
     from different starts."""
     grads = []
-    for j, z0 in enumerate(render.starts_from(generators(seed, starts, model.device, "unrolled"), settings.size,
+    for j, z0 in enumerate(render.starts_from(generators(seed, starts, model.device, "unrolled"), settings.shape,
                                               model.device)):
         stages = prompt.embed.detach().expand(settings.stages, -1).clone().requires_grad_()
         with math_attention(), torch.random.fork_rng(devices=[]):

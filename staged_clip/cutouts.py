@@ -5,6 +5,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .settings import sides
+
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G and B in a grayscale pixel
 
 
@@ -25,14 +27,17 @@ def grayscale(images):
     return (images * torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
-def draw_cutouts(batch, cutn, height, side, device, generator=None):
+def draw_cutouts(batch, cutn, shape, side, device, generator=None):
     """The random choices of one make_cutouts call, drawn on the device: a dict of tensors.
 
     Drawn apart from the maths that uses them, so that a compiled loss sees the same
     randomness as the eager one, and nothing is decided on the host (no device sync).
-    generator: the torch.Generator to draw from (default: the global one).
+    shape: the images' side, or (height, width). generator: the torch.Generator to draw
+    from (default: the global one).
     """
     dev = torch.device(device)
+    height, width = sides(shape)
+    short = min(height, width)
 
     def rand(*shape):
         return torch.rand(*shape, device=dev, generator=generator)
@@ -42,17 +47,22 @@ def draw_cutouts(batch, cutn, height, side, device, generator=None):
     n_crop = round(cutn * 0.8)
     n = batch * cutn
     crop = torch.arange(cutn, device=dev).repeat(batch) < n_crop  # [n]: crop or whole image
-    lo = min(height, side) / height
-    scale = torch.where(crop, lo + (1 - lo) * rand(n), torch.ones(n, device=dev))
+    lo = min(short, side) / short
+    scale = torch.where(crop, lo + (1 - lo) * rand(n), torch.ones(n, device=dev))  # of the shorter side
     max_angle = torch.where(crop, torch.full((n,), 15.0, device=dev), torch.full((n,), 10.0, device=dev))
     angle = (rand(n) * 2 - 1) * max_angle * math.pi / 180
     # a crop's centre may sit anywhere that keeps the crop inside, plus up to 10% shift
     # (0.2 in [-1, 1] coordinates)
     jitter = crop.float() * 0.2
-    shift = (rand(2, n) * 2 - 1) * ((1 - scale) + jitter)
+    across = torch.tensor([[short / width], [short / height]], device=dev)  # a square's extent across x and y
+    shift = (rand(2, n) * 2 - 1) * ((1 - scale * across) + jitter)
     flip = torch.where(crop & (rand(n) < 0.5), -1.0, 1.0)
     noise = (crop.float() * 0.05 * rand(n)).view(n, 1, 1, 1)
-    return {"theta": affine(scale, angle, shift[0], shift[1], flip),  # [n, 2, 3]
+    theta = affine(scale, angle, shift[0], shift[1], flip)
+    if height != width:  # a square of the image (rotated as a square), not the rectangle squeezed into one
+        squash = torch.tensor([[short / width] * 2 + [1.0], [short / height] * 2 + [1.0]], device=dev)
+        theta = theta * squash
+    return {"theta": theta,  # [n, 2, 3]
             "noise": noise * torch.randn(n, 3, side, side, device=dev, generator=generator),
             "gray": (rand(n) < 0.2).view(n, 1, 1, 1)}
 
@@ -61,18 +71,19 @@ def make_cutouts(images, side, cutn, draws=None):
     """What CLIP sees of a batch of images in [0, 1]: [B * cutn, 3, side, side].
 
     cutn = 1: the whole image, resized to `side` half of the time, then average-pooled
-    to `side`. cutn > 1: about 80% random square crops (side between min(H, side) and H)
-    with flips, noise, affine jitter (15 degrees, 10% shift) and grayscale; the rest the
-    whole image rotated by up to 10 degrees; about 20% of each group grayscale. All
+    to `side`. cutn > 1: about 80% random square crops (side between min(S, side) and S,
+    S the shorter side) with flips, noise, affine jitter (15 degrees, 10% shift) and
+    grayscale; the rest the whole image (where it is not square: its largest square, at a
+    random place) rotated by up to 10 degrees; about 20% of each group grayscale. All
     cutouts come from one grid_sample call. draws: the random choices (draw_cutouts),
     drawn here when not given.
     """
-    b, _, h, _ = images.shape  # square images
+    b, _, h, w = images.shape
     if draws is None:
-        draws = draw_cutouts(b, cutn, h, side, images.device)
-    if cutn == 1:
+        draws = draw_cutouts(b, cutn, (h, w), side, images.device)
+    if cutn == 1:  # the whole image (squeezed into a square where it is not one)
         pooled = F.adaptive_avg_pool2d(images, side)
-        if h == side:
+        if h == side and w == side:
             return pooled
         resized = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
         return torch.where(draws["resize"].view(b, 1, 1, 1), resized, pooled)
@@ -91,9 +102,9 @@ def draws_from(generators, repeat=1):
     alone, not on what else shares its batch, and repeats see the same cutouts (an ES
     pair's + and - images).
     """
-    def draw(batch, cutn, height, side, device):
+    def draw(batch, cutn, shape, side, device):
         assert batch == len(generators) * repeat, (batch, len(generators), repeat)
-        each = [draw_cutouts(1, cutn, height, side, device, generator=g) for g in generators]
+        each = [draw_cutouts(1, cutn, shape, side, device, generator=g) for g in generators]
         return {key: torch.cat([d[key] for d in each] * repeat) for key in each[0]}
 
     return draw

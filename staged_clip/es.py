@@ -125,13 +125,13 @@ def replay_losses(model, generators, targets, settings, prompt, lr_scale=None, r
     drawn after the rollout from the same generators; with 0, through the inner loop's
     settings.cutn cutouts of the unquantized image (the bakes before views).
     """
-    starts = render.starts_from(generators, settings.size, model.device)
+    starts = render.starts_from(generators, settings.shape, model.device)
     draw = cutouts.draws_from(generators, repeat)
     z = render.rollout(model, torch.cat([starts] * repeat), targets, settings, lr_scale=lr_scale, draw=draw)
     views = settings.meta_views or settings.cutn
     with torch.no_grad():
-        found = losses.bake_loss(model, z, prompt, views, draw(len(z), views, z.shape[-1], model.size, model.device),
-                                 look=output.quantize if settings.meta_views else None)
+        found = losses.bake_loss(model, z, prompt, views, draw(len(z), views, z.shape[-2:], model.size, model.device),
+                                 look=output.saved_look(settings.palette) if settings.meta_views else None)
     return found, z
 
 

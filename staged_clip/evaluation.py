@@ -86,7 +86,7 @@ def cases_of(model, judges, plan, bakes, shared=None):
 def renderer_of(settings, config, plan):
     """The renderer's settings for an evaluation's images: the bakes' size, and their cutouts
     unless plan.replay_cutn says otherwise."""
-    return settings.replace(size=config["size"], cutn=plan.replay_cutn or config["cutn"])
+    return settings.replace(size=config["size"], height=config.get("height"), cutn=plan.replay_cutn or config["cutn"])
 
 
 def run_methods(model, judges, shift, cases, settings, plan, methods):
@@ -106,7 +106,7 @@ def run_methods(model, judges, shift, cases, settings, plan, methods):
         finals = {}
         for j in range(plan.seeds):
             seed = scoring.start_seed(case.index, j)
-            start = scoring.start_image(seed, own.size, model.device)
+            start = scoring.start_image(seed, own.shape, model.device)
             for method in methods:
                 torch.manual_seed(seed)  # the splice follows the start
                 targets, renderer, scale = recipe(method, case, shift, own, plan.mix)
@@ -115,13 +115,13 @@ def run_methods(model, judges, shift, cases, settings, plan, methods):
                                                                          lr_scale=scale))
                 bar.update(1)
         for method in methods:
-            images = scoring.shown(torch.cat(finals[method.name]))  # [seeds, 3, H, W]: each image, every judge
+            images = scoring.shown(torch.cat(finals[method.name]), own.palette)  # [seeds, 3, H, W]: each image, every judge
             found = {stats.GUIDE: scoring.score(model, images, case.prompt.embed).tolist()}
             found.update({name: scoring.score(judge, images, case.judge_embeds[name]).tolist()
                           for name, judge in judges.items()})
             scores += [{"prompt": case.prompt.text, "start": j, "method": method.name,
                         **{judge: found[judge][j] for judge in found}} for j in range(plan.seeds)]
-        grid_images.append({m.name: output.to_pixels(finals[m.name][0]) for m in methods})
+        grid_images.append({m.name: output.to_pixels(finals[m.name][0], palette=own.palette) for m in methods})
     bar.close()
     return scores, grid_images
 

@@ -1,20 +1,13 @@
-"""The command line: the flags the scripts share, and what a script's parsed flags make.
-
-This is the one module that reads parsed flags (argparse's Namespace): start() turns them
-into a started Run and settings_of() into the frozen Settings; below it, nothing sees the
-Namespace (a PNG records a copy of the flags' values: output.Output.flags). It imports no
-torch at the top, so that --help answers at once.
+"""The command line: the flags the scripts share (runs.py makes a started run and its Settings
+of the parsed flags). It imports no torch at the top, so that --help answers at once.
 """
 
 import argparse
-import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError, log
-from .settings import (DEFAULT_CLIP_MODEL, GATE_EVERY, LR, META_GRADS, NEGATIVE_TEXT, ORIGINAL, PARAMS, PRECISIONS,
-                       SAVE_SIZE, SCRIPT_DEFAULTS, STYLE_TEXT, Settings, replayed)
+from .settings import (DEFAULT_CLIP_MODEL, GATE_EVERY, LR, META_GRADS, NEGATIVE_TEXT, NO_PALETTE, ORIGINAL, PALETTE_HARD,
+                       PALETTE_WEIGHT, PARAMS, PRECISIONS, SAVE_SIZE, SCRIPT_DEFAULTS, STYLE_TEXT, Settings)
 
 
 def number(cast, accept, requirement):
@@ -33,6 +26,9 @@ def number(cast, accept, requirement):
 
 
 positive_int = number(int, lambda v: v >= 1, "must be a whole number of at least 1")
+image_side = number(int, lambda v: 2 <= v <= 8192, "must be a whole number of pixels from 2 to 8192")
+variation_count = number(int, lambda v: 1 <= v <= 256, "must be a whole number from 1 to 256")
+palette_count = number(int, lambda v: 2 <= v <= 256, "must be a whole number of colours from 2 to 256")
 nonnegative_int = number(int, lambda v: v >= 0, "must be a whole number of at least 0")
 nonnegative_float = number(float, lambda v: 0 <= v < math.inf, "must be a number of at least 0")
 positive_float = number(float, lambda v: 0 < v < math.inf, "must be a positive number")
@@ -65,6 +61,15 @@ def shard_arg(text):
     return i, n
 
 
+class SizeAction(argparse.Action):
+    """--size W [H]: one number, a square (size = W, height = None); two, width and height."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            parser.error(f"{option_string} takes one number (a square's side) or two (width height), got {len(values)}")
+        namespace.size, namespace.height = values[0], (values[1] if len(values) == 2 else None)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag gets one line (not the whole usage) and exit status 2."""
 
@@ -78,6 +83,11 @@ class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsH
     A plain switch shows none: "--no-style (default: True)" would say the opposite of what
     the flag does; a pair of switches (--learn-lr / --no-learn-lr) names the one that holds.
     """
+
+    def _format_args(self, action, default_metavar):
+        if isinstance(action, SizeAction):  # one number or two, not argparse's "W [W ...]"
+            return "W [H]"
+        return super()._format_args(action, default_metavar)
 
     def _get_help_string(self, action):
         if "(default" in (action.help or ""):  # told already (by the help, or by argparse before 3.11)
@@ -123,7 +133,11 @@ def add_render_args(group, size, steps, cutn, lr=LR, inner_eps=Settings.inner_ep
     lr, inner_eps, carry_moments, param: None for a replay, whose bake says (files without: the
     original's, rgb).
     """
-    group.add_argument("--size", type=positive_int, default=size, help="side of the optimized image tensor")
+    group.add_argument("--size", type=image_side, nargs="+", action=SizeAction, default=size,
+                       help="side of the optimized image tensor, or its width and height")
+    group.add_argument("--width", type=image_side, dest="size", metavar="W", help="its width (alone: a square)")
+    group.add_argument("--height", type=image_side, default=None, metavar="H",
+                       help="its height (default: as tall as wide)")
     group.add_argument("--steps", type=positive_int, default=steps, help="Adam steps (per stage where staged)")
     baked = " (default: the baked file's, else the original's)" if inner_eps is None else ""
     group.add_argument("--lr", type=positive_float, default=lr, help="learning rate of the image optimizer" + baked)
@@ -140,10 +154,44 @@ def add_render_args(group, size, steps, cutn, lr=LR, inner_eps=Settings.inner_ep
                             "colours (fourier)" + baked.replace("original's", "original's rgb"))
     group.add_argument("--pyramid-levels", type=positive_int, default=None,
                        help="levels of --param pyramid (default: every halving down to 4 px)")
+    add_palette_args(group, baked)
     group.add_argument("--no-style", dest="style", action="store_false",
                        help="turn off target shaping (style and negative texts; on by default)")
     group.add_argument("--style-text", default=STYLE_TEXT, help="text added to every target")
     group.add_argument("--negative-text", default=NEGATIVE_TEXT, help="text subtracted from every target")
+
+
+def add_palette_args(group, baked=""):
+    """--palette and how it acts (baked: the note of a replay, whose bake's palette holds unless given)."""
+    group.add_argument("--palette", default=None, metavar="SPEC",
+                       help="make and save the image in fixed colours: a name (pico8, gameboy, nes, cga, gray4), "
+                            "colours such as '#1a1c2c,#5d275d,#b13e53', an image file (its colours, reduced to "
+                            f"--palette-size), or {NO_PALETTE}; saved as an indexed PNG"
+                            + (" (default: the baked file's palette, else none)" if baked else " (default: none, "
+                               "16 levels a channel)"))
+    group.add_argument("--palette-size", type=palette_count, default=16,
+                       help="colours taken from an image file given as --palette (k-means)")
+    replay = " (default: the baked file's, else {})" if baked else ""
+    group.add_argument("--palette-weight", type=nonnegative_float, default=None if baked else PALETTE_WEIGHT,
+                       help="weight of the soft palette term (each pixel's squared distance to its nearest colour), "
+                            "rising from 0 over the run (0: hard lookup only)" + replay.format(PALETTE_WEIGHT))
+    group.add_argument("--palette-hard", type=unit_float, default=None if baked else PALETTE_HARD,
+                       help="share of the run's steps, at its end, in which CLIP sees the image in the palette "
+                            "(the hard lookup, straight-through gradient; 0: soft term only)"
+                            + replay.format(PALETTE_HARD))
+
+
+def add_start_args(parser):
+    """--init-image, --init-noise and --variations: where a rendering script's images start."""
+    g = parser.add_argument_group("start options")
+    g.add_argument("--init-image", default=None, metavar="PATH",
+                   help="start from this image (resized to cover the grid, centre-cropped) instead of noise; "
+                        "it may be the image prompt itself")
+    g.add_argument("--init-noise", type=unit_float, default=0.0,
+                   help="share of the usual random start mixed into --init-image")
+    g.add_argument("--variations", type=variation_count, default=1, metavar="N",
+                   help="render N images at once, seeds SEED, SEED+1, ...: OUT_1.png ... OUT_N.png and a contact "
+                        "sheet OUT_sheet.png (variation i is the run --seed SEED+i-1 makes alone)")
 
 
 def add_common_args(parser, script, out="output.png", progress=True):
@@ -157,7 +205,12 @@ def add_common_args(parser, script, out="output.png", progress=True):
     if out is not None:
         g.add_argument("--out", default=out, help="output PNG path")
     g.add_argument("--save-size", type=save_side, default=SAVE_SIZE,
-                   help="side of the saved PNG (nearest-neighbour upscale)")
+                   help="side of the saved PNG, its longer side where not square (nearest-neighbour upscale)")
+    if out is not None:
+        g.add_argument("--save-native", action="store_true",
+                       help="also save the image at its own grid (one pixel a pixel) as OUT_native.png")
+    g.add_argument("--dither", action="store_true",
+                   help="with --palette: ordered (Bayer 4x4) dithering into the palette as the image is saved")
     if out is not None and progress:
         g.add_argument("--save-progress", type=nonnegative_int, nargs="?", const=0, default=None, metavar="N",
                        help="also save the image every N steps (alone: after every stage; for one "
@@ -250,64 +303,3 @@ def add_init_arg(group):
 def looks_baked(path):
     """Whether a command-line argument could name a baked file: a file that is there, or a name ending in .pt."""
     return Path(path).suffix == ".pt" or Path(path).is_file()
-
-
-# --- what the parsed flags make
-
-@dataclass(frozen=True)
-class Run:
-    """A started run: its model (a models.Clip), where its image goes (an output.Output), its
-    wandb logging (a wandb_log.WandbLog; None for a script that does not log), its seed and threads."""
-
-    model: object
-    output: object
-    wandb: object
-    seed: int
-    threads: int
-
-
-def start(args, script, writes_baked=False):
-    """What every script does first: check what it writes and reads, then pick device and threads,
-    load CLIP and seed (startup.launch). script names the run in its PNGs (output.Output.record).
-
-    Every check that needs no model comes before the model loads; seeding comes after, so
-    that a seed means the same run whatever loading drew. Returns a Run.
-    """
-    from . import output, params, prompts, startup, wandb_log  # here, not above: --help must not wait for torch
-    flags = vars(args)
-    out = output.Output(flags.get("out"), flags.get("save_size", SAVE_SIZE), flags.get("save_progress"), script,
-                        {k: v for k, v in flags.items() if k != "out"})
-    if out.path is not None:
-        output.check_output(out.path)
-    wandb = wandb_log.WandbLog(wandb_log.wandb_mode(args.wandb), args.wandb_project,
-                               args.log_every) if "wandb" in flags else None
-    if writes_baked:
-        output.check_folder(args.baked_dir, "--baked-dir")
-    if flags.get("prompt") is not None:
-        prompts.check_prompt(args.prompt, out.path)
-    if flags.get("checkpoint") and args.carry_moments:
-        raise UserError("--checkpoint reruns each stage alone, so it cannot carry Adam's moments between stages: "
-                        "drop one of --checkpoint and --carry-moments")
-    if args.param is not None:
-        params.check(args.param, args.size, args.pyramid_levels)
-    output.provenance()  # read now, once, rather than while an interrupted bake saves
-    model, seed, threads = startup.launch(args.clip_model, args.device, args.seed, args.threads, args.precision,
-                                          args.compile)
-    return Run(model, out, wandb, seed, threads)
-
-
-def settings_of(args, run, bake=None, source=None):
-    """The frozen Settings of a run: its flags, with the seed and threads it started with.
-
-    bake: the config of a bake being replayed, whose renderer (learning rate, Adam's eps and
-    moments, parametrization) holds where the flags leave it (None); source names the bake
-    in the note said where --param asks for another parametrization than its own.
-    """
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
-              if f.name in vars(args) and f.name not in ("seed", "threads")}
-    if bake is not None:
-        fields.update(replayed(fields, bake))
-        made = bake.get("param", "rgb")
-        if args.param is not None and args.param != made:
-            log(f"note: {source} was baked with --param {made}; replaying it with --param {args.param}")
-    return Settings(**fields, seed=run.seed, threads=run.threads)

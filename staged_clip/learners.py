@@ -27,7 +27,7 @@ def meta_step(model, stages, optimizer, prompt, shift, settings, progress, diffe
     Returns (meta loss as a float, final z [batch, 3, size, size]).
     """
     batch = settings.batch
-    z = render.random_start(settings.size, model.device, batch)
+    z = render.random_start(settings.shape, model.device, batch)
     with math_attention():
         targets = prompts.shape_targets(stages, shift)
         if differentiate:

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from . import cutouts, prompts
+from . import cutouts, palettes, prompts
 
 TV_WEIGHT = 1.4
 STD_WEIGHT = 0.05
@@ -31,26 +31,37 @@ def to_image(z):
     return z.div(2).add(0.5).clamp(0, 1)
 
 
-def image_loss_with(model, z, target, cutn, draws):
+def image_loss_with(model, z, target, cutn, draws, palette=None):
     """image_loss with its random cutout choices given (what the compiled loss compiles)."""
     b = z.shape[0]
-    cuts = cutouts.make_cutouts(to_image(z), model.size, cutn, draws)  # [B * cutn, 3, R, R]
+    image = to_image(z)
+    if palette is not None:
+        colours, weight, hard = palette
+        if hard:
+            image = palettes.snap(image, colours)
+    cuts = cutouts.make_cutouts(image, model.size, cutn, draws)  # [B * cutn, 3, R, R]
     embeds = prompts.embed_images(model, cuts).view(b, cutn, -1)  # [B, cutn, D]
     clip_loss = spherical_distance(embeds, target.view(-1, 1, embeds.shape[-1])).mean(1)
     out_of_range = (z - z.clamp(-1, 1)).pow(2).mean((1, 2, 3))
     spread = (z.flatten(1).std(1) - 1).pow(2)
-    return (clip_loss + out_of_range + TV_WEIGHT * total_variation(z) + STD_WEIGHT * spread).sum()
+    loss = clip_loss + out_of_range + TV_WEIGHT * total_variation(z) + STD_WEIGHT * spread
+    if palette is not None:
+        loss = loss + weight * palettes.distance(to_image(z), colours)
+    return loss.sum()
 
 
-def image_loss(model, z, target, cutn, draws=None):
+def image_loss(model, z, target, cutn, draws=None, palette=None):
     """The original's loss of a batch of images z toward target(s), summed over the batch.
 
     Per image: spherical distance of CLIP's cutout embeddings to the target, + the
-    out-of-range penalty, + 1.4 * total variation, + 0.05 * (std(z) - 1)^2.
+    out-of-range penalty, + 1.4 * total variation, + 0.05 * (std(z) - 1)^2. palette: where
+    the run has one, (colours [K, 3], the soft term's weight, whether CLIP sees the image
+    through the hard lookup) (palettes.Schedule.at): + weight * each pixel's squared
+    distance to its nearest colour.
     """
     if draws is None:
-        draws = cutouts.draw_cutouts(z.shape[0], cutn, z.shape[-1], model.size, z.device)
-    return image_loss_with(model, z, target, cutn, draws)
+        draws = cutouts.draw_cutouts(z.shape[0], cutn, z.shape[-2:], model.size, z.device)
+    return image_loss_with(model, z, target, cutn, draws, palette)
 
 
 def bake_loss(model, z, prompt, cutn, draws=None, look=None):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import palettes
 from .errors import UserError, log
 from .losses import to_image
 from .settings import SAVE_SIZE
@@ -20,7 +21,9 @@ from .settings import SAVE_SIZE
 QUANT_LEVELS = 16
 ROOT = Path(__file__).resolve().parent.parent  # the project's folder, whose commit a run records
 # the settings a PNG records as the run used them, where the user left them to be chosen or read from a bake
-USED = ("seed", "threads", "lr", "inner_eps", "carry_moments", "param", "pyramid_levels")
+USED = ("seed", "threads", "lr", "inner_eps", "carry_moments", "param", "pyramid_levels", "palette", "palette_weight",
+        "palette_hard")
+SHEET_CELL = 256  # px: the longer side of an image on a contact sheet
 
 
 def atomic_write(path, write):
@@ -86,23 +89,75 @@ def quantize(image, levels=QUANT_LEVELS):
     return (image * 1.1 - 0.1).clamp(0, 1)
 
 
-def to_pixels(z, side=None):
-    """The first image of z as saved: quantized, optionally nearest-upscaled; [H, W, 3] uint8."""
-    image = quantize(to_image(z.detach()[:1].float()))
+def upscaled(shape, side):
+    """The saved size (H, W) of an image of this (H, W) whose longer side becomes `side`."""
+    height, width = shape
+    if height == width:
+        return side, side
+    longer = max(height, width)
+    return max(1, round(side * height / longer)), max(1, round(side * width / longer))
+
+
+def saved_look(palette=None):
+    """What saving does to images in [0, 1]: quantize, or with a palette ("#rrggbb,...") its lookup."""
+    if palette is None:
+        return quantize
+    colours = palettes.colours_of(palette)
+    return lambda image: palettes.lookup(image, colours.to(image.device))
+
+
+def to_pixels(z, side=None, palette=None, dither=False):
+    """The first image of z as saved, [H, W, 3] uint8: quantized (16 levels a channel), or in its
+    palette ("#rrggbb,...", ordered-dithered where asked); the longer side nearest-upscaled to side
+    where given."""
+    image = to_image(z.detach()[:1].float())
+    if palette is None:
+        image = quantize(image)
+    else:
+        colours = palettes.colours_of(palette, image.device)
+        image = colours[palettes.indices(image, colours, dither)].permute(0, 3, 1, 2)
     if side is not None:
-        image = F.interpolate(image, size=(side, side), mode="nearest")  # [1, 3, side, side]
+        image = F.interpolate(image, size=upscaled(image.shape[-2:], side), mode="nearest")
     return image[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
 
 
-def save_image(path, z, save_size, info):
-    """Save z as a quantized, nearest-upscaled PNG; info goes into its text chunks."""
+def to_indexed(z, side=None, palette=None, dither=False):
+    """The first image of z in its palette as an indexed PIL image (mode "P"), upscaled as to_pixels."""
     from PIL import Image
+    colours = palettes.colours_of(palette, z.device)
+    index = palettes.indices(to_image(z.detach()[:1].float()), colours, dither)[:, None].float()  # [1, 1, H, W]
+    if side is not None:
+        index = F.interpolate(index, size=upscaled(index.shape[-2:], side), mode="nearest")
+    array = index[0, 0].round().byte().cpu().numpy()
+    image = Image.frombytes("P", (array.shape[1], array.shape[0]), array.tobytes())
+    image.putpalette([int(c[i:i + 2], 16) for c in palette.split(",") for i in (1, 3, 5)])
+    return image
+
+
+def png_info(info):
+    """PIL's PngInfo of a dict: text chunks, JSON where a value is not text."""
     from PIL.PngImagePlugin import PngInfo
-    array = to_pixels(z, save_size)
     meta = PngInfo()
     for key, value in info.items():
         meta.add_text(key, value if isinstance(value, str) else json.dumps(value))
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", pnginfo=meta))
+    return meta
+
+
+def save_image(path, z, save_size, info, palette=None, dither=False):
+    """Save z as a PNG: quantized (RGB) or, with a palette, indexed; its longer side nearest-upscaled to
+    save_size (None: the image's own grid); info goes into its text chunks."""
+    from PIL import Image
+    if palette is None:
+        image = Image.fromarray(to_pixels(z, save_size))
+    else:
+        image = to_indexed(z, save_size, palette, dither)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=png_info(info)))
+
+
+def beside(path, suffix):
+    """A file named after path, with a suffix to its stem: out.png -> out_<suffix>.png."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_{suffix}{path.suffix}")
 
 
 @functools.cache
@@ -135,6 +190,8 @@ class Output:
     save_size: int = SAVE_SIZE
     save_progress: int = None
     script: str = None
+    dither: bool = False  # ordered dithering into the palette, as the image is saved
+    native: bool = False  # also save the image at its own grid, as OUT_native.png
     flags: dict = dataclasses.field(default_factory=dict)
     began: float = dataclasses.field(default_factory=time.time)
 
@@ -147,14 +204,55 @@ class Output:
         (as used, where the user left one to be chosen or read from a bake), the torch version,
         the project's commit and the seconds since the run began; extra: more text chunks."""
         used = {"device": str(device), **{k: getattr(settings, k) for k in USED}}
+        if settings.palette is not None:  # the colours, whatever --palette named (an image's k-means, a bake's)
+            extra = {"palette": settings.palette.split(","), "dither": self.dither, **extra}
         return {"software": f"staged-clip {self.script}", "seed": str(settings.seed),
                 "clip_model": self.flags.get("clip_model"),
                 "settings": {**self.flags, **{k: v for k, v in used.items() if k in self.flags}}, **extra,
                 **provenance(), "seconds": round(time.time() - self.began, 1)}
 
     def save(self, z, settings, device, **extra):
-        """Save z as this output's PNG, recording its making (record)."""
-        save_image(self.path, z, self.save_size, self.record(settings, device, **extra))
+        """Save z's first image as this output's PNG, recording its making (record), and with
+        --save-native the same at its own grid beside it (OUT_native.png). Returns the paths."""
+        info = self.record(settings, device, **extra)
+        save_image(self.path, z, self.save_size, info, settings.palette, self.dither)
+        if not self.native:
+            return [self.path]
+        save_image(beside(self.path, "native"), z, None, info, settings.palette, self.dither)
+        return [self.path, str(beside(self.path, "native"))]
+
+    def save_variations(self, z, settings, device, seeds, **extra):
+        """Save each image of z [N, ...] as OUT_1.png ... OUT_N.png, each recording its own seed, and
+        a contact sheet of them, OUT_sheet.png. Returns the paths of the images and the sheet.
+
+        The loss of the last step, summed over the batch, is no one image's: not recorded."""
+        extra.pop("loss", None)
+        paths = []
+        for i, seed in enumerate(seeds):
+            one = dataclasses.replace(self, path=str(beside(self.path, str(i + 1))))
+            paths.append(one.save(z[i:i + 1], settings.replace(seed=seed), device, **extra)[0])
+        sheet = contact_sheet([to_pixels(z[i:i + 1], SHEET_CELL, settings.palette, self.dither)
+                               for i in range(len(seeds))], [f"seed {s}" for s in seeds])
+        info = {**self.record(settings, device, **extra), "seeds": [str(s) for s in seeds], "images": paths}
+        atomic_write(beside(self.path, "sheet"), lambda tmp: sheet.save(tmp, format="PNG", pnginfo=png_info(info)))
+        return paths + [str(beside(self.path, "sheet"))]
+
+
+def contact_sheet(arrays, labels, gap=8, label_height=14):
+    """Images ([H, W, 3] uint8 each) side by side in a near-square grid, each labelled beneath: a PIL image."""
+    import math
+    from PIL import Image, ImageDraw
+    columns = math.ceil(math.sqrt(len(arrays)))
+    rows = math.ceil(len(arrays) / columns)
+    cell_h = max(a.shape[0] for a in arrays) + label_height
+    cell_w = max(a.shape[1] for a in arrays)
+    sheet = Image.new("RGB", (columns * (cell_w + gap) + gap, rows * (cell_h + gap) + gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (array, label) in enumerate(zip(arrays, labels)):
+        x, y = gap + (i % columns) * (cell_w + gap), gap + (i // columns) * (cell_h + gap)
+        sheet.paste(Image.fromarray(array), (x, y))
+        draw.text((x, y + array.shape[0] + 2), label, fill="black")
+    return sheet
 
 
 class Progress:
@@ -164,10 +262,10 @@ class Progress:
     there are removed first), and save() makes OUT_progress.gif of them.
     """
 
-    def __init__(self, every, stages, steps, save_size, start, out):
+    def __init__(self, every, stages, steps, save_size, start, out, palette=None):
         if every == 0:  # after every stage; a single stage is cut into ten
             every = steps if stages > 1 else max(1, steps // 10)
-        self.every, self.steps, self.save_size = every, steps, save_size
+        self.every, self.steps, self.save_size, self.palette = every, steps, save_size, palette
         out = Path(out)
         self.folder, self.gif = out.with_name(out.stem + "_progress"), out.with_name(out.stem + "_progress.gif")
         for old in self.folder.glob("[0-9][0-9][0-9][0-9].png"):
@@ -180,11 +278,12 @@ class Progress:
         """The Progress an Output asks for (steps per stage from settings), or None."""
         if output.save_progress is None:
             return None
-        return cls(output.save_progress, stages, settings.steps, output.save_size, start, output.path)
+        return cls(output.save_progress, stages, settings.steps, output.save_size, start, output.path,
+                   settings.palette)
 
     def add(self, z):
         from PIL import Image
-        image = Image.fromarray(to_pixels(z, self.save_size))
+        image = Image.fromarray(to_pixels(z, self.save_size, self.palette))
         atomic_write(self.folder / f"{self.count:04d}.png", lambda tmp: image.save(tmp, format="PNG"))
         self.count += 1
 

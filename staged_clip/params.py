@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .settings import PARAMS
+from .settings import PARAMS, sides
 SMALLEST_LEVEL = 4  # px: the pyramid's coarsest level is no smaller
 
 # The square root of the colour correlation of natural images (Lucid's, from ImageNet):
@@ -33,21 +33,28 @@ COLOUR_SQRT = torch.tensor([[0.26, 0.09, 0.02],
 COLOUR = COLOUR_SQRT / COLOUR_SQRT.norm(dim=0).max()
 
 
-def max_levels(size):
-    """How many levels a pyramid of this side has down to SMALLEST_LEVEL px (at least 1)."""
+def max_levels(shape):
+    """How many levels a pyramid of this side (or (height, width)) has down to SMALLEST_LEVEL px (at least 1)."""
+    size = min(sides(shape))
     levels = 1
     while size // 2**levels >= SMALLEST_LEVEL:
         levels += 1
     return levels
 
 
-def check(param, size, levels=None):
-    """A one-line UserError where a parametrization cannot be built for an image of this side."""
+def check(param, shape, levels=None):
+    """A one-line UserError where a parametrization cannot be built for an image of this side (or (height, width))."""
     if param not in PARAMS:
         raise UserError(f"--param {param!r} is unknown: choose one of {', '.join(PARAMS)}")
-    if param == "pyramid" and levels is not None and levels > max_levels(size):
-        raise UserError(f"--pyramid-levels {levels} is too many for a {size} px image: at most "
-                        f"{max_levels(size)} levels halve it down to {SMALLEST_LEVEL} px")
+    height, width = sides(shape)
+    named = f"{width} px" if height == width else f"{width}x{height} px"
+    if param == "pyramid" and min(height, width) < 2 * SMALLEST_LEVEL:
+        raise UserError(f"--size {named} is too small for --param pyramid: its levels halve the image down to "
+                        f"{SMALLEST_LEVEL} px, so each side needs at least {2 * SMALLEST_LEVEL} px; give a larger "
+                        f"--size or --param rgb")
+    if param == "pyramid" and levels is not None and levels > max_levels(shape):
+        raise UserError(f"--pyramid-levels {levels} is too many for a {named} image: at most "
+                        f"{max_levels(shape)} levels halve it down to {SMALLEST_LEVEL} px")
 
 
 class Pyramid:
@@ -62,28 +69,28 @@ class Pyramid:
 
     name = "pyramid"
 
-    def __init__(self, size, levels=None):
-        self.size = size
-        self.levels = levels or max_levels(size)
-        self.sides = [size // 2**k for k in range(self.levels)]
+    def __init__(self, shape, levels=None):
+        self.shape = sides(shape)
+        self.levels = levels or max_levels(shape)
+        self.sides = [(self.shape[0] // 2**k, self.shape[1] // 2**k) for k in range(self.levels)]
         self.weight = 1.0 / self.levels
 
     def split(self, x):
-        """x [B, 3, 1, N] -> a level per side, [B, 3, s, s]."""
-        sizes = [s * s for s in self.sides]
-        return [part.reshape(*x.shape[:2], s, s) for part, s in zip(x.split(sizes, dim=-1), self.sides)]
+        """x [B, 3, 1, N] -> a level per side, [B, 3, h, w]."""
+        sizes = [h * w for h, w in self.sides]
+        return [part.reshape(*x.shape[:2], *hw) for part, hw in zip(x.split(sizes, dim=-1), self.sides)]
 
     def decode(self, x):
         image = None
         for level in self.split(x):
-            if level.shape[-1] != self.size:
-                level = F.interpolate(level, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            if level.shape[-2:] != self.shape:
+                level = F.interpolate(level, size=self.shape, mode="bilinear", align_corners=False)
             image = level if image is None else image + level
         return image if self.levels == 1 else image * self.weight
 
     def encode(self, z):
         finest = z if self.levels == 1 else z / self.weight
-        parts = [finest.flatten(2)] + [z.new_zeros(*z.shape[:2], s * s) for s in self.sides[1:]]
+        parts = [finest.flatten(2)] + [z.new_zeros(*z.shape[:2], h * w) for h, w in self.sides[1:]]
         return torch.cat(parts, dim=-1).unsqueeze(2)
 
 
@@ -98,19 +105,19 @@ class Fourier:
 
     name = "fourier"
 
-    def __init__(self, size, device=None):
-        self.size = size
-        fy = torch.fft.fftfreq(size)[:, None]
-        fx = torch.fft.rfftfreq(size)[None, :]
-        scale = 1.0 / torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / size)  # [H, W // 2 + 1]
+    def __init__(self, shape, device=None):
+        self.shape = height, width = sides(shape)
+        fy = torch.fft.fftfreq(height)[:, None]
+        fx = torch.fft.rfftfreq(width)[None, :]
+        scale = 1.0 / torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / max(height, width))  # [H, W // 2 + 1]
         self.scale = (scale / scale.pow(2).mean().sqrt()).to(device)
         self.colour = COLOUR.to(device)
         self.uncolour = torch.linalg.inv(COLOUR).to(device)
-        self.half = size // 2 + 1
+        self.half = width // 2 + 1
 
     def decode(self, x):
-        spectrum = torch.view_as_complex(x.reshape(*x.shape[:2], self.size, self.half, 2).contiguous())
-        channels = torch.fft.irfft2(spectrum * self.scale, s=(self.size, self.size), norm="ortho")
+        spectrum = torch.view_as_complex(x.reshape(*x.shape[:2], self.shape[0], self.half, 2).contiguous())
+        channels = torch.fft.irfft2(spectrum * self.scale, s=self.shape, norm="ortho")
         return torch.einsum("ij,bjhw->bihw", self.colour, channels)
 
     def encode(self, z):
@@ -119,12 +126,13 @@ class Fourier:
         return torch.view_as_real(spectrum).reshape(*z.shape[:2], 1, -1).contiguous()
 
 
-def of(settings, size, device=None):
-    """The parametrization settings ask for at this image side: None for rgb (pixels as they are)."""
+def of(settings, shape, device=None):
+    """The parametrization settings ask for at this image side (or (height, width)): None for rgb
+    (pixels as they are)."""
     param = settings.param
     if param == "rgb":
         return None
-    check(param, size, settings.pyramid_levels)
+    check(param, shape, settings.pyramid_levels)
     if param == "pyramid":
-        return Pyramid(size, settings.pyramid_levels)
-    return Fourier(size, device)
+        return Pyramid(shape, settings.pyramid_levels)
+    return Fourier(shape, device)

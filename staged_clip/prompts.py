@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError, log
-from .settings import Settings
+from .settings import Settings, sides
 
 STYLE_WEIGHT = 0.5
 NEGATIVE_WEIGHT = 0.5
@@ -43,19 +43,25 @@ def is_image_path(text):
     return Path(text).suffix.lower() in IMAGE_SUFFIXES and "|" not in text
 
 
-def load_image(path, side):
-    """An image file as a [1, 3, side, side] tensor in [0, 1] (resized, centre-cropped)."""
+def load_image(path, shape, what="image prompt"):
+    """An image file as a [1, 3, H, W] tensor in [0, 1]: resized to cover (H, W), centre-cropped.
+
+    shape: a side (a square) or (H, W); what names the file in errors.
+    """
     from PIL import Image, UnidentifiedImageError
     import torchvision.transforms.functional as TF
     if not os.path.isfile(path):
-        raise UserError(f"image prompt {path} not found: check the path")
+        raise UserError(f"{what} {path} not found: check the path")
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise UserError(f"cannot read image {path}: pass a PNG or JPEG file of reasonable size") from None
-    im = TF.center_crop(TF.resize(im, side, antialias=True), side)
-    return TF.to_tensor(im).unsqueeze(0)  # [1, 3, side, side]
+        raise UserError(f"cannot read {what} {path}: pass a PNG or JPEG file of reasonable size") from None
+    height, width = sides(shape)
+    scale = max(height / im.height, width / im.width)
+    covering = [max(height, round(im.height * scale)), max(width, round(im.width * scale))]
+    im = TF.center_crop(TF.resize(im, covering if height != width else height, antialias=True), [height, width])
+    return TF.to_tensor(im).unsqueeze(0)  # [1, 3, H, W]
 
 
 def parse_parts(text):

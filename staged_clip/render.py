@@ -7,18 +7,19 @@ so that the bake's loss on the final image reaches the stages (differentiable_ro
 
 import torch
 
-from . import cutouts, losses, output, params, randomness
+from . import cutouts, losses, output, palettes, params, randomness, starts
 from .errors import log
+from .settings import sides
 
 
-def random_start(size, device, batch=1):
-    """A fresh image tensor drawn from a standard normal: [batch, 3, size, size]."""
-    return torch.randn(batch, 3, size, size, device=device)
+def random_start(shape, device, batch=1):
+    """A fresh image tensor drawn from a standard normal: [batch, 3, H, W] (shape: a side, or (H, W))."""
+    return torch.randn(batch, 3, *sides(shape), device=device)
 
 
-def starts_from(generators, size, device):
-    """Start images [n, 3, size, size], each from its own generator (see cutouts.draws_from)."""
-    return torch.cat([torch.randn(1, 3, size, size, device=device, generator=g) for g in generators])
+def starts_from(generators, shape, device):
+    """Start images [n, 3, H, W], each from its own generator (see cutouts.draws_from)."""
+    return torch.cat([torch.randn(1, 3, *sides(shape), device=device, generator=g) for g in generators])
 
 
 def use_compile(model):
@@ -28,19 +29,20 @@ def use_compile(model):
     model.compiled_loss = torch.compile(losses.image_loss_with, dynamic=False)
 
 
-def loss_and_grad(model, z, target, cutn, draw=None, decode=None):
+def loss_and_grad(model, z, target, cutn, draw=None, decode=None, palette=None):
     """The loss of a leaf z and its gradient, through the compiled loss when there is one.
 
     draw: what draws the cutouts' random choices (cutouts.draw_cutouts's arguments;
     default: draw_cutouts from the global generator). decode: what makes the image from z
-    (a parametrization's; None: z is the image).
+    (a parametrization's; None: z is the image). palette: the palette's part in this step's
+    loss (palettes.Schedule.at), or None.
     """
     image = z if decode is None else decode(z)
-    draws = (draw or cutouts.draw_cutouts)(image.shape[0], cutn, image.shape[-1], model.size, image.device)
+    draws = (draw or cutouts.draw_cutouts)(image.shape[0], cutn, image.shape[-2:], model.size, image.device)
     scale = model.loss_scale
     if model.compiled_loss is not None:
         try:
-            loss = model.compiled_loss(model, image, target, cutn, draws)
+            loss = model.compiled_loss(model, image, target, cutn, draws, palette)
             return loss, torch.autograd.grad(loss * scale, z)[0] / scale
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
             if isinstance(e, (KeyboardInterrupt, torch.OutOfMemoryError)):
@@ -48,26 +50,32 @@ def loss_and_grad(model, z, target, cutn, draw=None, decode=None):
             log(f"--compile failed ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "
                 f"running eager")
             model.compiled_loss = None
-    loss = losses.image_loss_with(model, image, target, cutn, draws)
+    loss = losses.image_loss_with(model, image, target, cutn, draws, palette)
     return loss, torch.autograd.grad(loss * scale, z)[0] / scale
 
 
 class Aim:
     """What a stage optimizes z toward: the model's loss toward a target, with cutn cutouts a step
     whose random choices come from draw (see loss_and_grad), of the image decode makes of z
-    (a parametrization's; None: z is the image)."""
+    (a parametrization's; None: z is the image), in a palette where palette (a
+    palettes.Schedule) is given: this stage's number among the schedule's."""
 
-    def __init__(self, model, target, cutn, draw=None, decode=None):
+    def __init__(self, model, target, cutn, draw=None, decode=None, palette=None, stage=0):
         self.model, self.target, self.cutn, self.draw, self.decode = model, target, cutn, draw, decode
+        self.palette, self.stage = palette, stage
 
-    def loss_and_grad(self, z):
+    def palette_at(self, step):
+        """The palette's part in the loss at this step of the stage (from 1), or None."""
+        return None if self.palette is None else self.palette.at(self.stage, step)
+
+    def loss_and_grad(self, z, step=1):
         """The loss of a leaf z and its gradient, by the fast path (the compiled loss where there is one)."""
-        return loss_and_grad(self.model, z, self.target, self.cutn, self.draw, self.decode)
+        return loss_and_grad(self.model, z, self.target, self.cutn, self.draw, self.decode, self.palette_at(step))
 
-    def grad(self, z, create_graph):
+    def grad(self, z, create_graph, step=1):
         """The loss of z and its gradient by plain autograd; with create_graph, differentiable again."""
         image = z if self.decode is None else self.decode(z)
-        loss = losses.image_loss(self.model, image, self.target, self.cutn)
+        loss = losses.image_loss(self.model, image, self.target, self.cutn, palette=self.palette_at(step))
         (grad,) = torch.autograd.grad(loss * self.model.loss_scale, z, create_graph=create_graph)
         return loss, grad / self.model.loss_scale
 
@@ -123,7 +131,7 @@ def stage_plain(aim, z, settings, lr, report=None, moments=None):
         optimizer = fast_adamw([z], lr, settings.inner_eps)
         for t in range(1, settings.steps + 1):
             with torch.enable_grad():  # the inner loop needs gradients even under a caller's no_grad
-                loss, z.grad = aim.loss_and_grad(z)
+                loss, z.grad = aim.loss_and_grad(z, t)
             optimizer.step()
             if report is not None:
                 report(t, loss.detach(), aim.image(z))
@@ -131,7 +139,7 @@ def stage_plain(aim, z, settings, lr, report=None, moments=None):
     m, v, done = moments or (torch.zeros_like(z), torch.zeros_like(z), 0)
     for t in range(1, settings.steps + 1):
         with torch.enable_grad():
-            loss, grad = aim.loss_and_grad(z)
+            loss, grad = aim.loss_and_grad(z, t)
         with torch.no_grad():
             z, (m, v, _) = adamw_step(z, grad, (m, v, done + t), per_image(lr), settings.inner_eps)
         z.requires_grad_()
@@ -150,7 +158,7 @@ def stage_unrolled(aim, z, settings, lr, create_graph, report=None, moments=None
         with torch.enable_grad():
             if not create_graph:
                 z = z.detach().requires_grad_()
-            loss, grad = aim.grad(z, create_graph)
+            loss, grad = aim.grad(z, create_graph, t)
         with torch.set_grad_enabled(create_graph):
             z, (m, v, _) = adamw_step(z, grad, (m, v, done + t), per_image(lr), settings.inner_eps)
         if report is not None:
@@ -226,12 +234,13 @@ def rollout(model, z, targets, settings, callback=None, lr_scale=None, draw=None
     what draws the cutouts' random choices (see loss_and_grad). callback(stage, step, loss,
     image) after every step, with detached tensors.
     """
-    param = params.of(settings, z.shape[-1], z.device)
+    param = params.of(settings, z.shape[-2:], z.device)
     if param is not None:
         z = param.encode(z)
+    palette = palettes.Schedule.of(settings, len(targets), z.device)
     moments = None
     for i, target in enumerate(targets.detach()):
-        aim = Aim(model, target, settings.cutn, draw, param and param.decode)
+        aim = Aim(model, target, settings.cutn, draw, param and param.decode, palette, i)
         z, moments = stage_plain(aim, z, settings, stage_lr(settings, lr_scale, i), stage_reporter(callback, i),
                                  moments if settings.carry_moments else None)
     return z if param is None else param.decode(z)
@@ -249,9 +258,10 @@ def differentiable_rollout(model, z, targets, settings, callback=None, renormali
     settings.checkpoint: keep only each stage's input and rerun the stage in the backward
     (the same random draws), so that memory holds one stage's graph.
     """
-    param = params.of(settings, z.shape[-1], z.device)
+    param = params.of(settings, z.shape[-2:], z.device)
     z = z if param is None else param.encode(z)
     decode = param and param.decode
+    palette = palettes.Schedule.of(settings, len(targets), z.device)
     if not z.requires_grad:
         z = z.detach().requires_grad_()
     moments = None
@@ -260,25 +270,27 @@ def differentiable_rollout(model, z, targets, settings, callback=None, renormali
         if renormalize and i > 0:
             z = Renormalize.apply(z)
         if settings.checkpoint:
-            def run(z_in, target_in, graph, report, lr=lr):
-                return stage_unrolled(Aim(model, target_in, settings.cutn, decode=decode), z_in, settings, lr, graph,
-                                      report)[0]
+            def run(z_in, target_in, graph, report, lr=lr, i=i):
+                return stage_unrolled(Aim(model, target_in, settings.cutn, None, decode, palette, i), z_in, settings,
+                                      lr, graph, report)[0]
             z = CheckpointedStage.apply(z, target, run, report)
         else:
-            z, moments = stage_unrolled(Aim(model, target, settings.cutn, decode=decode), z, settings, lr, True,
+            z, moments = stage_unrolled(Aim(model, target, settings.cutn, None, decode, palette, i), z, settings, lr, True,
                                         report, moments if settings.carry_moments else None)
     return z if param is None else param.decode(z)
 
 
-def render(model, targets, settings, out, desc, lr_scale=None):
-    """Run the staged renderer from a fresh start with a progress bar (out: an output.Output;
-    lr_scale: a bake's learned per-stage multipliers of the learning rate, or None).
+def render(model, targets, settings, out, desc, lr_scale=None, start=None):
+    """Run the staged renderer with a progress bar (out: an output.Output; lr_scale: a bake's
+    learned per-stage multipliers of the learning rate, or None; start: a starts.Start, the
+    images' seeds and start image, by default one random start from the global generator).
 
-    Returns (the final image, the loss of its last step). Ctrl-C stops it and returns the
-    image so far, so the script still saves something.
+    Returns (the final images [len(start.seeds), 3, H, W], the loss of the last step, summed
+    over them). Ctrl-C stops it and returns the images so far, so the script still saves something.
     """
     from tqdm import tqdm
-    latest = [random_start(settings.size, model.device), None]  # the image and loss so far
+    z, draw = (start or starts.Start((settings.seed,))).images(settings.shape, model.device)
+    latest = [z, None]  # the images and loss so far
     bar = tqdm(total=len(targets) * settings.steps, desc=desc, dynamic_ncols=True)
     progress = output.Progress.of(out, settings, len(targets), latest[0])
 
@@ -294,7 +306,7 @@ def render(model, targets, settings, out, desc, lr_scale=None):
         return None if latest[1] is None else latest[1].item()
 
     try:
-        return rollout(model, latest[0], targets, settings, callback=report, lr_scale=lr_scale), last_loss()
+        return rollout(model, latest[0], targets, settings, callback=report, lr_scale=lr_scale, draw=draw), last_loss()
     except KeyboardInterrupt:
         log("interrupted: saving the image so far")
         return latest[0].detach(), last_loss()

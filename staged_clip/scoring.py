@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from . import losses, output, prompts
+from .settings import sides
 
 START_SEED = 2**62  # the evaluation's starts come from seeds no bake uses (bakes: --seed + i, below 2**62)
 MAX_STARTS = 2**20  # starts per prompt: start (i, j) has seed START_SEED + i * MAX_STARTS + j
@@ -21,15 +22,15 @@ def tune_seed(i, j):
     return TUNE_SEED + i * MAX_STARTS + j
 
 
-def start_image(seed, size, device):
-    """A start drawn from its own seed: [1, 3, size, size] (the same for every method)."""
+def start_image(seed, shape, device):
+    """A start drawn from its own seed: [1, 3, H, W] (shape: a side or (H, W); the same for every method)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(1, 3, size, size, generator=generator).to(device)
+    return torch.randn(1, 3, *sides(shape), generator=generator).to(device)
 
 
-def shown(z):
-    """The images as saved (quantized), at their own size: [n, 3, H, W]."""
-    return output.quantize(losses.to_image(z.detach().float()))
+def shown(z, palette=None):
+    """The images as saved (quantized, or in their palette), at their own size: [n, 3, H, W]."""
+    return output.saved_look(palette)(losses.to_image(z.detach().float()))
 
 
 def score(model, images, prompt_embed):

@@ -12,7 +12,7 @@ LR = 0.12  # the original's learning rate, of the image and of the stages
 STYLE_TEXT = "#pixelart simplistic 8-bit sprite art"  # added to every target (the original's)
 NEGATIVE_TEXT = "text, graffitti, words"  # subtracted from every target (the original's, spelling kept)
 DEFAULT_CLIP_MODEL = "ViT-B/32"
-SAVE_SIZE = 512  # side of a saved PNG, nearest-neighbour upscaled
+SAVE_SIZE = 512  # side of a saved PNG (its longer side), nearest-neighbour upscaled
 PRECISIONS = ("fp32", "fp16", "bf16")  # of CLIP's image tower
 PARAMS = ("rgb", "pyramid", "fourier")  # what Adam optimizes (params.py)
 META_GRADS = ("unrolled", "none", "es")  # the bake's estimators (learners.py)
@@ -34,7 +34,16 @@ SPEED_ONLY = ("checkpoint", "threads", "es_chunk")
 # fields added since whose value in a file that lacks them is not today's default but how bakes were made
 BEFORE = {"meta_views": 0}
 # the renderer's settings that a replay takes from its bake, unless told otherwise
-RENDERER_OF_BAKE = ("lr", "inner_eps", "carry_moments", "param", "pyramid_levels")
+RENDERER_OF_BAKE = ("lr", "inner_eps", "carry_moments", "param", "pyramid_levels", "palette", "palette_weight",
+                    "palette_hard")
+NO_PALETTE = "none"  # --palette none: the 16-level look, also where a replayed bake has a palette
+PALETTE_WEIGHT = 1.0  # the soft palette term's weight at the run's end (it rises from 0)
+PALETTE_HARD = 0.25  # the share of the run's steps, at its end, through the hard palette lookup
+
+
+def sides(shape):
+    """An image's (height, width): shape is one side (a square) or (height, width)."""
+    return (shape, shape) if isinstance(shape, int) else (int(shape[0]), int(shape[1]))
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,8 @@ class Settings:
     """What the renderer and the bake compute with; a baked file's config is these fields."""
 
     # the renderer
-    size: int = SCRIPT_DEFAULTS["bake.py"]["size"]  # side of the optimized image tensor
+    size: int = SCRIPT_DEFAULTS["bake.py"]["size"]  # width of the optimized image tensor
+    height: int = None  # its height (None: square, size)
     steps: int = SCRIPT_DEFAULTS["bake.py"]["steps"]  # Adam steps per stage
     lr: float = LR  # the image's learning rate
     cutn: int = SCRIPT_DEFAULTS["bake.py"]["cutn"]  # cutouts CLIP sees per step
@@ -54,6 +64,9 @@ class Settings:
     carry_moments: bool = False  # keep Adam's moments from stage to stage (the original restarts Adam)
     param: str = "rgb"  # what Adam optimizes: the pixels, a pyramid or a spectrum (params.py)
     pyramid_levels: int = None  # levels of a pyramid (None: every halving down to 4 px)
+    palette: str = None  # the colours the image is made and saved in, "#rrggbb,..." (None: 16 levels a channel)
+    palette_weight: float = PALETTE_WEIGHT  # of the soft term pulling pixels to their nearest colour
+    palette_hard: float = PALETTE_HARD  # the share of the run, at its end, seen through the hard lookup
     # the bake
     stages: int = 10
     meta_steps: int = 100
@@ -83,6 +96,11 @@ class Settings:
     # the run
     seed: int = 0  # the run's seed (a bake's own, in a batch)
     threads: int = 0  # CPU threads used (0: not set, torch's choice)
+
+    @property
+    def shape(self):
+        """The image's (height, width)."""
+        return (self.height or self.size, self.size)
 
     def replace(self, **changes):
         """A copy with some fields changed."""

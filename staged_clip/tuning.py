@@ -27,12 +27,12 @@ def sweep(model, shift, texts, settings, shape, starts, lrs=LRS):
         for j in range(starts):
             seed = scoring.tune_seed(i, j)
             seeds.append(seed)
-            start = scoring.start_image(seed, settings.size, model.device)
+            start = scoring.start_image(seed, settings.shape, model.device)
             for lr in lrs:
                 targets, renderer, scale = plain_recipe("normal", prompt.embed + shift, stages, steps, settings, lr)
                 torch.manual_seed(seed)
                 z = render.rollout(model, start, targets, renderer, lr_scale=scale)
-                distances[lr] += scoring.score(model, scoring.shown(z), prompt.embed).tolist()
+                distances[lr] += scoring.score(model, scoring.shown(z, settings.palette), prompt.embed).tolist()
     means = [statistics.fmean(distances[lr]) for lr in lrs]
     chosen = lrs[means.index(min(means))]
     print(f"normal_tuned: learning rate {chosen} (guide's mean distance by rate: "

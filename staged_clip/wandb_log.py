@@ -58,7 +58,7 @@ class WandbLog:
             return None
 
 
-def wandb_image(z, caption):
-    """A wandb.Image of z as it would be saved (quantized)."""
+def wandb_image(z, caption, palette=None):
+    """A wandb.Image of z as it would be saved (quantized, or in its palette)."""
     import wandb
-    return wandb.Image(to_pixels(z), caption=caption)
+    return wandb.Image(to_pixels(z, palette=palette), caption=caption)

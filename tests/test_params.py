@@ -36,9 +36,10 @@ def test_a_start_image_encodes_to_itself(param):
 
 
 def test_pyramid_levels_halve_down_to_four_pixels():
-    assert params.Pyramid(64).sides == [64, 32, 16, 8, 4]
-    assert params.Pyramid(48).sides == [48, 24, 12, 6]
-    assert params.Pyramid(64, 2).sides == [64, 32] and params.max_levels(7) == 1
+    assert params.Pyramid(64).sides == [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4)]
+    assert params.Pyramid(48).sides == [(48, 48), (24, 24), (12, 12), (6, 6)]
+    assert params.Pyramid(64, 2).sides == [(64, 64), (32, 32)] and params.max_levels(7) == 1
+    assert params.Pyramid((32, 48)).sides == [(32, 48), (16, 24), (8, 12), (4, 6)]  # until the shorter side is 4
 
 
 def test_every_level_and_frequency_gets_a_gradient():

@@ -1,0 +1,109 @@
+"""What a script's parsed flags make: a started Run (its model, output, seed and start images) and
+the frozen Settings. With flags.py, the one place that reads argparse's Namespace: below it,
+nothing sees it (a PNG records a copy of the flags' values: output.Output.flags).
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import UserError, log
+from .settings import NO_PALETTE, SAVE_SIZE, Settings, replayed
+
+@dataclass(frozen=True)
+class Run:
+    """A started run: its model (a models.Clip), where its image goes (an output.Output), its
+    wandb logging (a wandb_log.WandbLog; None for a script that does not log), its seed and
+    threads, and where its images start (a starts.Start: their seeds, a start image)."""
+
+    model: object
+    output: object
+    wandb: object
+    seed: int
+    threads: int
+    start: object = None
+
+    def save(self, z, settings, **extra):
+        """Save the run's images as its PNGs (variations: each, and their contact sheet); returns the paths."""
+        if self.start is not None and self.start.path is not None:
+            extra = {"init_image": self.start.path, **extra}
+        if self.start is not None and len(self.start.seeds) > 1:
+            return self.output.save_variations(z, settings, self.model.device, self.start.seeds, **extra)
+        return self.output.save(z, settings, self.model.device, **extra)
+
+
+def start(args, script, writes_baked=False):
+    """What every script does first: check what it writes and reads, then pick device and threads,
+    load CLIP and seed (startup.launch). script names the run in its PNGs (output.Output.record).
+
+    Every check that needs no model comes before the model loads; seeding comes after, so
+    that a seed means the same run whatever loading drew. Returns a Run.
+    """
+    from . import output, starts, startup, wandb_log  # here, not above: --help must not wait for torch
+    flags = vars(args)
+    out = output.Output(flags.get("out"), flags.get("save_size", SAVE_SIZE), flags.get("save_progress"), script,
+                        dither=flags.get("dither", False), native=flags.get("save_native", False),
+                        flags={k: v for k, v in flags.items() if k != "out"})
+    wandb = wandb_log.WandbLog(wandb_log.wandb_mode(args.wandb), args.wandb_project,
+                               args.log_every) if "wandb" in flags else None
+    check_inputs(args, out, writes_baked)
+    image = None
+    if flags.get("init_image") is not None:
+        image = starts.load_start_image(args.init_image, (args.height or args.size, args.size))
+    output.provenance()  # read now, once, rather than while an interrupted bake saves
+    model, seed, threads = startup.launch(args.clip_model, args.device, args.seed, args.threads, args.precision,
+                                          args.compile)
+    begin = starts.Start.of(seed, flags.get("variations", 1), image, flags.get("init_noise", 0.0), args.init_image
+                            if image is not None else None)
+    return Run(model, out, wandb, seed, threads, begin)
+
+
+def check_inputs(args, out, writes_baked):
+    """start's checks of what a run reads and writes, before any model loads; resolves --palette to
+    its colours (or NO_PALETTE for 'none'; None where not given) in place."""
+    from . import output, palettes, params, prompts
+    flags = vars(args)
+    if out.path is not None:
+        output.check_output(out.path)
+    if writes_baked:
+        output.check_folder(args.baked_dir, "--baked-dir")
+    if flags.get("prompt") is not None:
+        prompts.check_prompt(args.prompt, out.path)
+    if flags.get("checkpoint") and args.carry_moments:
+        raise UserError("--checkpoint reruns each stage alone, so it cannot carry Adam's moments between stages: "
+                        "drop one of --checkpoint and --carry-moments")
+    if args.param is not None:
+        params.check(args.param, (args.height or args.size, args.size), args.pyramid_levels)
+    if args.palette is not None:
+        args.palette = palettes.resolve(args.palette, args.palette_size) or NO_PALETTE
+
+
+def settings_of(args, run, bake=None, source=None):
+    """The frozen Settings of a run: its flags, with the seed and threads it started with.
+
+    bake: the config of a bake being replayed, whose renderer (learning rate, Adam's eps and
+    moments, parametrization) holds where the flags leave it (None); source names the bake
+    in the note said where --param asks for another parametrization than its own.
+    """
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+              if f.name in vars(args) and f.name not in ("seed", "threads")}
+    if bake is not None:
+        fields.update(replayed(fields, bake))
+        made = bake.get("param", "rgb")
+        if args.param is not None and args.param != made:
+            log(f"note: {source} was baked with --param {made}; replaying it with --param {args.param}")
+        made = bake.get("palette")
+        if args.palette is not None and (None if args.palette == NO_PALETTE else args.palette) != made:
+            log(f"note: {source} was baked {'in ' + palette_name(made) if made else 'without a palette'}; "
+                f"replaying it {'in ' + palette_name(args.palette) if args.palette != NO_PALETTE else 'without one'}")
+    if fields.get("palette") == NO_PALETTE:
+        fields["palette"] = None
+    if getattr(args, "dither", False) and fields.get("palette") is None:
+        log("note: --dither acts only with a palette (--palette); saving without it")
+    return Settings(**fields, seed=run.seed, threads=run.threads)
+
+
+def palette_name(palette):
+    """A palette's name where it is a named one, else its number of colours."""
+    from .palettes import NAMED
+    names = [name for name, colours in NAMED.items() if colours == palette]
+    return f"the palette {names[0]}" if names else f"a palette of {len(palette.split(','))} colours"
