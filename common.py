@@ -28,7 +28,7 @@ _DOOR = {  # name -> module.attribute in staged_clip
     # prompts and the renderer
     "load_prompt": "prompts.load_prompt", "read_prompts": "prompts.read_prompts",
     "style_shift": "prompts.style_shift", "lerp_unit": "prompts.lerp_unit",
-    "render": "render.render",
+    "render": "render.render", "palette_variant": "palettes.variant",
     # baking
     "Baker": "baking.Baker", "bake_prompt": "baking.bake_prompt", "bake_shared": "baking.bake_shared",
     "starting_from": "baking.starting_from", "replay_bake": "knobs.replay", "is_shared": "knobs.is_shared",

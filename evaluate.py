@@ -37,7 +37,8 @@ import common
 
 SIGMAS = "0,0.001,0.01,0.05,0.15,0.5"  # the chaos probe's perturbations, radians
 TOY_JUDGES = ("toy-scorer", "toy-judge")  # the held-out judges of the offline toy world
-RESERVED = {"guide", "prompt", "start", "method"}  # the other keys of a score: no judge's name
+RESERVED = {"guide", "prompt", "start", "method"}
+PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the methods that need no bake  # the other keys of a score: no judge's name
 
 
 def parse_args(argv=None):
@@ -82,6 +83,12 @@ def parse_args(argv=None):
     g.add_argument("--params", type=common.name_list(common.PARAMS), default=None, metavar="LIST",
                    help="image parametrizations to evaluate in turn, comma-separated (default: --param's); "
                         "bakes of each but rgb go to BAKED_DIR/<param>/")
+    g.add_argument("--palettes", type=palette_list, default=None, metavar="LIST",
+                   help="instead of --params: palettes to evaluate in turn, comma-separated, the first the base: "
+                        "none, NAME (soft term and hard lookup), NAME:soft or NAME:hard (one of them alone), e.g. "
+                        "none,pico8,pico8:soft,pico8:hard; bakes of each go to BAKED_DIR/<entry>/")
+    g.add_argument("--methods", type=method_list, default=None, metavar="LIST",
+                   help="only these methods, comma-separated (names as in the table, e.g. normal_tuned,shared)")
     g.add_argument("--json", default="evaluation.json", metavar="PATH", help="every score, and the summary")
     g.add_argument("--table", default="evaluation.md", metavar="PATH", help="the markdown table")
     args = p.parse_args(argv)
@@ -99,10 +106,17 @@ def parse_args(argv=None):
     args.params = args.params or [args.param]
     if args.chaos and len(args.params) > 1:
         p.error("--chaos probes one parametrization: give --param instead of --params")
+    if args.palettes and (len(args.params) > 1 or args.palette is not None or args.chaos):
+        p.error("--palettes compares palettes at one parametrization: drop --params, --palette and --chaos")
     default = common.Settings.meta_grad
     args.auto_from = args.auto_from or (default if default in args.meta_grads else args.meta_grads[0])
     if args.auto_from not in args.meta_grads:
         p.error(f"--auto-from {args.auto_from} is not among --meta-grads {','.join(args.meta_grads)}")
+    known = [*PLAIN, *(["shared"] if args.shared else []), *[f"microwave_{e}" for e in args.meta_grads],
+             "auto_mean", "auto_splice"]
+    if args.methods and set(args.methods) - set(known):
+        p.error(f"--methods {','.join(sorted(set(args.methods) - set(known)))}: not among this evaluation's "
+                f"methods, {','.join(known)}")
     return args
 
 
@@ -112,6 +126,27 @@ def model_list(text):
     if not names or len(set(names)) < len(names) or set(names) & RESERVED:
         raise argparse.ArgumentTypeError(f"{text!r}: give distinct CLIP model names, comma-separated, "
                                          "e.g. toy-scorer,toy-judge")
+    return names
+
+
+def palette_list(text):
+    """--palettes: distinct entries, comma-separated, each checked (none, NAME, NAME:soft, NAME:hard)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if len(names) < 2 or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give two or more distinct entries, e.g. none,pico8,pico8:soft")
+    for name in names:
+        try:
+            common.palette_variant(name)
+        except common.UserError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("--palettes: ")) from None
+    return names
+
+
+def method_list(text):
+    """--methods: distinct method names, comma-separated (checked against the evaluation's once known)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct method names, comma-separated, e.g. normal,shared")
     return names
 
 
@@ -161,7 +196,7 @@ def main(argv=None):
     plan = common.Plan(texts, args.meta_grads, args.auto_from, args.params, args.seeds, args.k, args.mix,
                        args.baked_dir, args.clip_model, tuple(args.score_model), replay_cutn=args.replay_cutn,
                        tune_prompts=tune, tune_starts=args.tune_starts, tune_lrs=args.tune_lrs,
-                       source=args.prompts_file, shared=args.shared)
+                       source=args.prompts_file, shared=args.shared, palettes=args.palettes, methods=args.methods)
     try:
         result, table, grids = common.evaluate(common.Baker(model, shift, run.wandb), settings, plan, run.output)
     except common.BakeInterrupted as stop:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from . import baked, baking, batch, knobs, losses, models, output, prompts, render, report, scoring, stats, tuning
+from . import (baked, baking, batch, knobs, losses, models, output, palettes, prompts, render, report, scoring, stats,
+               tuning)
 from .methods import Case, Method, baselines_of, methods_of, recipe
 
 
@@ -39,6 +40,15 @@ class Plan:
     tune_lrs: tuple = tuning.LRS
     source: str = None
     shared: str = None
+    palettes: list = None  # palette variants (palettes.variant) evaluated in turn instead of the parametrizations
+    methods: list = None  # the methods' names to run (None: all)
+
+    def variants(self):
+        """{name: the settings it changes} of what the evaluation runs in turn: each palette variant,
+        or each parametrization."""
+        if self.palettes:
+            return {name: palettes.variant(name) for name in self.palettes}
+        return {param: {"param": param} for param in self.params}
 
 
 def bake_all(baker, settings, plan, out, folder):
@@ -157,17 +167,20 @@ def tune(baker, settings, plan, bakes):
                         plan.tune_lrs)
 
 
-def evaluate_one(baker, judges, settings, plan, out):
-    """The evaluation at one parametrization (settings.param): (the JSON's result, the table, and
-    per prompt, the first start's image by each method). Bakes of a parametrization other than
-    rgb go to plan.baked_dir/<param>/. judges: {name: held-out model}."""
+def evaluate_one(baker, judges, settings, plan, out, under=None):
+    """The evaluation at one parametrization (settings.param) or palette: (the JSON's result, the
+    table, and per prompt, the first start's image by each method). Bakes go to
+    plan.baked_dir/<under>/ where given, else, for a parametrization other than rgb, to
+    plan.baked_dir/<param>/. judges: {name: held-out model}."""
     folder = Path(plan.baked_dir) if settings.param == "rgb" else Path(plan.baked_dir) / settings.param
+    folder = folder if under is None else Path(plan.baked_dir) / under
     began = time.perf_counter()
     bakes = bake_all(baker, settings, plan, out, folder)
     cases = cases_of(baker.model, judges, plan, bakes, baker.init)
     sweep_began = time.perf_counter()
     tuned = tune(baker, settings, plan, bakes)
     methods = methods_of(plan.estimators, plan.auto_from, settings.param, tuned["lr"], baker.init is not None)
+    methods = [m for m in methods if plan.methods is None or m.name in plan.methods]
     methods_began = time.perf_counter()
     scores, images = run_methods(baker.model, judges, baker.shift, cases, settings, plan, methods)
     seconds = {"bakes": sweep_began - began, "sweep": methods_began - sweep_began,
@@ -177,7 +190,9 @@ def evaluate_one(baker, judges, settings, plan, out):
     names, judge_names = [m.name for m in methods], [stats.GUIDE, *judges]
     config = bakes[0, plan.estimators[0]]["config"]
     result = {"prompts": plan.prompts, "prompts_file": plan.source, "param": settings.param,
-              "pyramid_levels": settings.pyramid_levels, "clip_model": plan.guide_model,
+              "pyramid_levels": settings.pyramid_levels, "palette": settings.palette,
+              "palette_weight": settings.palette_weight, "palette_hard": settings.palette_hard,
+              "clip_model": plan.guide_model,
               "score_models": list(plan.score_models), "judges": judge_names, "seeds": plan.seeds,
               "seed": settings.seed, "methods": names, "baselines": [b.name for b in baselines_of(methods)],
               "auto_from": plan.auto_from, "bake_cutn": config["cutn"],
@@ -209,23 +224,24 @@ def evaluate(baker, settings, plan, out):
     judges = load_judges(plan, baker.model.device, settings.precision)
     if plan.shared is not None:
         baker = dataclasses.replace(baker, init=baked.load_baked(plan.shared, baker.model.dim))  # evaluate.py checked its kind
-    runs = {}
-    for param in plan.params:
-        runs[param] = evaluate_one(baker, judges, settings.replace(param=param), plan, out)
-        if len(plan.params) > 1:
-            print(f"evaluated {param}")
-    if len(plan.params) == 1:
-        result, table, images = runs[plan.params[0]]
+    runs, variants = {}, plan.variants()
+    for name, changes in variants.items():
+        under = name.replace(":", "_") if plan.palettes and changes["palette"] is not None else None
+        runs[name] = evaluate_one(baker, judges, settings.replace(**changes), plan, out, under)
+        if len(variants) > 1:
+            print(f"evaluated {name}")
+    if len(variants) == 1:
+        result, table, images = next(iter(runs.values()))
         return result, table, {out.path: report.make_grid(plan.prompts, images, result["methods"],
                                                           report.captions(result))}
     return params_answer(runs, plan, out.path)
 
 
 def params_answer(runs, plan, path):
-    """evaluate's answer for several parametrizations: one table comparing each with rgb (or the
-    first) method by method, a grid each, and a grid of normal and the auto_from bake's replay in
-    each side by side (OUT_params.png)."""
-    base = "rgb" if "rgb" in runs else plan.params[0]
+    """evaluate's answer for several parametrizations (or palettes): one table comparing each with rgb
+    (or the first) method by method, a grid each, and a grid of normal and the auto_from bake's
+    replay (or the first two methods) in each side by side (OUT_params.png)."""
+    base = "rgb" if "rgb" in runs else next(iter(runs))
     found = {param: result for param, (result, _, _) in runs.items()}
     names = found[base]["methods"]
     stats.compare_params(found, names, found[base]["judges"], base)
@@ -234,7 +250,8 @@ def params_answer(runs, plan, path):
     grids = {report.grid_path(path, param, base): report.make_grid(plan.prompts, images, found[param]["methods"],
                                                                    report.captions(found[param]))
              for param, (_, _, images) in runs.items()}
-    shown_methods = [Method("normal").name, Method("microwave", plan.auto_from).name]
+    shown_methods = [m for m in (Method("normal").name, Method("microwave", plan.auto_from).name) if m in names]
+    shown_methods = shown_methods or names[:2]
     columns = [f"{param}: {method}" for method in shown_methods for param in runs]
     side = [{f"{param}: {method}": runs[param][2][r][method] for method in shown_methods for param in runs}
             for r in range(len(plan.prompts))]

@@ -44,6 +44,19 @@ FORMS = (f"a name ({', '.join(NAMED)}), a comma-separated list of colours such a
 BAYER = (torch.tensor([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]]) + 0.5) / 16 - 0.5
 
 
+VARIANTS = {"": {}, "soft": {"palette_hard": 0.0}, "hard": {"palette_weight": 0.0}}  # evaluate.py --palettes
+
+
+def variant(name):
+    """The settings a --palettes entry makes: NAME (soft term and hard lookup), NAME:soft (the soft
+    term only), NAME:hard (the hard lookup only), or none. E.g. variant("pico8:hard")."""
+    base, _, mode = name.partition(":")
+    if (base != NO_PALETTE and base not in NAMED) or mode not in VARIANTS or (base == NO_PALETTE and mode):
+        raise UserError(f"--palettes: {name!r} is not one: give none, or a palette name ({', '.join(NAMED)}) "
+                        f"alone or with :soft or :hard, e.g. none,pico8,pico8:soft,pico8:hard")
+    return {"palette": resolve(base), **VARIANTS[mode]}
+
+
 def hex_of(rgb):
     """'#rrggbb' of a colour given as three 0-255 integers."""
     return "#" + "".join(f"{int(c):02x}" for c in rgb)
@@ -219,3 +232,19 @@ class Schedule:
         done = stage * self.steps + step
         weight = torch.tensor(self.weight * done / (self.stages * self.steps), device=self.colours.device)
         return self.colours, weight, done > self.hard_from
+
+
+def swatches(cell=20, columns=28, label=70):
+    """A PIL image of the named palettes, a row of colour cells each (docs/palettes.png)."""
+    from PIL import Image, ImageDraw
+    rows = [(name, colours.split(",")) for name, colours in NAMED.items()]
+    tall = [((len(colours) + columns - 1) // columns) * cell + 6 for _, colours in rows]
+    sheet = Image.new("RGB", (label + columns * cell + 6, sum(tall) + 6), "white")
+    draw, y = ImageDraw.Draw(sheet), 6
+    for (name, colours), height in zip(rows, tall):
+        draw.text((6, y + 4), name, fill="black")
+        for i, colour in enumerate(colours):
+            x0, y0 = label + (i % columns) * cell, y + (i // columns) * cell
+            draw.rectangle([x0, y0, x0 + cell - 2, y0 + cell - 2], fill=colour, outline="#999999")
+        y += height
+    return sheet

@@ -68,9 +68,10 @@ def params_table(runs, methods, plan, base="rgb"):
     """A markdown table: a row per method, a column per parametrization (mean distances under each judge,
     guide first, and the win rate against base's same method on paired starts)."""
     names, judges = list(runs), runs[base]["judges"]
-    lines = [f"Each parametrization against {base}, method by method, on the same {len(plan.prompts)} prompts x "
+    lines = [f"Each parametrization (or palette) against {base}, method by method, on the same {len(plan.prompts)} prompts x "
              f"{plan.seeds} starts: mean distance to the prompt under {' / '.join(judges)} (lower is better), "
-             f"and how often its image beats {base}'s from the same start (the same judges in turn).", "",
+             f"and how often its image beats {base}'s from the same start (the same judges in turn, 95% Wilson "
+             f"intervals).", "",
              "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for method in methods:
         cells = []
@@ -78,7 +79,8 @@ def params_table(runs, methods, plan, base="rgb"):
             entries = [runs[param]["summary"][method][judge] for judge in judges]
             cell = " / ".join(f"{e['mean']:.4f}" for e in entries)
             if param != base:
-                cell += "; " + " / ".join(f"{e[f'win_rate_vs_{base}']:.0%}" for e in entries)
+                cell += "; " + " / ".join(f"{e[f'win_rate_vs_{base}']:.0%} ({e[f'interval_vs_{base}'][0]:.0%}-"
+                                          f"{e[f'interval_vs_{base}'][1]:.0%})" for e in entries)
             cells.append(cell)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -129,7 +131,8 @@ def make_grid(texts, images, columns, notes=None):
 
 def grid_path(out, name, base):
     """Where a grid goes: OUT for the base parametrization's, OUT_<name>.png for the others."""
-    return out if name == base else str(Path(out).with_name(f"{Path(out).stem}_{name}{Path(out).suffix}"))
+    stem = f"{Path(out).stem}_{name.replace(':', '_')}"
+    return out if name == base else str(Path(out).with_name(stem + Path(out).suffix))
 
 
 def write(json_path, table_path, result, table, grids):

@@ -151,12 +151,24 @@ def test_a_wide_image_cutouts_are_squares_of_it():
 
 
 def test_a_wide_run_and_a_square_bake_replayed_wide(tiny_ckpt):
-    normal.main(["a red apple", *render_args(tiny_ckpt), "--size", "24", "16", "--save-native", "--out", "w.png"])
-    assert text_of("w_native.png")[2] == (24, 16) and text_of("w.png")[2] == (32, 21)
+    normal.main(["a red apple", *render_args(tiny_ckpt), "--size", "48", "32", "--save-native", "--out", "w.png"])
+    assert text_of("w_native.png")[2] == (48, 32) and text_of("w.png")[2] == (32, 21)
     bake.main(["a red apple", *bake_args(tiny_ckpt), "--baked-dir", "b", "--out", "b.png"])
+    microwave.main(["b/a_red_apple.pt", *render_args(tiny_ckpt), "--size", "48", "32", "--param", "fourier",
+                    "--save-native", "--out", "m.png"])
+    assert text_of("m_native.png")[2] == (48, 32)
     microwave.main(["b/a_red_apple.pt", *render_args(tiny_ckpt), "--width", "16", "--height", "24",
-                    "--param", "pyramid", "--save-native", "--out", "m.png"])
-    assert text_of("m_native.png")[2] == (16, 24)
+                    "--param", "pyramid", "--save-native", "--out", "p.png"])
+    assert text_of("p_native.png")[2] == (16, 24)
+
+
+def test_a_wide_bake_in_a_palette(tiny_ckpt):
+    bake.main(["a red apple", *bake_args(tiny_ckpt), "--size", "24", "16", "--palette", "gray4", "--baked-dir", "b",
+               "--out", "b.png"])
+    from staged_clip import baked
+    config = baked.load_baked("b/a_red_apple.pt")["config"]
+    assert (config["size"], config["height"]) == (24, 16)
+    assert text_of("b.png")[1:] == ("P", (32, 21))
 
 
 # --- start images and variations
@@ -241,9 +253,55 @@ def test_a_bake_in_a_palette_replays_in_it_unless_told(tiny_ckpt, capsys):
     (["--size", "16", "12", "8"], "one number"),
     (["--size", "6", "--param", "pyramid"], "too small for --param pyramid"),
     (["--init-image", "missing.png"], "--init-image missing.png not found"),
+    (["--init-image", "notes.txt"], "cannot read --init-image notes.txt"),
     (["--palette-size", "1", "--palette", "gameboy"], "from 2 to 256"),
 ])
 def test_bad_pixel_art_input_is_one_line(tiny_ckpt, capsys, extra, expect):
     with open("notes.txt", "w") as f:
         f.write("not an image")
     fails(normal, ["a red apple", *render_args(tiny_ckpt), *extra], expect, capsys)
+
+
+# --- evaluate.py: palettes compared, and the judges see the image in its palette
+
+def test_evaluate_compares_palettes_on_the_same_starts_judged_as_saved(tiny_ckpt, wide_ckpt, monkeypatch):
+    from test_evaluate import run_evaluate
+    from staged_clip import scoring
+    judged = []
+    real = scoring.score
+
+    def spy(model, images, embed):
+        judged.append(images.clone())
+        return real(model, images, embed)
+    monkeypatch.setattr(scoring, "score", spy)
+    result = run_evaluate(tiny_ckpt, wide_ckpt, "--meta-grads", "none", "--methods", "normal,restart",
+                          "--palettes", "none,gameboy,gameboy:hard", "--baked-dir", "bk")
+    assert result["base"] == "none" and list(result["params"]) == ["none", "gameboy", "gameboy:hard"]
+    for name, found in result["params"].items():
+        assert found["methods"] == ["normal", "restart"]
+        assert {s["start"] for s in found["scores"]} == {0, 1}
+        if name != "none":
+            entry = found["summary"]["normal"][wide_ckpt]
+            low, high = entry["interval_vs_none"]
+            assert low <= entry["win_rate_vs_none"] <= high
+    colours = palettes.colours_of(palettes.NAMED["gameboy"])
+    in_palette = [bool(((i.permute(0, 2, 3, 1)[..., None, :] - colours).abs().sum(-1).min(-1).values < 1e-6).all())
+                  for i in judged]
+    per_run = len(judged) // 3  # each run judges its images in order: none's, then each palette's
+    assert not any(in_palette[:per_run]) and all(in_palette[per_run:])
+    from staged_clip import baked
+    assert baked.load_baked("bk/gameboy_hard/a_red_apple.pt")["config"]["palette_weight"] == 0.0
+    table = open("e.md").read()
+    assert "| normal | " in table and "gameboy:hard" in table
+
+
+@pytest.mark.parametrize("extra, expect", [
+    (["--palettes", "none,pico9"], "is not one"),
+    (["--palettes", "pico8:loud,none"], "is not one"),
+    (["--palettes", "none"], "two or more"),
+    (["--palettes", "none,pico8", "--palette", "cga"], "drop --params, --palette"),
+    (["--methods", "normal,microwave_unrolled", "--meta-grads", "es"], "not among this evaluation's methods"),
+])
+def test_bad_evaluate_palettes_or_methods_are_one_line(tiny_ckpt, capsys, extra, expect):
+    import evaluate
+    fails(evaluate, ["p.txt", "--clip-model", tiny_ckpt, "--score-model", "x", *extra], expect, capsys)
