@@ -246,6 +246,8 @@ def params_answer(runs, plan, path):
     names = found[base]["methods"]
     stats.compare_params(found, names, found[base]["judges"], base)
     table = report.params_table(found, names, plan, base)
+    if len(found) > 2:
+        table += "\n" + report.pairs_table(found, names, base)
     table += "".join(f"\n## {param}\n\n{own}" for param, (_, own, _) in runs.items())
     grids = {report.grid_path(path, param, base): report.make_grid(plan.prompts, images, found[param]["methods"],
                                                                    report.captions(found[param]))

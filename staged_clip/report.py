@@ -7,7 +7,7 @@ from pathlib import Path
 from .errors import log
 from .methods import SAID
 from .output import atomic_write, write_text
-from .stats import GUIDE
+from .stats import GUIDE, interval, versus
 
 CELL, GAP = 128, 4  # side of one image in the grid, and the white space after it
 LABEL_W, HEAD_H = 200, 24  # the grid's column of prompts, and its row of method names
@@ -83,6 +83,25 @@ def params_table(runs, methods, plan, base="rgb"):
                                           f"{e[f'interval_vs_{base}'][1]:.0%})" for e in entries)
             cells.append(cell)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pairs_table(runs, methods, base):
+    """A markdown table of the variants other than base against each other, method by method, on the
+    same starts: how often the first's image beats the second's, under each judge (95% intervals)."""
+    names, judges = [n for n in runs if n != base], runs[base]["judges"]
+    lines = ["Each other pair, on the same starts: how often the first's image beats the second's under "
+             + " / ".join(judges) + ".", "", "| pair | method | " + " | ".join(judges) + " |",
+             "|---|---|" + "---|" * len(judges)]
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            for method in methods:
+                cells = []
+                for judge in judges:
+                    wins, n = versus(runs[first]["scores"], runs[second]["scores"], method, judge)
+                    low, high = interval(wins, n)
+                    cells.append(f"{wins / n:.0%} ({low:.0%}-{high:.0%})" if n else "-")
+                lines.append(f"| {first} vs {second} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -290,9 +290,9 @@ def test_evaluate_compares_palettes_on_the_same_starts_judged_as_saved(tiny_ckpt
     per_run = len(judged) // 3  # each run judges its images in order: none's, then each palette's
     assert not any(in_palette[:per_run]) and all(in_palette[per_run:])
     from staged_clip import baked
-    assert baked.load_baked("bk/gameboy_hard/a_red_apple.pt")["config"]["palette_weight"] == 0.0
+    assert baked.load_baked("bk/gameboy_hard/none/a_red_apple.pt")["config"]["palette_weight"] == 0.0
     table = open("e.md").read()
-    assert "| normal | " in table and "gameboy:hard" in table
+    assert "| normal | " in table and "| gameboy vs gameboy:hard | restart |" in table
 
 
 @pytest.mark.parametrize("extra, expect", [
