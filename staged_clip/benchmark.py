@@ -286,29 +286,29 @@ def rollout_rows(model, settings, options, clock, inner):
     """Rows of a batch's inner step (where settings.batch > 1), a normal.py run and a rollout."""
     if settings.batch > 1:
         seconds = time_inner_step(model, clock, settings, options.repeat, options.warmup, settings.batch)
-        yield row(f"inner step, {settings.size} px, cutn {settings.cutn}, batch {settings.batch}", seconds,
+        yield row(f"inner step, {settings.size_text}, cutn {settings.cutn}, batch {settings.batch}", seconds,
                   f"{seconds * 1000 / settings.batch:.1f} ms per start")
     normal = settings.replace(**SCRIPT_DEFAULTS["normal.py"])
     step = inner["normal.py"]
     if step * normal.steps < 30:  # measured where it is quick, projected from the inner step where not
         run = clock.time(lambda: render.rollout(model, render.random_start(normal.shape, model.device),
                                                 target_for(model)[None], normal))
-        yield row(f"normal.py run, {normal.steps} steps ({normal.size} px, cutn {normal.cutn})", run)
+        yield row(f"normal.py run, {normal.steps} steps ({normal.size_text}, cutn {normal.cutn})", run)
     else:
-        yield row(f"normal.py run, {normal.steps} steps ({normal.size} px, cutn {normal.cutn}) (projected)",
+        yield row(f"normal.py run, {normal.steps} steps ({normal.size_text}, cutn {normal.cutn}) (projected)",
                   step * normal.steps, f"= inner step x {normal.steps}")
     seconds = clock.time(lambda: render.rollout(model, render.random_start(settings.shape, model.device),
                                                 target_for(model).expand(settings.stages, -1), settings))
-    yield row(f"rollout, {settings.stages} stages x {settings.steps} steps ({settings.size} px, cutn {settings.cutn})",
-              seconds)
+    yield row(f"rollout, {settings.stages} stages x {settings.steps} steps ({settings.size_text}, "
+              f"cutn {settings.cutn})", seconds)
 
 
 def unrolled_rows(model, settings, options, clock, memory):
     """Rows of an unrolled inner step, an unrolled meta step and its peak memory, and the default
     unrolled bake projected from it."""
     unrolled = time_unrolled_step(model, clock, settings)
-    yield row(f"unrolled inner step ({settings.size} px, cutn {settings.cutn}, batch {settings.batch}), with backward",
-              unrolled)
+    yield row(f"unrolled inner step ({settings.size_text}, cutn {settings.cutn}, batch {settings.batch}), "
+              f"with backward", unrolled)
     meta, peak = time_meta_step(model, clock, memory, settings.replace(meta_grad="unrolled"), options.tune_malloc)
     how = f"batch {settings.batch}" + (", checkpointed" if settings.checkpoint else "")
     yield row(f"meta step, {settings.stages} x {settings.steps} unrolled ({how})", meta,

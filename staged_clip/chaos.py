@@ -115,7 +115,7 @@ def probe_all(model, shift, settings, texts, sigmas, pairs=8):
 
 def markdown(rows, sigmas, settings):
     """A table of probe rows (one per prompt) and their mean."""
-    head = (f"Chaos probe: renderer {settings.size} px, {settings.stages} x {settings.steps} steps, cutn "
+    head = (f"Chaos probe: renderer {settings.size_text}, {settings.stages} x {settings.steps} steps, cutn "
             f"{settings.cutn}, inner eps {settings.inner_eps:g}, moments {'carried' if settings.carry_moments else 'reset'}"
             f" each stage, --param {settings.param}, meta views {settings.meta_views}. Mean |L(+sigma) - L(-sigma)| per sigma (radians), the mean and spread of L across starts, the "
             f"median pixel gradient, and the mean cosine between meta-gradients of different starts (unrolled) "

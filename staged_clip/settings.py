@@ -102,6 +102,12 @@ class Settings:
         """The image's (height, width)."""
         return (self.height or self.size, self.size)
 
+    @property
+    def size_text(self):
+        """The image's size as a line says it: "64 px", or "96x48 px" where not square."""
+        height, width = self.shape
+        return f"{width} px" if height == width else f"{width}x{height} px"
+
     def replace(self, **changes):
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
