@@ -121,9 +121,9 @@ def replay_losses(model, generators, targets, settings, prompt, lr_scale=None, r
     what else shares the batch); the batch is the n starts repeated `repeat` times, each
     repeat seeing the same cutouts (an ES pair's + and -). targets and lr_scale as
     render.rollout takes them; prompt.embed [D] or one per image [repeat * n, D]. The final
-    images are seen through settings.meta_views views of the image as saved (quantized),
-    drawn after the rollout from the same generators; with 0, through the inner loop's
-    settings.cutn cutouts of the unquantized image (the bakes before views).
+    images are seen through settings.meta_views views of the image as saved (quantized, or
+    in its palette), drawn after the rollout from the same generators; with 0, through the
+    inner loop's settings.cutn cutouts of the unquantized image (the bakes before views).
     """
     starts = render.starts_from(generators, settings.shape, model.device)
     draw = cutouts.draws_from(generators, repeat)
