@@ -196,6 +196,11 @@ def test_a_run_starts_from_its_start_image(tiny_ckpt, monkeypatch, tmp_path):
                  "--seed", "3", "--out", "b.png"])
     torch.manual_seed(3)
     assert torch.equal(first[0], torch.randn(1, 3, 16, 16))
+    # the image prompt and the start image may be one file
+    first.clear()
+    normal.main(["start.png", *render_args(tiny_ckpt), "--init-image", "start.png", "--out", "c.png"])
+    assert torch.allclose(losses.to_image(first[0]), prompts.load_image("start.png", 16), atol=1e-6)
+    assert text_of("c.png")[0]["prompt"] == text_of("c.png")[0]["init_image"] == "start.png"
 
 
 def test_variations_equal_single_runs_with_their_seeds(tiny_ckpt, monkeypatch):
