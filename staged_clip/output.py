@@ -111,22 +111,26 @@ def to_pixels(z, side=None, palette=None, dither=False):
     """The first image of z as saved, [H, W, 3] uint8: quantized (16 levels a channel), or in its
     palette ("#rrggbb,...", ordered-dithered where asked); the longer side nearest-upscaled to side
     where given."""
-    image = to_image(z.detach()[:1].float())
     if palette is None:
-        image = quantize(image)
+        image = quantize(to_image(z.detach()[:1].float()))
     else:
-        colours = palettes.colours_of(palette, image.device)
-        image = colours[palettes.indices(image, colours, dither)].permute(0, 3, 1, 2)
+        colours, index = palette_indices(z, palette, dither)
+        image = colours[index].permute(0, 3, 1, 2)
     if side is not None:
         image = F.interpolate(image, size=upscaled(image.shape[-2:], side), mode="nearest")
     return image[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
 
 
+def palette_indices(z, palette, dither=False):
+    """The palette's colours [K, 3] and the index of each pixel's of the first image of z, [1, H, W]."""
+    colours = palettes.colours_of(palette, z.device)
+    return colours, palettes.indices(to_image(z.detach()[:1].float()), colours, dither)
+
+
 def to_indexed(z, side=None, palette=None, dither=False):
     """The first image of z in its palette as an indexed PIL image (mode "P"), upscaled as to_pixels."""
     from PIL import Image
-    colours = palettes.colours_of(palette, z.device)
-    index = palettes.indices(to_image(z.detach()[:1].float()), colours, dither)[:, None].float()  # [1, 1, H, W]
+    index = palette_indices(z, palette, dither)[1][:, None].float()  # [1, 1, H, W]
     if side is not None:
         index = F.interpolate(index, size=upscaled(index.shape[-2:], side), mode="nearest")
     array = index[0, 0].round().byte().cpu().numpy()

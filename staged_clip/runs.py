@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from .errors import UserError, log
 from .settings import NO_PALETTE, SAVE_SIZE, Settings, replayed
 
+
 @dataclass(frozen=True)
 class Run:
     """A started run: its model (a models.Clip), where its image goes (an output.Output), its
@@ -48,13 +49,18 @@ def start(args, script, writes_baked=False):
     check_inputs(args, out, writes_baked)
     image = None
     if flags.get("init_image") is not None:
-        image = starts.load_start_image(args.init_image, (args.height or args.size, args.size))
+        image = starts.load_start_image(args.init_image, shape_of(args))
     output.provenance()  # read now, once, rather than while an interrupted bake saves
     model, seed, threads = startup.launch(args.clip_model, args.device, args.seed, args.threads, args.precision,
                                           args.compile)
     begin = starts.Start.of(seed, flags.get("variations", 1), image, flags.get("init_noise", 0.0), args.init_image
                             if image is not None else None)
     return Run(model, out, wandb, seed, threads, begin)
+
+
+def shape_of(args):
+    """The image's (height, width) as the flags give it (--size W [H], --width, --height)."""
+    return (args.height or args.size, args.size)
 
 
 def check_inputs(args, out, writes_baked):
@@ -72,7 +78,7 @@ def check_inputs(args, out, writes_baked):
         raise UserError("--checkpoint reruns each stage alone, so it cannot carry Adam's moments between stages: "
                         "drop one of --checkpoint and --carry-moments")
     if args.param is not None:
-        params.check(args.param, (args.height or args.size, args.size), args.pyramid_levels)
+        params.check(args.param, shape_of(args), args.pyramid_levels)
     if args.palette is not None:
         args.palette = palettes.resolve(args.palette, args.palette_size) or NO_PALETTE
 
