@@ -54,14 +54,13 @@ def draw_cutouts(batch, cutn, shape, side, device, generator=None):
     # a crop's centre may sit anywhere that keeps the crop inside, plus up to 10% shift
     # (0.2 in [-1, 1] coordinates)
     jitter = crop.float() * 0.2
-    across = torch.tensor([[short / width], [short / height]], device=dev)  # a square's extent across x and y
-    shift = (rand(2, n) * 2 - 1) * ((1 - scale * across) + jitter)
+    extent = torch.tensor([[short / width], [short / height]], device=dev)  # a square's extent across x and y
+    shift = (rand(2, n) * 2 - 1) * ((1 - scale * extent) + jitter)
     flip = torch.where(crop & (rand(n) < 0.5), -1.0, 1.0)
     noise = (crop.float() * 0.05 * rand(n)).view(n, 1, 1, 1)
     theta = affine(scale, angle, shift[0], shift[1], flip)
     if height != width:  # a square of the image (rotated as a square), not the rectangle squeezed into one
-        squash = torch.tensor([[short / width] * 2 + [1.0], [short / height] * 2 + [1.0]], device=dev)
-        theta = theta * squash
+        theta = theta * torch.cat([extent.expand(2, 2), torch.ones(2, 1, device=dev)], dim=1)
     return {"theta": theta,  # [n, 2, 3]
             "noise": noise * torch.randn(n, 3, side, side, device=dev, generator=generator),
             "gray": (rand(n) < 0.2).view(n, 1, 1, 1)}

@@ -34,11 +34,11 @@ def to_image(z):
 def image_loss_with(model, z, target, cutn, draws, palette=None):
     """image_loss with its random cutout choices given (what the compiled loss compiles)."""
     b = z.shape[0]
-    image = to_image(z)
+    shown = image = to_image(z)
     if palette is not None:
         colours, weight, hard = palette
         if hard:
-            image = palettes.snap(image, colours)
+            image = palettes.snap(shown, colours)
     cuts = cutouts.make_cutouts(image, model.size, cutn, draws)  # [B * cutn, 3, R, R]
     embeds = prompts.embed_images(model, cuts).view(b, cutn, -1)  # [B, cutn, D]
     clip_loss = spherical_distance(embeds, target.view(-1, 1, embeds.shape[-1])).mean(1)
@@ -46,7 +46,7 @@ def image_loss_with(model, z, target, cutn, draws, palette=None):
     spread = (z.flatten(1).std(1) - 1).pow(2)
     loss = clip_loss + out_of_range + TV_WEIGHT * total_variation(z) + STD_WEIGHT * spread
     if palette is not None:
-        loss = loss + weight * palettes.distance(to_image(z), colours)
+        loss = loss + weight * palettes.distance(shown, colours)
     return loss.sum()
 
 
