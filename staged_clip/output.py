@@ -214,7 +214,7 @@ class Output:
         return {"software": f"staged-clip {self.script}", "seed": str(settings.seed),
                 "clip_model": self.flags.get("clip_model"),
                 "settings": {**self.flags, **{k: v for k, v in used.items() if k in self.flags}}, **extra,
-                **provenance(), "seconds": round(time.time() - self.began, 1)}
+                **provenance(), "seconds": round(time.time() - self.began, 3)}
 
     def save(self, z, settings, device, **extra):
         """Save z's first image as this output's PNG, recording its making (record), and with
