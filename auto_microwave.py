@@ -67,11 +67,11 @@ def compose(args, run, prompt, chosen):
     if len(chosen) < args.k:
         common.log(f"note: only {len(chosen)} baked file(s) with {n_stages} stages; using those")
     near = [b for _, b in chosen]
-    path, raw = common.compose_bakes(near, args.mode, model.device)  # [S, D], [S, K]
     settings = common.settings_of(args, run, near[0]["config"], near[0]["path"])  # the renderer as the nearest's
-    targets = common.knob_targets(common.lerp_unit(path, prompt.embed, args.mix), common.style_shift(model, settings),
-                                  raw, common.part_embeds(model, prompt, n_stages) if prompt.kind == "text" else None)
-    return targets, common.knob_lr_scale(raw), settings
+    parts = common.part_embeds(model, prompt, n_stages) if prompt.kind == "text" else None
+    targets, scale = common.compose_replay(near, prompt, common.style_shift(model, settings), args.mode, args.mix,
+                                           parts)
+    return targets, scale, settings
 
 
 if __name__ == "__main__":

@@ -47,13 +47,7 @@ def main(argv=None):
     if init is not None:
         common.check_stage_width(init, model.dim)
         settings = common.starting_from(settings, init)
-    rank, processes = common.join_processes(model.device)  # under torchrun: one bake, its pairs shared out
-    if processes > 1:
-        settings = settings.replace(seed=common.shared_seed(settings.seed))
-        common.seed_everything(settings.seed, announce=False)
-        if not common.learner_of(settings).shares_processes and rank == 0:
-            common.log(f"note: --meta-grad {settings.meta_grad} does not share a bake among processes; the "
-                       f"{processes} processes all bake alike and the first writes")
+    rank, _, settings = common.join_processes(model.device, settings)  # under torchrun: one bake, pairs shared out
     baker = common.Baker(model, common.style_shift(model, settings), run.wandb, init=init)
     try:
         if texts:

@@ -23,11 +23,7 @@ TUNE_MALLOC = False  # set when run as a script: the allocator setting lasts for
 
 def parse_args(argv=None):
     p = common.make_parser(__doc__)
-    g = p.add_argument_group("what to time")
-    common.add_model_args(g, clip_model="random:ViT-B/32")
-    common.add_render_args(g, **common.SCRIPT_DEFAULTS["bake.py"])
-    common.add_bake_settings(g, choose_estimator=False)
-    common.add_es_settings(g)
+    common.add_timed_args(p)
     p.set_defaults(seed=0)
     g = p.add_argument_group("benchmark options")
     g.add_argument("--repeat", type=common.positive_int, default=20,

@@ -11,36 +11,35 @@ import importlib as _importlib
 _DOOR = {  # name -> module.attribute in staged_clip
     # the command line (no torch)
     "cli": "cli.cli", "make_parser": "flags.make_parser", "add_common_args": "flags.add_common_args",
-    "add_model_args": "flags.add_model_args", "add_render_args": "flags.add_render_args",
-    "add_bake_args": "flags.add_bake_args", "add_bake_settings": "flags.add_bake_settings",
-    "add_es_settings": "flags.add_es_settings", "positive_int": "flags.positive_int",
+    "add_timed_args": "flags.add_timed_args", "add_bake_args": "flags.add_bake_args",
+    "positive_int": "flags.positive_int",
     "unit_float": "flags.unit_float", "name_list": "flags.name_list", "shard_arg": "flags.shard_arg",
     "looks_baked": "flags.looks_baked", "add_init_arg": "flags.add_init_arg",
     "add_start_args": "flags.add_start_args",
-    "Settings": "settings.Settings", "SCRIPT_DEFAULTS": "settings.SCRIPT_DEFAULTS",
+    "SCRIPT_DEFAULTS": "settings.SCRIPT_DEFAULTS",
     "TUNE_LRS": "settings.TUNE_LRS",
     "META_GRADS": "settings.META_GRADS", "PARAMS": "settings.PARAMS", "PRECISIONS": "settings.PRECISIONS",
     "UserError": "errors.UserError", "log": "errors.log",
     # a run's start
-    "start": "runs.start", "settings_of": "runs.settings_of", "seed_everything": "randomness.seed_everything",
-    "torchrun_device": "batch.torchrun_device", "join_processes": "distributed.join",
-    "leave_processes": "distributed.leave", "shared_seed": "distributed.shared_seed",
+    "start": "runs.start", "settings_of": "runs.settings_of",
+    "torchrun_device": "batch.torchrun_device", "join_processes": "baking.join_processes",
+    "leave_processes": "distributed.leave",
     # prompts and the renderer
     "load_prompt": "prompts.load_prompt", "read_prompts": "prompts.read_prompts",
-    "style_shift": "prompts.style_shift", "lerp_unit": "prompts.lerp_unit",
+    "style_shift": "prompts.style_shift",
     "render": "render.render", "palette_variant": "palettes.variant",
     # baking
     "Baker": "baking.Baker", "bake_prompt": "baking.bake_prompt", "bake_shared": "baking.bake_shared",
     "starting_from": "baking.starting_from", "replay_bake": "knobs.replay", "is_shared": "knobs.is_shared",
     "check_replay": "knobs.check_replay",
-    "knob_targets": "knobs.targets", "knob_lr_scale": "knobs.lr_scale", "part_embeds": "knobs.part_embeds",
+    "part_embeds": "knobs.part_embeds",
     "FAR": "settings.FAR", "BakeInterrupted": "baking.BakeInterrupted",
-    "learner_of": "learners.learner_of", "bake_list": "batch.bake_list", "bake_paths": "batch.bake_paths",
+    "bake_list": "batch.bake_list", "bake_paths": "batch.bake_paths",
     "pick_shard": "batch.pick_shard",
     # baked files
     "baked_path": "baked.baked_path", "load_baked": "baked.load_baked",
     "load_baked_dir": "baked.load_baked_dir", "check_stage_width": "baked.check_stage_width",
-    "nearest_bakes": "baked.nearest_bakes", "compose_bakes": "baked.compose_bakes",
+    "nearest_bakes": "baked.nearest_bakes", "compose_replay": "baked.compose_replay",
     # files
     "check_file": "output.check_file", "write_text": "output.write_text", "provenance": "output.provenance",
     # measuring

@@ -31,14 +31,24 @@ Examples:
   python evaluate.py prompts_toy.txt --clip-model toy --seeds 5 --size 64 --stages 5 --steps 10 --params rgb,pyramid,fourier
 """
 
-import argparse
-
 import common
 
 SIGMAS = "0,0.001,0.01,0.05,0.15,0.5"  # the chaos probe's perturbations, radians
 TOY_JUDGES = ("toy-scorer", "toy-judge")  # the held-out judges of the offline toy world
-RESERVED = {"guide", "prompt", "start", "method"}
-PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the methods that need no bake  # the other keys of a score: no judge's name
+RESERVED = {"guide", "prompt", "start", "method", "readout"}  # the other keys of a score: no judge's name
+PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the methods that need no bake
+# the lists some flags take: distinct judges that are no other key of a score; two or more palette
+# entries; distinct methods (checked against the evaluation's once known); learning rates; the chaos
+# probe's sizes
+JUDGE_LIST = common.name_list(accept=lambda n: n not in RESERVED, example="distinct CLIP model names, comma-separated, "
+                                                                          "e.g. toy-scorer,toy-judge")
+PALETTE_LIST = common.name_list(accept=lambda n: common.palette_variant(n) is not None, least=2,
+                                example="two or more distinct entries, e.g. none,pico8,pico8:soft")
+METHOD_LIST = common.name_list(example="distinct method names, comma-separated, e.g. normal,shared")
+RATE_LIST = common.name_list(cast=float, accept=lambda r: 0 < r < 100, example="distinct learning rates from 0 to "
+                                                                                "100, comma-separated, e.g. 0.12,0.24,0.48")
+SIGMA_LIST = common.name_list(cast=float, accept=lambda v: 0 <= v <= 1.5, distinct=False,
+                              example="comma-separated numbers from 0 to 1.5, e.g. 0,0.01,0.1")
 
 
 def parse_args(argv=None):
@@ -48,18 +58,21 @@ def parse_args(argv=None):
     common.add_bake_args(p, choose_estimator=False, es_title="es options (the es bakes') and the validation gate")
     p.set_defaults(baked_dir="baked/evaluate", wandb="disabled", seed=0)  # an evaluation repeats by default
     g = p.add_argument_group("evaluation options")
-    g.add_argument("--score-model", type=model_list, default=None, metavar="LIST",
+    g.add_argument("--score-model", type=JUDGE_LIST, default=None, metavar="LIST",
                    help="the held-out judges: other CLIPs, comma-separated (default: toy-scorer,toy-judge when "
                         "guiding with toy; otherwise required, e.g. ViT-B/16,RN50)")
     g.add_argument("--replay-cutn", type=common.positive_int, default=common.SCRIPT_DEFAULTS["microwave.py"]["cutn"],
                    metavar="N", help="cutouts every method renders its images with (default: microwave.py's 8, "
                                      "what a user replays with); the bakes' own (1) shows them as they were learned")
+    g.add_argument("--replay-steps", type=common.positive_int, default=common.SCRIPT_DEFAULTS["microwave.py"]["steps"],
+                   metavar="N", help="steps a stage every replay runs, each plain baseline as many in all (default: "
+                                     "microwave.py's, what a user replays with)")
     g.add_argument("--tune-prompts", default=None, metavar="FILE",
                    help="prompts on which normal_tuned's learning rate is swept, by the guide alone (default: "
                         "the evaluated prompts, from starts the evaluation does not score)")
     g.add_argument("--tune-starts", type=common.positive_int, default=2, metavar="N",
                    help="starts per prompt of that sweep")
-    g.add_argument("--tune-lrs", type=rate_list, default=",".join(map(str, common.TUNE_LRS)), metavar="LIST",
+    g.add_argument("--tune-lrs", type=RATE_LIST, default=",".join(map(str, common.TUNE_LRS)), metavar="LIST",
                    help="the learning rates that sweep tries, comma-separated")
     g.add_argument("--shared", default=None, metavar="SHARED.pt",
                    help="a shared bake (bake.py --prompts FILE): replay it as the method `shared`, compare every "
@@ -77,17 +90,17 @@ def parse_args(argv=None):
     g.add_argument("--chaos", action="store_true",
                    help="instead of evaluating: the chaos probe of the renderer on each prompt (loss "
                         "differences per perturbation size, spread across starts, meta-gradient agreement)")
-    g.add_argument("--sigmas", type=sigma_list, default=SIGMAS, metavar="LIST",
+    g.add_argument("--sigmas", type=SIGMA_LIST, default=SIGMAS, metavar="LIST",
                    help="the chaos probe's perturbation sizes, radians, comma-separated")
     g.add_argument("--pairs", type=common.positive_int, default=8, help="the chaos probe's pairs per size")
     g.add_argument("--params", type=common.name_list(common.PARAMS), default=None, metavar="LIST",
                    help="image parametrizations to evaluate in turn, comma-separated (default: --param's); "
                         "bakes of each but rgb go to BAKED_DIR/<param>/")
-    g.add_argument("--palettes", type=palette_list, default=None, metavar="LIST",
+    g.add_argument("--palettes", type=PALETTE_LIST, default=None, metavar="LIST",
                    help="instead of --params: palettes to evaluate in turn, comma-separated, the first the base: "
                         "none, NAME (soft term and hard lookup), NAME:soft or NAME:hard (one of them alone), e.g. "
                         "none,pico8,pico8:soft,pico8:hard; bakes of each go to BAKED_DIR/<entry>/")
-    g.add_argument("--methods", type=method_list, default=None, metavar="LIST",
+    g.add_argument("--methods", type=METHOD_LIST, default=None, metavar="LIST",
                    help="only these methods, comma-separated (names as in the table, e.g. normal_tuned,shared)")
     g.add_argument("--json", default="evaluation.json", metavar="PATH", help="every score, and the summary")
     g.add_argument("--table", default="evaluation.md", metavar="PATH", help="the markdown table")
@@ -108,8 +121,7 @@ def parse_args(argv=None):
         p.error("--chaos probes one parametrization: give --param instead of --params")
     if args.palettes and (len(args.params) > 1 or args.palette is not None or args.chaos):
         p.error("--palettes compares palettes at one parametrization: drop --params, --palette and --chaos")
-    default = common.Settings.meta_grad
-    args.auto_from = args.auto_from or (default if default in args.meta_grads else args.meta_grads[0])
+    args.auto_from = args.auto_from or ("es" if "es" in args.meta_grads else args.meta_grads[0])
     if args.auto_from not in args.meta_grads:
         p.error(f"--auto-from {args.auto_from} is not among --meta-grads {','.join(args.meta_grads)}")
     known = [*PLAIN, *(["shared"] if args.shared else []), *[f"microwave_{e}" for e in args.meta_grads],
@@ -118,61 +130,6 @@ def parse_args(argv=None):
         p.error(f"--methods {','.join(sorted(set(args.methods) - set(known)))}: not among this evaluation's "
                 f"methods, {','.join(known)}")
     return args
-
-
-def model_list(text):
-    """--score-model: distinct model names, comma-separated ("guide" names the guiding model)."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names or len(set(names)) < len(names) or set(names) & RESERVED:
-        raise argparse.ArgumentTypeError(f"{text!r}: give distinct CLIP model names, comma-separated, "
-                                         "e.g. toy-scorer,toy-judge")
-    return names
-
-
-def palette_list(text):
-    """--palettes: distinct entries, comma-separated, each checked (none, NAME, NAME:soft, NAME:hard)."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if len(names) < 2 or len(set(names)) < len(names):
-        raise argparse.ArgumentTypeError(f"{text!r}: give two or more distinct entries, e.g. none,pico8,pico8:soft")
-    for name in names:
-        try:
-            common.palette_variant(name)
-        except common.UserError as e:
-            raise argparse.ArgumentTypeError(str(e).removeprefix("--palettes: ")) from None
-    return names
-
-
-def method_list(text):
-    """--methods: distinct method names, comma-separated (checked against the evaluation's once known)."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names or len(set(names)) < len(names):
-        raise argparse.ArgumentTypeError(f"{text!r}: give distinct method names, comma-separated, e.g. normal,shared")
-    return names
-
-
-def numbers(text):
-    """Comma-separated numbers as floats ([] where one is not a number)."""
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        return []
-
-
-def rate_list(text):
-    """--tune-lrs: distinct positive learning rates, comma-separated."""
-    rates = numbers(text)
-    if not rates or any(not 0 < r < 100 for r in rates) or len(set(rates)) < len(rates):
-        raise argparse.ArgumentTypeError(f"{text!r}: give distinct learning rates from 0 to 100, comma-separated, "
-                                         "e.g. 0.12,0.24,0.48")
-    return tuple(rates)
-
-
-def sigma_list(text):
-    """--sigmas: comma-separated sizes in radians, each from 0 to 1.5."""
-    values = numbers(text)
-    if not values or any(not 0 <= v <= 1.5 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated numbers from 0 to 1.5, e.g. 0,0.01,0.1")
-    return values
 
 
 @common.cli
@@ -195,7 +152,7 @@ def main(argv=None):
         return common.write_report(args.json, args.table, result, table, {})
     plan = common.Plan(texts, args.meta_grads, args.auto_from, args.params, args.seeds, args.k, args.mix,
                        args.baked_dir, args.clip_model, tuple(args.score_model), replay_cutn=args.replay_cutn,
-                       tune_prompts=tune, tune_starts=args.tune_starts, tune_lrs=args.tune_lrs,
+                       tune_prompts=tune, tune_starts=args.tune_starts, tune_lrs=args.tune_lrs, replay_steps=args.replay_steps,
                        source=args.prompts_file, shared=args.shared, palettes=args.palettes, methods=args.methods)
     try:
         result, table, grids = common.evaluate(common.Baker(model, shift, run.wandb), settings, plan, run.output)

@@ -290,3 +290,12 @@ def compose_bakes(bakes, mode, device):
     of their stages and knobs), on device."""
     raw = torch.stack([knobs.raw_of(b, len(b["stages"]), device) for b in bakes])
     return compose_path(torch.stack([b["stages"] for b in bakes]).to(device), mode, raw)
+
+
+def compose_replay(bakes, prompt, shift, mode, mix, parts=None):
+    """What auto-microwaving renders from bakes of S stages each: their paths composed (compose_bakes,
+    "mean" or "splice"), each stage turned towards the prompt (a prompts.Prompt) by mix, and
+    their composed knobs applied (parts: the prompt's [S, D], knobs.part_embeds, or None).
+    Returns (targets [S, D], learning-rate multipliers [S] or None)."""
+    path, raw = compose_bakes(bakes, mode, prompt.embed.device)  # [S, D], [S, K]
+    return knobs.targets(prompts.lerp_unit(path, prompt.embed, mix), shift, raw, parts), knobs.lr_scale(raw)

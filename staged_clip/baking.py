@@ -9,7 +9,7 @@ import torch
 from . import baked, distributed, gate, knobs, learners, output, render, tasks
 from .errors import UserError, log
 from .settings import Settings
-from .randomness import rng_aside
+from .randomness import rng_aside, seed_everything
 from .wandb_log import wandb_image
 
 
@@ -63,6 +63,19 @@ class BakeInterrupted(Exception):
         else:
             saved = "no meta step had finished, so nothing was saved"
         return f"interrupted: {saved}{self.rest}"
+
+
+def join_processes(device, settings):
+    """Join torchrun's processes, if this is one of several (distributed.join), so that they make one
+    bake: every process takes the first's seed and reseeds with it. Returns (rank, count, settings)."""
+    rank, count = distributed.join(device)
+    if count > 1:
+        settings = settings.replace(seed=distributed.shared_seed(settings.seed))
+        seed_everything(settings.seed, announce=False)
+        if not learners.learner_of(settings).shares_processes and rank == 0:
+            log(f"note: --meta-grad {settings.meta_grad} does not share a bake among processes; the {count} "
+                f"processes all bake alike and the first writes")
+    return rank, count, settings
 
 
 def bake_prompt(baker, prompt, settings, path, out):

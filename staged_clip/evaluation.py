@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from . import (baked, baking, batch, knobs, losses, models, output, palettes, prompts, render, report, scoring, stats,
-               tuning)
+from . import (baked, baking, batch, knobs, losses, models, output, palettes, prompts, readout, render, report, scoring,
+               stats, tuning)
 from .methods import Case, Method, baselines_of, methods_of, recipe
 
 
@@ -22,7 +22,8 @@ class Plan:
     mix); the parametrizations; starts per prompt; where bakes go; the guide's model name and
     the held-out judges'; the cutouts every method renders with (None: the bakes'); the
     learning-rate sweep's prompts (None: the evaluated ones, from other starts), starts and rates;
-    and a shared bake (its path) to replay as a method of its own and to start every bake from."""
+    a shared bake (its path) to replay as a method of its own and to start every bake from; and
+    the steps a stage every replay runs (None: the bakes' own), each plain baseline as many in all."""
 
     prompts: list
     estimators: list
@@ -42,6 +43,7 @@ class Plan:
     shared: str = None
     palettes: list = None  # palette variants (palettes.variant) evaluated in turn instead of the parametrizations
     methods: list = None  # the methods' names to run (None: all)
+    replay_steps: int = None
 
     def variants(self):
         """{name: the settings it changes} of what the evaluation runs in turn: each palette variant,
@@ -79,7 +81,7 @@ def bake_all(baker, settings, plan, out, folder):
 
 def cases_of(model, judges, plan, bakes, shared=None):
     """Each prompt's Case: its embeddings, its bakes, the k nearest bakes of the other prompts by
-    plan.auto_from (leave one out), its parts, and the shared bake (a dict or None)."""
+    plan.auto_from (leave one out), its parts, the shared bake (a dict or None) and its rivals."""
     cases = []
     stages = len(bakes[0, plan.estimators[0]]["stages"])
     for i, text in enumerate(plan.prompts):
@@ -89,14 +91,26 @@ def cases_of(model, judges, plan, bakes, shared=None):
         print(f"{text!r}: auto-microwaves from {[b['prompt'] for _, b in near]}")
         embeds = {name: prompts.load_prompt(judge, text).embed for name, judge in judges.items()}
         parts = knobs.part_embeds(model, prompt, stages) if prompt.kind == "text" else None
-        cases.append(Case(i, prompt, embeds, {e: bakes[i, e] for e in plan.estimators}, near, parts, shared))
+        cases.append(Case(i, prompt, embeds, {e: bakes[i, e] for e in plan.estimators}, near, parts, shared,
+                          rivals_of(text, {stats.GUIDE: model, **judges})))
     return cases
 
 
+def rivals_of(text, judges):
+    """A prompt's rival captions embedded by each judge ({name: model}): {name: (embeddings [R, D],
+    the prompt's index)}, or None for a prompt outside the drawn world (readout.rivals)."""
+    found = readout.rivals(text)
+    if found is None:
+        return None
+    captions, index = found
+    return {name: (prompts.embed_texts(judge, list(captions)), index) for name, judge in judges.items()}
+
+
 def renderer_of(settings, config, plan):
-    """The renderer's settings for an evaluation's images: the bakes' size, and their cutouts
-    unless plan.replay_cutn says otherwise."""
-    return settings.replace(size=config["size"], height=config.get("height"), cutn=plan.replay_cutn or config["cutn"])
+    """The renderer's settings for an evaluation's images: the bakes' size, and their cutouts and
+    steps a stage unless plan.replay_cutn and plan.replay_steps say otherwise."""
+    return settings.replace(size=config["size"], height=config.get("height"), cutn=plan.replay_cutn or config["cutn"],
+                            steps=plan.replay_steps or config["steps"])
 
 
 def run_methods(model, judges, shift, cases, settings, plan, methods):
@@ -126,14 +140,23 @@ def run_methods(model, judges, shift, cases, settings, plan, methods):
                 bar.update(1)
         for method in methods:
             images = scoring.shown(torch.cat(finals[method.name]), own.palette)  # [seeds, 3, H, W]: each image, every judge
-            found = {stats.GUIDE: scoring.score(model, images, case.prompt.embed).tolist()}
-            found.update({name: scoring.score(judge, images, case.judge_embeds[name]).tolist()
-                          for name, judge in judges.items()})
-            scores += [{"prompt": case.prompt.text, "start": j, "method": method.name,
-                        **{judge: found[judge][j] for judge in found}} for j in range(plan.seeds)]
+            scores += scored(case, method.name, images, {stats.GUIDE: model, **judges})
         grid_images.append({m.name: output.to_pixels(finals[m.name][0], palette=own.palette) for m in methods})
     bar.close()
     return scores, grid_images
+
+
+def scored(case, method, images, judges):
+    """The scores of a case's images [seeds, 3, H, W] by one method, a start each: under every judge
+    ({name: model}, the guide as "guide"), the distance to the prompt and the readout."""
+    found, read = {}, {}
+    for name, model in judges.items():
+        embed = case.prompt.embed if name == stats.GUIDE else case.judge_embeds[name]
+        distances, right = scoring.judge(model, images, embed, case.rivals and case.rivals[name])
+        found[name], read[name] = distances.tolist(), right
+    return [{"prompt": case.prompt.text, "start": j, "method": method, **{name: found[name][j] for name in found},
+             "readout": None if case.rivals is None else {name: bool(read[name][j]) for name in read}}
+            for j in range(len(images))]
 
 
 def stage_distances(bakes, cases):
@@ -162,7 +185,7 @@ def tune(baker, settings, plan, bakes):
     the evaluated prompts, from the sweep's own starts), guided and judged by the guide alone."""
     first = bakes[0, plan.estimators[0]]
     own = renderer_of(settings, first["config"], plan)
-    shape = (len(first["stages"]), first["config"]["steps"])
+    shape = (len(first["stages"]), own.steps)
     return tuning.sweep(baker.model, baker.shift, plan.tune_prompts or plan.prompts, own, shape, plan.tune_starts,
                         plan.tune_lrs)
 
@@ -196,7 +219,10 @@ def evaluate_one(baker, judges, settings, plan, out, under=None):
               "score_models": list(plan.score_models), "judges": judge_names, "seeds": plan.seeds,
               "seed": settings.seed, "methods": names, "baselines": [b.name for b in baselines_of(methods)],
               "auto_from": plan.auto_from, "bake_cutn": config["cutn"],
-              "replay_cutn": renderer_of(settings, config, plan).cutn, "normal_tuned": tuned,
+              "size": renderer_of(settings, config, plan).size_text,
+              "replay_cutn": renderer_of(settings, config, plan).cutn, "bake_steps": config["steps"],
+              "replay_steps": renderer_of(settings, config, plan).steps, "stages": len(bakes[0, plan.estimators[0]]["stages"]),
+              "normal_tuned": tuned,
               "seconds": seconds, "threads": settings.threads,  # the rounding, and so (the renderer being chaotic) the scores, follow it
               "bake_config": {e: {k: v for k, v in bakes[0, e]["config"].items() if k != "seed"}
                               for e in plan.estimators},

@@ -38,14 +38,29 @@ save_side = number(int, lambda v: 1 <= v <= 8192, "must be a whole number from 1
 seed_int = number(int, lambda v: 0 <= v < 2**63, "must be a whole number from 0 to 2**63 - 1")
 
 
-def name_list(choices):
-    """An argparse type: a comma-separated list of distinct names from choices."""
+def name_list(choices=None, cast=str, accept=None, least=1, distinct=True, example=None):
+    """An argparse type: a comma-separated list of at least `least` items, each cast (str, float)
+    and, where given, among choices and accepted by accept(item) (which may also raise a
+    UserError naming what is wrong); distinct unless told. A bad list gets one line that says
+    what to give: the error's own words, or example (default: "from CHOICES").
+
+    E.g. name_list(cast=float, accept=lambda r: r > 0)("0.1,0.2") is [0.1, 0.2].
+    """
+    from .errors import UserError
+    wanted = example or f"a comma-separated list from {', '.join(choices or [])}"
 
     def parse(text):
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        if not names or any(n not in choices for n in names) or len(set(names)) < len(names):
-            raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list from {', '.join(choices)}")
-        return names
+        try:
+            items = [cast(n.strip()) for n in text.split(",") if n.strip()]
+            good = (len(items) >= least and (not distinct or len(set(items)) == len(items))
+                    and all((choices is None or n in choices) and (accept is None or accept(n)) for n in items))
+        except ValueError:
+            good = False
+        except UserError as e:  # its own words, less the flag it names (argparse names it)
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1] if str(e).startswith("-") else str(e)) from None
+        if not good:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {wanted}")
+        return items
 
     return parse
 
@@ -289,6 +304,17 @@ def add_bake_args(parser, choose_estimator=True, es_title="es options (--meta-gr
     g.add_argument("--wandb-project", default="staged-clip", help="wandb project name")
     g.add_argument("--log-every", type=positive_int, default=10,
                    help="log the baked and control images every N meta steps")
+    return g
+
+
+def add_timed_args(parser):
+    """bench.py's flags of what it times: the model (random ViT-B/32 weights by default), the
+    renderer at bake.py's defaults, and the bake's and the ES estimator's settings."""
+    g = parser.add_argument_group("what to time")
+    add_model_args(g, clip_model="random:ViT-B/32")
+    add_render_args(g, **SCRIPT_DEFAULTS["bake.py"])
+    add_bake_settings(g, choose_estimator=False)
+    add_es_settings(g)
     return g
 
 

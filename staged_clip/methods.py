@@ -5,7 +5,7 @@ auto-microwaving from the other prompts' bakes; and what each renders from a sta
 import math
 from dataclasses import dataclass
 
-from . import baked, knobs, prompts
+from . import baked, knobs
 
 DROP_AT, DROP_BY = 0.75, 0.1  # the hand schedule (pixray-like): the learning rate / 10 for the last quarter
 
@@ -70,7 +70,9 @@ class Case:
     """One prompt of an evaluation: its place in the list, its prompts.Prompt under the guide, its
     embedding under each judge {name: [D']}, its own bakes by estimator, the nearest bakes of
     the other prompts, [(distance, bake)], that auto-microwaving composes, its parts [S, D]
-    (knobs.part_embeds) and the shared bake (None: none)."""
+    (knobs.part_embeds), the shared bake (None: none) and its rivals under each judge, the guide
+    as "guide": {name: (the rival captions' embeddings [R, D], the prompt's index)} (None: the
+    prompt is outside the drawn world, see readout.py)."""
 
     index: int
     prompt: object
@@ -79,6 +81,7 @@ class Case:
     near: list
     parts: object = None
     shared: dict = None
+    rivals: dict = None
 
 
 def plain_recipe(kind, target, stages, steps, settings, lr=None):
@@ -98,25 +101,24 @@ def recipe(method, case, shift, settings, mix):
     """What a method renders for a case: (targets [S, D], the renderer's settings, learning-rate
     multipliers [S] or None).
 
-    Replays take their steps, learning rate and knobs from their bakes; the plain baselines
-    optimize toward the prompt for as many steps in all. mix: auto-microwave's weight of the prompt.
+    Every method runs settings.steps a stage (the evaluation's replay steps); replays take their
+    learning rate and knobs from their bakes; the plain baselines optimize toward the prompt for
+    as many steps in all. mix: auto-microwave's weight of the prompt.
     """
     device = case.prompt.embed.device
     settings = settings.replace(param=method.param)
     first = next(iter(case.bakes.values()))
     if method.kind in PLAIN:
-        return plain_recipe(method.kind, case.prompt.embed + shift, len(first["stages"]), first["config"]["steps"],
-                            settings, method.lr)
+        return plain_recipe(method.kind, case.prompt.embed + shift, len(first["stages"]), settings.steps, settings,
+                            method.lr)
     if method.kind in ("microwave", "shared"):
         bake = case.shared if method.kind == "shared" else case.bakes[method.estimator]
         stages = len(bake["stages"])
         directions = case.prompt.embed.expand(stages, -1) if knobs.is_shared(bake) else bake["stages"].to(device)
         raw = knobs.raw_of(bake, stages, device)
+        targets, scale = knobs.targets(directions, shift, raw, case.parts), knobs.lr_scale(raw)
     else:
         near = [b for _, b in case.near]
         bake = near[0]
-        path, raw = baked.compose_bakes(near, method.mode, device)
-        directions = prompts.lerp_unit(path, case.prompt.embed, mix)
-    return (knobs.targets(directions, shift, raw, case.parts),
-            settings.replace(steps=bake["config"]["steps"], lr=bake["config"].get("lr", settings.lr)),
-            knobs.lr_scale(raw))
+        targets, scale = baked.compose_replay(near, case.prompt, shift, method.mode, mix, case.parts)
+    return targets, settings.replace(lr=bake["config"].get("lr", settings.lr)), scale

@@ -21,6 +21,20 @@ def versus_cell(entry, base):
             f"± {entry[f'se_vs_{base}']:.3f}, {entry[f'median_diff_vs_{base}']:+.3f}")
 
 
+def readout_cell(entry, base):
+    """One comparison of readouts: this right and that wrong, the reverse, and McNemar's exact p."""
+    b, c, p = entry[f"readout_vs_{base}"]
+    return f"{b} / {c}, p {p:.2g}"
+
+
+def readout_rate(entry):
+    """A readout rate with its 95% interval, or a dash where the prompts have none."""
+    if entry.get("readout") is None:
+        return "—"
+    low, high = entry["readout_interval"]
+    return f"{entry['readout']:.0%} ({low:.0%}-{high:.0%})"
+
+
 def caption(result, plan):
     """What the evaluation's tables measured, in words: prompts, starts, cutouts, judges, the sweep."""
     tuned = result["normal_tuned"]
@@ -30,8 +44,12 @@ def caption(result, plan):
              f"{len(tuned['prompts'])} other prompts, none of them scored here")
     source = f" of {plan.source}" if plan.source else ""
     return (f"{len(plan.prompts)} prompts{source} x {plan.seeds} starts ({len(plan.prompts) * plan.seeds} paired "
-            f"starts per comparison); every image made at cutn {result['replay_cutn']} (the bakes were learned at "
-            f"cutn {result['bake_cutn']}). Spherical distance of the saved image to its prompt, lower is better: "
+            f"starts per comparison); every image made at {result['size']}, cutn {result['replay_cutn']}, "
+            f"{result['stages']} stages x {result['replay_steps']} steps ({result['stages'] * result['replay_steps']} "
+            f"in all; the bakes were learned at cutn {result['bake_cutn']}, {result['bake_steps']} steps a stage). "
+            f"Readout: how often the judge's best of the drawn world's captions is the prompt (95% Wilson "
+            f"interval), and against each baseline the starts where this reads right and that wrong / the reverse, "
+            f"with McNemar's exact p. Spherical distance of the saved image to its prompt, lower is better: "
             f"mean ± standard deviation; against each baseline, how often a method's image is nearer on the same "
             f"start (95% Wilson interval), and the paired difference (mean ± standard error, median; negative: "
             f"nearer). Guide: {plan.guide_model}; held-out judges: {', '.join(plan.score_models)}. normal_tuned's "
@@ -48,12 +66,15 @@ def markdown_table(result, methods, plan):
     lines = [caption(result, plan), "", f"Baselines: {said}.", ""]
     for judge in result["judges"]:
         title = "the guide" if judge == GUIDE else f"held-out judge {judge}"
-        lines += [f"Under {title}:", "", "| method | distance | " + " | ".join(f"vs {b}" for b in baselines)
-                  + " | bake, s |", "|---" * (len(baselines) + 3) + "|"]
+        read = any(summary[m.name][judge].get("readout") is not None for m in methods)
+        lines += [f"Under {title}:", "", "| method | " + ("readout | " if read else "") + "distance | "
+                  + " | ".join(f"vs {b}" for b in baselines) + " | bake, s |",
+                  "|---" * (len(baselines) + 3 + read) + "|"]
         for method in methods:
             entry = summary[method.name][judge]
-            cells = [f"{entry['mean']:.4f} ± {entry['std']:.4f}",
-                     *("—" if method.name == b else versus_cell(entry, b) for b in baselines)]
+            cells = [*([readout_rate(entry)] if read else []), f"{entry['mean']:.4f} ± {entry['std']:.4f}",
+                     *("—" if method.name == b else versus_cell(entry, b)
+                       + (f"; read {readout_cell(entry, b)}" if read else "") for b in baselines)]
             seconds = summary[method.name].get("bake_seconds")
             lines.append(f"| {method.name} | " + " | ".join(cells) + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
         lines.append("")
@@ -106,12 +127,16 @@ def pairs_table(runs, methods, base):
 
 
 def captions(result):
-    """Per prompt, per method: the judges' distances of its first start's image, a line each."""
+    """Per prompt, per method: each judge's distance of its first start's image and whether it reads
+    the image as the prompt ("read") or not ("miss"), a line each."""
     found = [{} for _ in result["prompts"]]
     row = {text: r for r, text in enumerate(result["prompts"])}
     for s in result["scores"]:
         if s["start"] == 0:
-            found[row[s["prompt"]]][s["method"]] = [f"{judge} {s[judge]:.3f}" for judge in result["judges"]]
+            read = s.get("readout") or {}
+            found[row[s["prompt"]]][s["method"]] = [
+                f"{judge} {s[judge]:.3f}" + ("" if judge not in read else " read" if read[judge] else " miss")
+                for judge in result["judges"]]
     return found
 
 

@@ -1,10 +1,10 @@
 """Where an evaluation's images start and how a judge scores them: seeds that no bake and no other
-use shares, images as saved, and the spherical distance of each to its prompt."""
+use shares, images as saved, the spherical distance of each to its prompt, and its readout."""
 
 import torch
 import torch.nn.functional as F
 
-from . import losses, output, prompts
+from . import losses, output, prompts, readout
 from .settings import sides
 
 START_SEED = 2**62  # the evaluation's starts come from seeds no bake uses (bakes: --seed + i, below 2**62)
@@ -33,9 +33,23 @@ def shown(z, palette=None):
     return output.saved_look(palette)(losses.to_image(z.detach().float()))
 
 
-def score(model, images, prompt_embed):
-    """Spherical distance of each image [n, 3, H, W] (resized to the model's side) to a prompt: [n]."""
+def embed(model, images):
+    """Unit embeddings of images [n, 3, H, W] in [0, 1], resized to the model's side: [n, D]."""
     resized = F.interpolate(images, size=(model.size, model.size), mode="bilinear", antialias=True,
                             align_corners=False)
     with torch.no_grad():
-        return losses.spherical_distance(prompts.embed_images(model, resized), prompt_embed)
+        return prompts.embed_images(model, resized)
+
+
+def score(model, images, prompt_embed):
+    """Spherical distance of each image [n, 3, H, W] (resized to the model's side) to a prompt: [n]."""
+    return losses.spherical_distance(embed(model, images), prompt_embed)
+
+
+def judge(model, images, prompt_embed, rivals=None):
+    """What one judge finds of images [n, 3, H, W]: (their distances to the prompt [n], and where
+    rivals (the rival captions' embeddings [R, D], the prompt's index among them) are given,
+    whether it reads each as the prompt ([n] bool; else None))."""
+    embeds = embed(model, images)
+    found = readout.reads(embeds, *rivals) if rivals is not None else None
+    return losses.spherical_distance(embeds, prompt_embed), found

@@ -1,8 +1,10 @@
 """The evaluation's statistics: paired wins, their Wilson intervals, paired differences with their
 standard errors, how often two judges agree, and each method's summary.
 
-A score is a dict: the prompt, the start, the method's name, and the distance of the image to
-its prompt under each judge ("guide", and each held-out score model by name); lower is better.
+A score is a dict: the prompt, the start, the method's name, the distance of the image to its
+prompt under each judge ("guide", and each held-out score model by name; lower is better) and
+"readout": whether each judge reads the image as its prompt ({judge: bool}; None for a prompt
+outside the drawn world, see readout.py).
 """
 
 import itertools
@@ -62,8 +64,8 @@ def versus_entry(scores, method, against, judge):
 def summarize(scores, methods, baselines, judges, bake_seconds=None):
     """Per method (by name) and judge: the mean and spread of its distances, and against each
     baseline among the methods its win rate (with a 95% interval) and the paired difference
-    (mean, standard error, median); per method that replays bakes, their mean seconds
-    (bake_seconds: {method: seconds or None})."""
+    (mean, standard error, median); its readout (readout_entry); per method that replays bakes,
+    their mean seconds (bake_seconds: {method: seconds or None})."""
     summary = {}
     for method in methods:
         summary[method] = {}
@@ -72,7 +74,7 @@ def summarize(scores, methods, baselines, judges, bake_seconds=None):
             entry = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
             for against in baselines:  # against itself: one half, all ties, no difference
                 entry.update(versus_entry(scores, method, against, judge))
-            summary[method][judge] = entry
+            summary[method][judge] = {**entry, **readout_entry(scores, method, baselines, judge)}
         if bake_seconds is not None and method in bake_seconds:
             summary[method]["bake_seconds"] = bake_seconds[method]
     return summary
@@ -112,3 +114,37 @@ def compare_params(runs, methods, judges, base="rgb"):
                 entry = found["summary"][method][judge]
                 entry[f"win_rate_vs_{base}"] = won / n if n else None
                 entry[f"interval_vs_{base}"] = interval(won, n)
+
+
+def mcnemar(b, c):
+    """The exact two-sided McNemar p of paired right/wrong readouts: b pairs where the first reads
+    right and the second wrong, c the reverse. Where the two do not differ, each of those b + c
+    pairs falls either way with chance 1/2: a binomial test.
+
+    E.g. b = 8, c = 1: p = 2 * (C(9, 0) + C(9, 1)) / 2**9 = 2 * 10 / 512 = 0.039.
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n)
+
+
+def readout_entry(scores, method, baselines, judge):
+    """A method's readout under one judge: the share of its images the judge reads as their prompt
+    (with a 95% Wilson interval) and, against each baseline on paired starts, [b, c, p]: the
+    starts where this reads right and that wrong, the reverse, and McNemar's exact p. Scores
+    without a readout (a prompt outside the drawn world) are left out; none left: rate None."""
+    mine = {(s["prompt"], s["start"]): s["readout"][judge] for s in scores
+            if s["method"] == method and s.get("readout") is not None}
+    if not mine:
+        return {"readout": None, "readout_interval": None}
+    right = sum(mine.values())
+    entry = {"readout": right / len(mine), "readout_interval": interval(right, len(mine))}
+    for against in baselines:
+        theirs = {(s["prompt"], s["start"]): s["readout"][judge] for s in scores
+                  if s["method"] == against and s.get("readout") is not None}
+        both = [(mine[k], theirs[k]) for k in mine if k in theirs]
+        b = sum(1 for x, y in both if x and not y)
+        c = sum(1 for x, y in both if y and not x)
+        entry[f"readout_vs_{against}"] = [b, c, mcnemar(b, c)]
+    return entry

@@ -1,5 +1,6 @@
 """Fixtures: a tiny CLIP built in-process (no download), saved as a local checkpoint."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from clip.model import CLIP  # noqa: E402
 from staged_clip import baked, models  # noqa: E402
 
 TINY_DIM = 32
+EVALUATED = ["a red apple", "a green pear", "a blue car"]  # run_evaluate's prompts
 
 
 def tiny_clip_model(seed=0, embed_dim=TINY_DIM):
@@ -116,3 +118,41 @@ def reference_rollout(model, z0, targets, steps, cutn, lr=0.12):
             loss, z.grad = render.loss_and_grad(model, z, target, cutn)
             optimizer.step()
     return z.detach()
+
+
+def files_under(folder):
+    """Every file and folder under folder, relative to it."""
+    return {str(p.relative_to(folder)) for p in Path(folder).rglob("*")}
+
+
+def fails(script, argv, expect, capsys):
+    """Run a script that must refuse its input; return the message it printed."""
+    before = files_under(".")
+    with pytest.raises(SystemExit) as info:
+        script.main(argv)
+    code = info.value.code
+    assert code not in (0, None)
+    if isinstance(code, str):  # our own errors: the exit message is the one line
+        message = code
+        assert message.startswith("error: ") and "\n" not in message, message
+    else:  # argparse: usage, then one line naming the flag
+        assert code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        message = lines[0]
+        assert ": error: " in message and "--help" in message, message
+    assert expect in message, message
+    assert files_under(".") == before, "a failed run left files behind"
+    return message
+
+
+def run_evaluate(tiny_ckpt, judges, *extra):
+    """evaluate.py on EVALUATED at tiny settings (2 starts, 2 stages of 2 steps); its JSON."""
+    import evaluate
+    Path("p.txt").write_text("\n".join(EVALUATED) + "\n")
+    evaluate.main(["p.txt", "--clip-model", tiny_ckpt, "--score-model", judges, "--device", "cpu",
+                   "--seeds", "2", "--size", "16", "--steps", "2", "--stages", "2", "--meta-steps", "2",
+                   "--seed", "0", "--population", "2", "--validation-starts", "2", "--tune-starts", "1",
+                   "--replay-cutn", "2", "--replay-steps", "2", "--out", "grid.png", "--json", "e.json",
+                   "--table", "e.md", *extra])
+    return json.loads(Path("e.json").read_text())

@@ -14,33 +14,8 @@ import bake
 import batch_bake
 import microwave
 import normal
-from conftest import ROOT, Payload, bake_args, render_args, write_bake
+from conftest import ROOT, Payload, bake_args, fails, files_under, render_args, write_bake
 from staged_clip import models, wandb_log
-
-
-def files_under(folder):
-    return {str(p.relative_to(folder)) for p in Path(folder).rglob("*")}
-
-
-def fails(script, argv, expect, capsys):
-    """Run a script that must refuse its input; return the message it printed."""
-    before = files_under(".")
-    with pytest.raises(SystemExit) as info:
-        script.main(argv)
-    code = info.value.code
-    assert code not in (0, None)
-    if isinstance(code, str):  # our own errors: the exit message is the one line
-        message = code
-        assert message.startswith("error: ") and "\n" not in message, message
-    else:  # argparse: usage, then one line naming the flag
-        assert code == 2
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1, lines
-        message = lines[0]
-        assert ": error: " in message and "--help" in message, message
-    assert expect in message, message
-    assert files_under(".") == before, "a failed run left files behind"
-    return message
 
 
 def test_missing_baked_file(tiny_ckpt, capsys):

@@ -17,6 +17,7 @@ import common
 import microwave
 from conftest import ROOT, bake_args, reference_rollout, render_args
 from staged_clip import baked, distributed, es, gate, knobs, losses, prompts, render, settings, stats, tasks
+from staged_clip.settings import Settings
 
 ES = ["--meta-grad", "es", "--population", "2"]
 
@@ -46,7 +47,7 @@ def smooth_renderer(monkeypatch):
 def test_the_es_estimate_follows_the_true_gradient_of_a_smooth_loss(tiny, smooth_renderer):
     prompt = common.load_prompt(tiny, "a red apple")
     shift = torch.zeros(tiny.dim)
-    settings = common.Settings(stages=4, size=8, steps=1, population=3000, sigma=0.01, lr_sigma=0.01, seed=0)
+    settings = Settings(stages=4, size=8, steps=1, population=3000, sigma=0.01, lr_sigma=0.01, seed=0)
     search = es.Search(prompt.embed, settings.stages, rank=6, seed=0)
     search.coef += 0.1 * torch.randn_like(search.coef)
     search.log_lr += 0.2 * torch.randn_like(search.log_lr)
@@ -65,7 +66,7 @@ def test_the_es_estimate_follows_the_true_gradient_of_a_smooth_loss(tiny, smooth
 
 
 def test_non_finite_pairs_are_dropped_and_outliers_clipped():
-    settings = common.Settings(sigma=0.5, lr_sigma=1.0)
+    settings = Settings(sigma=0.5, lr_sigma=1.0)
     eps_c, eps_k = torch.ones(4, 2, 3), torch.ones(4, 2, len(knobs.KNOBS))
     grad_c, grad_k, used = es.estimate(torch.tensor([1.0, 1.0, float("nan"), 100.0]), eps_c, eps_k, settings)
     assert used == 3
@@ -83,7 +84,7 @@ def test_each_pair_shares_its_start_and_cutouts_and_pairs_differ(tiny, monkeypat
 
     monkeypatch.setattr(render, "rollout", spy)
     prompt = common.load_prompt(tiny, "a red apple")
-    settings = common.Settings(stages=2, size=16, steps=2, cutn=4, population=3, seed=1)
+    settings = Settings(stages=2, size=16, steps=2, cutn=4, population=3, seed=1)
     search = es.Search(prompt.embed, 2, seed=1)
     eps_c, eps_k = search.perturbations(3, 1, 0, settings)
     values, _, _ = es.population_losses(tiny, search, eps_c, eps_k, tasks.Tasks.single(tiny, prompt, 2),
@@ -101,7 +102,7 @@ def test_each_pair_shares_its_start_and_cutouts_and_pairs_differ(tiny, monkeypat
 def test_a_pair_does_not_depend_on_what_shares_its_batch(tiny):
     """Pair j's losses come from its own seed alone: chunked or whole, the same numbers."""
     prompt = common.load_prompt(tiny, "a red apple")
-    settings = common.Settings(stages=2, size=16, steps=2, cutn=2, population=4, seed=2)
+    settings = Settings(stages=2, size=16, steps=2, cutn=2, population=4, seed=2)
     search = es.Search(prompt.embed, 2, seed=2)
     eps_c, eps_k = search.perturbations(4, 2, 5, settings)
     shift, aims = common.style_shift(tiny), tasks.Tasks.single(tiny, prompt, 2)
@@ -119,7 +120,7 @@ def test_chunks_deal_out_every_pair_once():
 
 def test_the_gate_never_keeps_a_candidate_worse_on_its_validation_starts(tiny):
     prompt = common.load_prompt(tiny, "a red apple")
-    settings = common.Settings(stages=2, size=16, steps=2, cutn=2, validation_starts=3)
+    settings = Settings(stages=2, size=16, steps=2, cutn=2, validation_starts=3)
     validation = gate.Gate(tiny, tasks.Tasks.single(tiny, prompt, 2), common.style_shift(tiny), settings)
     best = validation.best_losses.clone()
     assert torch.equal(validation.losses(*validation.best), best)  # fixed starts and cutouts: the same replay
@@ -219,14 +220,14 @@ def test_the_default_inner_eps_is_the_reference_renderer_exactly(tiny):
     z0 = torch.randn(1, 3, 16, 16)
     targets = F.normalize(torch.randn(2, tiny.dim), dim=-1)
     runs = []
-    for renderer in (common.Settings(steps=3, cutn=2), common.Settings(steps=3, cutn=2, inner_eps=1e-8)):
+    for renderer in (Settings(steps=3, cutn=2), Settings(steps=3, cutn=2, inner_eps=1e-8)):
         torch.manual_seed(1)
         runs.append(render.rollout(tiny, z0, targets, renderer))
     torch.manual_seed(1)
     z = reference_rollout(tiny, z0, targets, steps=3, cutn=2)
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], z)
     torch.manual_seed(1)
-    assert not torch.allclose(render.rollout(tiny, z0, targets, common.Settings(steps=3, cutn=2, inner_eps=1e-2)),
+    assert not torch.allclose(render.rollout(tiny, z0, targets, Settings(steps=3, cutn=2, inner_eps=1e-2)),
                               runs[0], atol=1e-3)
 
 
@@ -234,7 +235,7 @@ def test_carried_moments_are_one_adam_through_every_stage(tiny):
     z0 = torch.randn(1, 3, 16, 16)
     targets = F.normalize(torch.randn(3, tiny.dim), dim=-1)
     torch.manual_seed(2)
-    carried = render.rollout(tiny, z0, targets, common.Settings(steps=2, cutn=2, carry_moments=True,
+    carried = render.rollout(tiny, z0, targets, Settings(steps=2, cutn=2, carry_moments=True,
                                                                 inner_eps=1e-3))
     torch.manual_seed(2)
     z = z0.clone().requires_grad_()
@@ -245,7 +246,7 @@ def test_carried_moments_are_one_adam_through_every_stage(tiny):
             optimizer.step()
     assert torch.allclose(carried, z.detach(), atol=1e-5)
     torch.manual_seed(2)
-    fresh = render.rollout(tiny, z0, targets, common.Settings(steps=2, cutn=2, inner_eps=1e-3))
+    fresh = render.rollout(tiny, z0, targets, Settings(steps=2, cutn=2, inner_eps=1e-3))
     assert not torch.allclose(carried, fresh, atol=1e-3)
 
 
@@ -327,14 +328,14 @@ def same(settings, config):
 
 
 def test_a_setting_that_plays_no_part_does_not_make_another_bake():
-    unrolled = common.Settings(meta_grad="unrolled")
-    assert same(unrolled, common.Settings(meta_grad="unrolled", population=9, validation_starts=3).config())
-    assert baked.differences(unrolled, common.Settings(meta_grad="unrolled", steps=7).config()) == [("steps", 7, 30)]
-    gated = common.Settings(meta_grad="unrolled", validate_every=2)
+    unrolled = Settings(meta_grad="unrolled")
+    assert same(unrolled, Settings(meta_grad="unrolled", population=9, validation_starts=3).config())
+    assert baked.differences(unrolled, Settings(meta_grad="unrolled", steps=7).config()) == [("steps", 7, 30)]
+    gated = Settings(meta_grad="unrolled", validate_every=2)
     assert not same(gated, unrolled.config())  # the gate on makes another bake
-    assert not same(gated, common.Settings(meta_grad="unrolled", validate_every=2, validation_starts=3).config())
-    es_ = common.Settings(meta_grad="es")
-    assert not same(es_, common.Settings(meta_grad="es", population=9).config())
-    assert same(es_, common.Settings(meta_grad="es", validate_every=5).config())  # the default, said aloud
-    assert same(es_, common.Settings(meta_grad="es", es_chunk=1, threads=1).config())  # speed only
+    assert not same(gated, Settings(meta_grad="unrolled", validate_every=2, validation_starts=3).config())
+    es_ = Settings(meta_grad="es")
+    assert not same(es_, Settings(meta_grad="es", population=9).config())
+    assert same(es_, Settings(meta_grad="es", validate_every=5).config())  # the default, said aloud
+    assert same(es_, Settings(meta_grad="es", es_chunk=1, threads=1).config())  # speed only
 

@@ -13,22 +13,13 @@ import common
 import evaluate
 import microwave
 import normal
-from conftest import ROOT, bake_args, render_args
+from conftest import EVALUATED as PROMPTS, ROOT, bake_args, render_args, run_evaluate
 from staged_clip import baking, es, methods, render, report, scoring, stats, tuning
+from staged_clip.settings import Settings
 
-PROMPTS = ["a red apple", "a green pear", "a blue car"]
 METHODS = [m.name for m in methods.methods_of(common.META_GRADS, "es")]  # every estimator's, auto from es
 BASELINES = ["normal", "normal_tuned", "normal_drop", "restart", "microwave_none"]
 SWEPT = len(PROMPTS) * len(tuning.LRS)  # the sweep's images at --tune-starts 1
-
-
-def run_evaluate(tiny_ckpt, judges, *extra):
-    Path("p.txt").write_text("\n".join(PROMPTS) + "\n")
-    evaluate.main(["p.txt", "--clip-model", tiny_ckpt, "--score-model", judges, "--device", "cpu",
-                   "--seeds", "2", "--size", "16", "--steps", "2", "--stages", "2", "--meta-steps", "2",
-                   "--seed", "0", "--population", "2", "--validation-starts", "2", "--tune-starts", "1",
-                   "--replay-cutn", "2", "--out", "grid.png", "--json", "e.json", "--table", "e.md", *extra])
-    return json.loads(Path("e.json").read_text())
 
 
 def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt, wide_ckpt, other_ckpt, capsys):
@@ -57,7 +48,7 @@ def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt
     assert set(result["agreement"]) == {f"guide / {wide_ckpt}", f"guide / {other_ckpt}", f"{wide_ckpt} / {other_ckpt}"}
     table = Path("e.md").read_text()
     assert table in out and all(table.count(f"| {m} |") == len(judges) for m in METHODS)
-    assert f"held-out judge {other_ckpt}" in table and "made at cutn 2" in table and "learned at cutn 1" in table
+    assert f"held-out judge {other_ckpt}" in table and "made at 16 px, cutn 2, 2 stages x 2 steps" in table and "learned at cutn 1" in table
     with Image.open("grid.png") as grid:  # under each image, each judge's distance
         step = report.CELL + report.GAP
         assert grid.size == (200 + step * len(METHODS), 24 + (step + report.LINE_H * 3) * len(PROMPTS))
@@ -91,13 +82,13 @@ def test_leave_one_out_never_uses_a_prompts_own_bake(tiny_ckpt, wide_ckpt):
 
 def test_the_judges_see_the_same_images_for_every_method(tiny_ckpt, wide_ckpt, monkeypatch):
     calls = []
-    real = scoring.score
+    real = scoring.embed
 
-    def spy(model, images, prompt_embed):
+    def spy(model, images):
         calls.append((model.name, images.clone()))
-        return real(model, images, prompt_embed)
+        return real(model, images)
 
-    monkeypatch.setattr(scoring, "score", spy)
+    monkeypatch.setattr(scoring, "embed", spy)
     run_evaluate(tiny_ckpt, wide_ckpt)
     assert len(calls) == SWEPT + 2 * len(PROMPTS) * len(METHODS)
     del calls[:SWEPT]  # the sweep's, first (its own test is below)
@@ -214,15 +205,15 @@ def test_the_test_prompts_chose_nothing():
 
 def test_the_sweep_sees_neither_a_judge_nor_an_evaluation_start(tiny_ckpt, wide_ckpt, monkeypatch):
     seeds, scored, inside = {"sweep": [], "evaluation": []}, {"sweep": set(), "evaluation": set()}, [False]
-    real_start, real_score, real_sweep = scoring.start_image, scoring.score, tuning.sweep
+    real_start, real_embed, real_sweep = scoring.start_image, scoring.embed, tuning.sweep
 
     def start(seed, size, device):
         seeds["sweep" if inside[0] else "evaluation"].append(seed)
         return real_start(seed, size, device)
 
-    def score(model, images, embed):
+    def embed(model, images):
         scored["sweep" if inside[0] else "evaluation"].add(model.name)
-        return real_score(model, images, embed)
+        return real_embed(model, images)
 
     def sweep(*args, **kwargs):
         inside[0] = True
@@ -232,7 +223,7 @@ def test_the_sweep_sees_neither_a_judge_nor_an_evaluation_start(tiny_ckpt, wide_
             inside[0] = False
 
     monkeypatch.setattr(scoring, "start_image", start)
-    monkeypatch.setattr(scoring, "score", score)
+    monkeypatch.setattr(scoring, "embed", embed)
     monkeypatch.setattr(tuning, "sweep", sweep)
     Path("tune.txt").write_text("a yellow kite\na grey stone\n")
     result = run_evaluate(tiny_ckpt, wide_ckpt, "--tune-prompts", "tune.txt", "--tune-starts", "2",
@@ -247,7 +238,7 @@ def test_the_sweep_sees_neither_a_judge_nor_an_evaluation_start(tiny_ckpt, wide_
 
 
 def test_the_hand_schedule_at_full_rate_is_plain_optimization(tiny, monkeypatch):
-    settings = common.Settings(size=16, lr=0.12, cutn=2)
+    settings = Settings(size=16, lr=0.12, cutn=2)
     target = torch.nn.functional.normalize(torch.randn(32), dim=0)
     start = scoring.start_image(7, 16, "cpu")
     runs = {}

@@ -99,6 +99,18 @@ def test_scripts_import_common_and_no_other_script():
         assert "common" in names and not names & (set(SCRIPTS) | set(PACKAGES)), (script, names)
 
 
+def test_no_test_imports_another_test():
+    for path in (ROOT / "tests").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {n for n in names if n.split(".")[0].startswith("test_")}, path.name  # shared helpers: conftest
+
+
+def test_the_door_is_at_most_sixty_names():
+    assert len(common.__all__) <= 60, len(common.__all__)
+
+
 def test_common_names_exactly_what_it_offers_and_the_scripts_use_only_that():
     assert len(set(common.__all__)) == len(common.__all__)
     assert all(hasattr(common, name) for name in common.__all__)

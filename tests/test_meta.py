@@ -9,9 +9,10 @@ import torch.nn.functional as F
 import common
 from conftest import tiny_clip_model
 from staged_clip import learners, losses, models, prompts, render
+from staged_clip.settings import Settings
 
-CFG = common.Settings(size=8, steps=2, lr=0.12, cutn=1, stage_reg=0.0)
-RUN = common.Settings(steps=3, lr=0.12, cutn=1)  # a rollout of 3 steps a stage
+CFG = Settings(size=8, steps=2, lr=0.12, cutn=1, stage_reg=0.0)
+RUN = Settings(steps=3, lr=0.12, cutn=1)  # a rollout of 3 steps a stage
 
 
 def one_meta_step(model, meta_grad, seed=0, stages=None):

@@ -15,13 +15,14 @@ import microwave
 import normal
 from conftest import bake_args, reference_rollout, render_args
 from staged_clip import losses, models, params, render, settings
+from staged_clip.settings import Settings
 
 PARAMS = ["rgb", "pyramid", "fourier"]
 
 
 def run(tiny, param, z0, targets, **changes):
     torch.manual_seed(1)
-    return render.rollout(tiny, z0, targets, common.Settings(steps=3, cutn=2, param=param, **changes))
+    return render.rollout(tiny, z0, targets, Settings(steps=3, cutn=2, param=param, **changes))
 
 
 # --- the maths
@@ -29,7 +30,7 @@ def run(tiny, param, z0, targets, **changes):
 @pytest.mark.parametrize("param", ["pyramid", "fourier"])
 def test_a_start_image_encodes_to_itself(param):
     z = torch.randn(2, 3, 32, 32)
-    p = params.of(common.Settings(param=param), 32)
+    p = params.of(Settings(param=param), 32)
     x = p.encode(z)
     assert x.dim() == 4 and x.shape[:3] == (2, 3, 1)
     assert torch.allclose(p.decode(x), z, atol=1e-5)
@@ -101,7 +102,7 @@ def test_the_unrolled_gradient_reaches_the_targets_and_checkpointing_keeps_it(ti
         targets = F.normalize(torch.randn(2, tiny.dim, generator=torch.Generator().manual_seed(0)), dim=-1)
         targets.requires_grad_()
         torch.manual_seed(1)
-        settings = common.Settings(steps=2, cutn=2, param=param, checkpoint=checkpoint)
+        settings = Settings(steps=2, cutn=2, param=param, checkpoint=checkpoint)
         with models.math_attention():  # the one attention kernel with a double backward
             z = render.differentiable_rollout(tiny, z0, targets, settings)
             z.pow(2).sum().backward()

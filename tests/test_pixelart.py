@@ -10,8 +10,7 @@ from PIL import Image
 import bake
 import microwave
 import normal
-from conftest import bake_args, render_args
-from test_errors import fails
+from conftest import bake_args, fails, render_args, run_evaluate
 from staged_clip import losses, output, palettes, params, render, settings
 
 RGB4 = "#ff0000,#00ff00,#0000ff,#101010"
@@ -270,7 +269,6 @@ def test_bad_pixel_art_input_is_one_line(tiny_ckpt, capsys, extra, expect):
 # --- evaluate.py: palettes compared, and the judges see the image in its palette
 
 def test_evaluate_compares_palettes_on_the_same_starts_judged_as_saved(tiny_ckpt, wide_ckpt, monkeypatch):
-    from test_evaluate import run_evaluate
     from staged_clip import scoring
     judged = []
     real = scoring.score

@@ -16,6 +16,7 @@ import microwave
 import normal
 from conftest import bake_args, render_args
 from staged_clip import baked, losses, prompts, render, settings
+from staged_clip.settings import Settings
 
 
 @pytest.mark.parametrize("script,argv,expected", [
@@ -70,8 +71,8 @@ def test_stage_regularizer_fades_over_stages_and_steps():
 def test_style_shift_adds_half_style_and_takes_half_negative(tiny):
     style, negative = prompts.embed_texts(tiny, [settings.STYLE_TEXT, settings.NEGATIVE_TEXT])
     assert torch.allclose(common.style_shift(tiny), 0.5 * style - 0.5 * negative, atol=1e-6)
-    assert torch.equal(common.style_shift(tiny, common.Settings(style=False)), torch.zeros(tiny.dim))
-    custom = common.style_shift(tiny, common.Settings(style_text="a watercolor", negative_text="blurry"))
+    assert torch.equal(common.style_shift(tiny, Settings(style=False)), torch.zeros(tiny.dim))
+    custom = common.style_shift(tiny, Settings(style_text="a watercolor", negative_text="blurry"))
     a, b = prompts.embed_texts(tiny, ["a watercolor", "blurry"])
     assert torch.allclose(custom, 0.5 * a - 0.5 * b, atol=1e-6)
 
@@ -128,8 +129,8 @@ def test_baked_prompt_is_re_embedded_with_its_weights_under_another_model(tiny):
 def test_settings_are_frozen():
     import dataclasses
     with pytest.raises(dataclasses.FrozenInstanceError):
-        common.Settings().lr = 1.0
-    assert common.Settings().replace(lr=1.0).lr == 1.0 and common.Settings().lr == 0.12
+        Settings().lr = 1.0
+    assert Settings().replace(lr=1.0).lr == 1.0 and Settings().lr == 0.12
 
 
 def test_the_readme_table_gives_each_scripts_defaults():

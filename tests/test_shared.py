@@ -15,6 +15,7 @@ import common
 import microwave
 from conftest import ROOT, bake_args, render_args
 from staged_clip import baking, es, knobs, losses, models, output, tasks, wandb_log
+from staged_clip.settings import Settings
 
 TWO = ["a red apple", "a green pear"]
 SHARED = ["--meta-grad", "es", "--population", "2", "--validate-every", "1", "--validation-starts", "2",
@@ -66,7 +67,7 @@ def test_a_shared_bake_without_a_prompt_or_with_one_prompt_is_refused_in_one_lin
 
 def test_a_prompts_bake_starts_exactly_at_the_shared_bakes_values(tiny_ckpt, tiny):
     shared = shared_bake(tiny_ckpt, "--seed", "1", "--stages", "3", "--steps", "3", "--lr", "0.3")
-    settings = baking.starting_from(common.Settings(stages=10, steps=30, size=16, cutn=2, validation_starts=2,
+    settings = baking.starting_from(Settings(stages=10, steps=30, size=16, cutn=2, validation_starts=2,
                                                     population=2, seed=0), shared)
     assert (settings.stages, settings.steps, settings.lr) == (3, 3, 0.3)  # the shared bake's renderer
     assert settings.init_from == "baked/shared_p.pt"
@@ -118,7 +119,7 @@ def test_meta_views_see_the_saved_image_and_are_shared_by_each_pair(tiny, monkey
 
     monkeypatch.setattr(losses, "bake_loss", spy)
     prompt = common.load_prompt(tiny, "a red apple")
-    settings = common.Settings(stages=2, size=16, steps=2, cutn=2, meta_views=5, population=3, seed=1)
+    settings = Settings(stages=2, size=16, steps=2, cutn=2, meta_views=5, population=3, seed=1)
     search = es.Search(prompt.embed, 2, seed=1)
     eps_c, eps_k = search.perturbations(3, 1, 0, settings)
     es.population_losses(tiny, search, eps_c, eps_k, tasks.Tasks.single(tiny, prompt, 2), common.style_shift(tiny),
@@ -137,8 +138,8 @@ def test_meta_views_see_the_saved_image_and_are_shared_by_each_pair(tiny, monkey
 
 
 def test_files_without_meta_views_count_as_made_without_them():
-    assert common.Settings.from_config({}).meta_views == 0
-    assert common.Settings().meta_views > 0
+    assert Settings.from_config({}).meta_views == 0
+    assert Settings().meta_views > 0
 
 
 def test_a_bake_never_loads_a_judge(tiny_ckpt, monkeypatch):

@@ -9,12 +9,13 @@ from PIL import Image
 import common
 from conftest import ROOT
 from staged_clip import baked, models
+from staged_clip.settings import Settings
 
 
 # baked/README.md's commands: the shared bake of prompts_toy.txt, then each prompt's on top of it
-SHARED = common.Settings(size=64, stages=5, steps=10, cutn=8, meta_views=8, lr=0.96, meta_steps=40, population=8,
+SHARED = Settings(size=64, stages=5, steps=10, cutn=8, meta_views=8, lr=0.96, meta_steps=40, population=8,
                          learn_style=True)
-SHIPPED = common.Settings(size=64, stages=5, steps=10, cutn=8, meta_views=8, lr=0.96, meta_steps=10, learn_style=True,
+SHIPPED = Settings(size=64, stages=5, steps=10, cutn=8, meta_views=8, lr=0.96, meta_steps=10, learn_style=True,
                           lr_sigma=0.1, style_sigma=0.1, init_from="baked/shared_prompts_toy.pt")
 
 
@@ -36,7 +37,7 @@ def test_baked_ships_a_default_bake_of_every_toy_prompt():
         reason = baked.stale_reason(path, text, SHIPPED, model)
         assert reason is None, f"{path.name}: {reason}, not the README's bake"
         found = baked.load_baked(path)
-        assert found["config"]["meta_grad"] == common.Settings().meta_grad and found["lr_scale"] is not None
+        assert found["config"]["meta_grad"] == Settings().meta_grad and found["lr_scale"] is not None
         assert found["style_scale"] is not None
         names.add(path.name)
     try:

@@ -16,8 +16,9 @@ import microwave
 import normal
 from conftest import bake_args, render_args
 from staged_clip import benchmark, learners, losses, models, prompts, render
+from staged_clip.settings import Settings
 
-CFG = common.Settings(size=8, steps=2, lr=0.12, cutn=4, stage_reg=0.5, meta_grad="unrolled")
+CFG = Settings(size=8, steps=2, lr=0.12, cutn=4, stage_reg=0.5, meta_grad="unrolled")
 
 
 def targets_for(model, n, seed=1):
@@ -47,7 +48,7 @@ def test_the_fast_renderer_matches_a_plain_loop(tiny):
     expected, expected_losses = plain_loop(tiny, z0, targets, 4, 0.12, 4)
     torch.manual_seed(3)
     found = []
-    z = render.rollout(tiny, z0, targets, common.Settings(steps=4, lr=0.12, cutn=4), callback=lambda s, t, loss, z: found.append(loss.item()))
+    z = render.rollout(tiny, z0, targets, Settings(steps=4, lr=0.12, cutn=4), callback=lambda s, t, loss, z: found.append(loss.item()))
     assert found == pytest.approx(expected_losses, rel=1e-5)
     assert torch.allclose(z, expected, atol=1e-5)
     assert not torch.allclose(z, z0, atol=1e-2)
@@ -58,8 +59,8 @@ def test_a_batch_of_two_starts_equals_two_single_rollouts(tiny):
     side = tiny.size
     z0 = torch.randn(2, 3, side, side)
     targets = targets_for(tiny, 2)
-    together = render.rollout(tiny, z0, targets, common.Settings(steps=3, lr=0.12, cutn=1))
-    alone = torch.cat([render.rollout(tiny, z0[i:i + 1], targets, common.Settings(steps=3, lr=0.12, cutn=1)) for i in range(2)])
+    together = render.rollout(tiny, z0, targets, Settings(steps=3, lr=0.12, cutn=1))
+    alone = torch.cat([render.rollout(tiny, z0[i:i + 1], targets, Settings(steps=3, lr=0.12, cutn=1)) for i in range(2)])
     # float rounding differs between a batch and one image, and Adam's first, nearly sign,
     # steps magnify it where a pixel's gradient is near zero: a few pixels differ by 1e-4
     assert (together - alone).abs().mean() < 1e-6 and torch.allclose(together, alone, atol=1e-3)
@@ -121,7 +122,7 @@ def test_checkpointing_keeps_less_for_the_backward(tiny):
         stages = targets_for(tiny, 4).requires_grad_()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), models.math_attention():
             z = render.differentiable_rollout(tiny, torch.randn(1, 3, 16, 16), stages,
-                                              common.Settings(steps=3, lr=0.12, cutn=2, checkpoint=checkpoint))
+                                              Settings(steps=3, lr=0.12, cutn=2, checkpoint=checkpoint))
         alive = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                  for t in (ref() for ref in saved) if t is not None}
         return sum(alive.values()), z
@@ -145,7 +146,7 @@ def test_the_compiled_loss_gives_the_eager_losses(tiny, compiled_tiny):
     for model in (tiny, compiled_tiny):
         torch.manual_seed(4)
         found = []
-        z = render.rollout(model, z0, targets, common.Settings(steps=3, lr=0.12, cutn=4), callback=lambda s, t, loss, z: found.append(loss.item()))
+        z = render.rollout(model, z0, targets, Settings(steps=3, lr=0.12, cutn=4), callback=lambda s, t, loss, z: found.append(loss.item()))
         runs.append((z, found))
     assert compiled_tiny.compiled_loss is not None  # it compiled, and was not dropped for eager
     assert runs[1][1] == pytest.approx(runs[0][1], rel=1e-5)
