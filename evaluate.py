@@ -47,6 +47,8 @@ PALETTE_LIST = common.name_list(accept=lambda n: common.palette_variant(n) is no
 METHOD_LIST = common.name_list(example="distinct method names, comma-separated, e.g. normal,shared")
 RATE_LIST = common.name_list(cast=float, accept=lambda r: 0 < r < 100, example="distinct learning rates from 0 to "
                                                                                 "100, comma-separated, e.g. 0.12,0.24,0.48")
+STEPS_LIST = common.name_list(cast=int, accept=lambda n: n >= 1, example="whole numbers of at least 1, comma-separated, "
+                                                                         "e.g. 5,10,25,50")
 SIGMA_LIST = common.name_list(cast=float, accept=lambda v: 0 <= v <= 1.5, distinct=False,
                               example="comma-separated numbers from 0 to 1.5, e.g. 0,0.01,0.1")
 
@@ -64,9 +66,11 @@ def parse_args(argv=None):
     g.add_argument("--replay-cutn", type=common.positive_int, default=common.SCRIPT_DEFAULTS["microwave.py"]["cutn"],
                    metavar="N", help="cutouts every method renders its images with (default: microwave.py's 8, "
                                      "what a user replays with); the bakes' own (1) shows them as they were learned")
-    g.add_argument("--replay-steps", type=common.positive_int, default=common.SCRIPT_DEFAULTS["microwave.py"]["steps"],
-                   metavar="N", help="steps a stage every replay runs, each plain baseline as many in all (default: "
-                                     "microwave.py's, what a user replays with)")
+    g.add_argument("--replay-steps", type=STEPS_LIST, default=str(common.SCRIPT_DEFAULTS["microwave.py"]["steps"]),
+                   metavar="N[,N...]", help="steps a stage every replay runs, each plain baseline as many in all "
+                                            "(default: microwave.py's, what a user replays with); several: the "
+                                            "step-budget curve, each in turn on the same starts, drawn as OUT and "
+                                            "each budget's grid as OUT_<total>steps.png")
     g.add_argument("--tune-prompts", default=None, metavar="FILE",
                    help="prompts on which normal_tuned's learning rate is swept, by the guide alone (default: "
                         "the evaluated prompts, from starts the evaluation does not score)")
@@ -119,6 +123,9 @@ def parse_args(argv=None):
     args.params = args.params or [args.param]
     if args.chaos and len(args.params) > 1:
         p.error("--chaos probes one parametrization: give --param instead of --params")
+    if len(args.replay_steps) > 1 and (len(args.params) > 1 or args.palettes or args.chaos):
+        p.error("several --replay-steps draw the step-budget curve at one parametrization and palette: drop "
+                "--params, --palettes and --chaos")
     if args.palettes and (len(args.params) > 1 or args.palette is not None or args.chaos):
         p.error("--palettes compares palettes at one parametrization: drop --params, --palette and --chaos")
     args.auto_from = args.auto_from or ("es" if "es" in args.meta_grads else args.meta_grads[0])
@@ -152,7 +159,8 @@ def main(argv=None):
         return common.write_report(args.json, args.table, result, table, {})
     plan = common.Plan(texts, args.meta_grads, args.auto_from, args.params, args.seeds, args.k, args.mix,
                        args.baked_dir, args.clip_model, tuple(args.score_model), replay_cutn=args.replay_cutn,
-                       tune_prompts=tune, tune_starts=args.tune_starts, tune_lrs=args.tune_lrs, replay_steps=args.replay_steps,
+                       tune_prompts=tune, tune_starts=args.tune_starts, tune_lrs=args.tune_lrs,
+                       replay_steps=args.replay_steps[0], budgets=args.replay_steps[1:] and args.replay_steps,
                        source=args.prompts_file, shared=args.shared, palettes=args.palettes, methods=args.methods)
     try:
         result, table, grids = common.evaluate(common.Baker(model, shift, run.wandb), settings, plan, run.output)

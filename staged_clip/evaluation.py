@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from . import (baked, baking, batch, knobs, losses, models, output, palettes, prompts, readout, render, report, scoring,
-               stats, tuning)
+from . import (baked, baking, batch, cutouts, knobs, losses, models, output, palettes, prompts, readout, render, report,
+               scoring, stats, tuning)
 from .methods import Case, Method, baselines_of, methods_of, recipe
 
 
@@ -23,7 +23,8 @@ class Plan:
     the held-out judges'; the cutouts every method renders with (None: the bakes'); the
     learning-rate sweep's prompts (None: the evaluated ones, from other starts), starts and rates;
     a shared bake (its path) to replay as a method of its own and to start every bake from; and
-    the steps a stage every replay runs (None: the bakes' own), each plain baseline as many in all."""
+    the steps a stage every replay runs (None: the bakes' own), each plain baseline as many in all,
+    or several such (budgets), each evaluated in turn on the same prompts and starts."""
 
     prompts: list
     estimators: list
@@ -44,6 +45,7 @@ class Plan:
     palettes: list = None  # palette variants (palettes.variant) evaluated in turn instead of the parametrizations
     methods: list = None  # the methods' names to run (None: all)
     replay_steps: int = None
+    budgets: tuple = None  # several replay steps a stage, evaluated in turn (the step-budget curve)
 
     def variants(self):
         """{name: the settings it changes} of what the evaluation runs in turn: each palette variant,
@@ -117,33 +119,45 @@ def run_methods(model, judges, shift, cases, settings, plan, methods):
     """Every method (methods.Method) from every start: (scores, one image per prompt and method for
     the grid). A score holds the image's distance under the guide and under each judge.
 
-    Each (prompt, start) begins every method from the same image and random state; size is
-    the bakes', cutouts plan.replay_cutn or the bakes'. judges: {name: held-out model}. A
-    progress bar only on a terminal.
+    A prompt's starts are rendered as one batch by each method, every method beginning from the
+    same images and the same random cutouts (each start's from its own generator, seeded with
+    the start's seed: the run that start alone would make); size is the bakes', cutouts
+    plan.replay_cutn or the bakes'. judges: {name: held-out model}. A progress bar only on a
+    terminal.
     """
     from tqdm import tqdm
     scores, grid_images = [], []
-    bar = tqdm(total=len(cases) * plan.seeds * len(methods), desc="evaluate", dynamic_ncols=True,
-               disable=not sys.stderr.isatty())
+    bar = tqdm(total=len(cases) * len(methods), desc="evaluate", dynamic_ncols=True, disable=not sys.stderr.isatty())
     for case in cases:
         own = renderer_of(settings, next(iter(case.bakes.values()))["config"], plan)
+        seeds = [scoring.start_seed(case.index, j) for j in range(plan.seeds)]
+        starts = scoring.start_images(seeds, own.shape, model.device)  # [seeds, 3, H, W]
         finals = {}
-        for j in range(plan.seeds):
-            seed = scoring.start_seed(case.index, j)
-            start = scoring.start_image(seed, own.shape, model.device)
-            for method in methods:
-                torch.manual_seed(seed)  # the splice follows the start
-                targets, renderer, scale = recipe(method, case, shift, own, plan.mix)
-                torch.manual_seed(seed)  # the same random cutouts for every method
-                finals.setdefault(method.name, []).append(render.rollout(model, start, targets, renderer,
-                                                                         lr_scale=scale))
-                bar.update(1)
         for method in methods:
-            images = scoring.shown(torch.cat(finals[method.name]), own.palette)  # [seeds, 3, H, W]: each image, every judge
+            targets, renderer, scale = batch_recipe(method, case, shift, own, plan.mix, seeds)
+            draw = cutouts.draws_from([torch.Generator(model.device).manual_seed(seed) for seed in seeds])
+            finals[method.name] = render.rollout(model, starts, targets, renderer, lr_scale=scale, draw=draw)
+            images = scoring.shown(finals[method.name], own.palette)  # [seeds, 3, H, W]: each image, every judge
             scores += scored(case, method.name, images, {stats.GUIDE: model, **judges})
-        grid_images.append({m.name: output.to_pixels(finals[m.name][0], palette=own.palette) for m in methods})
+            bar.update(1)
+        grid_images.append({m.name: output.to_pixels(finals[m.name][:1], palette=own.palette) for m in methods})
     bar.close()
     return scores, grid_images
+
+
+def batch_recipe(method, case, shift, settings, mix, seeds):
+    """What a method renders for a case from a batch of starts (their seeds): (targets [S, n, D],
+    the renderer's settings, learning-rate multipliers [S] or [S, n] or None). Each start's recipe
+    is drawn after seeding with its seed (auto's splice follows the start)."""
+    made = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        made.append(recipe(method, case, shift, settings, mix))
+    targets = torch.stack([m[0] for m in made], dim=1)  # [S, n, D]
+    scales = [m[2] for m in made]
+    if scales[0] is None or all(torch.equal(s, scales[0]) for s in scales):
+        return targets, made[0][1], scales[0]  # one multiplier a stage: the fast path's AdamW
+    return targets, made[0][1], torch.stack(scales, dim=1)  # [S, n]
 
 
 def scored(case, method, images, judges):
@@ -250,6 +264,10 @@ def evaluate(baker, settings, plan, out):
     judges = load_judges(plan, baker.model.device, settings.precision)
     if plan.shared is not None:
         baker = dataclasses.replace(baker, init=baked.load_baked(plan.shared, baker.model.dim))  # evaluate.py checked its kind
+    if plan.budgets:
+        runs = {steps: evaluate_one(baker, judges, settings, dataclasses.replace(plan, replay_steps=steps), out)
+                for steps in plan.budgets}
+        return budgets_answer(runs, plan, out.path)
     runs, variants = {}, plan.variants()
     for name, changes in variants.items():
         under = name.replace(":", "_") if plan.palettes and changes["palette"] is not None else None
@@ -285,3 +303,19 @@ def params_answer(runs, plan, path):
             for r in range(len(plan.prompts))]
     grids[report.grid_path(path, "params", base)] = report.make_grid(plan.prompts, side, columns)
     return {"params": found, "base": base}, table, grids
+
+
+def budgets_answer(runs, plan, path):
+    """evaluate's answer for several step budgets: ({"budgets": {steps a stage: result}}, a table of
+    readout and distance by total steps, {path: the curve (report.budget_curve), and OUT_<N>steps.png:
+    each budget's grid})."""
+    found = {steps: result for steps, (result, _, _) in runs.items()}
+    first = next(iter(found.values()))
+    table = report.budget_table(found, first["methods"], first["baselines"], first["judges"])
+    table += "".join(f"\n## {r['stages'] * steps} steps in all ({r['stages']} x {steps})\n\n{own}"
+                     for steps, (r, own, _) in runs.items())
+    grids = {path: report.budget_curve(found, first["methods"], first["judges"])}
+    for steps, (result, _, images) in runs.items():
+        grids[report.grid_path(path, f"{result['stages'] * steps}steps", None)] = report.make_grid(
+            plan.prompts, images, result["methods"], report.captions(result))
+    return {"budgets": {str(steps): result for steps, result in found.items()}}, table, grids

@@ -174,14 +174,71 @@ def make_grid(texts, images, columns, notes=None):
 
 
 def grid_path(out, name, base):
-    """Where a grid goes: OUT for the base parametrization's, OUT_<name>.png for the others."""
+    """Where a grid goes: OUT for the base parametrization's, OUT_<name>.png for the others (every
+    one where base is None)."""
     stem = f"{Path(out).stem}_{name.replace(':', '_')}"
     return out if name == base else str(Path(out).with_name(stem + Path(out).suffix))
 
 
+def budget_table(runs, methods, baselines, judges):
+    """Markdown tables of an evaluation at several step budgets (runs: {steps a stage: result}): per
+    judge, each method's readout (95% interval) and mean distance by total steps; then each
+    method against each baseline: the readout's paired counts (this right and that wrong / the
+    reverse) with McNemar's p, and the share of starts on which its image is nearer."""
+    totals = {steps: result["stages"] * steps for steps, result in runs.items()}
+    first = next(iter(runs.values()))
+    lines = [f"The step-budget curve: {len(first['prompts'])} prompts x {first['seeds']} starts, {first['size']}, "
+             f"cutn {first['replay_cutn']}, {first['stages']} stages of each number of steps (the plain "
+             "baselines as many steps in all, normal_tuned's rate swept by the guide at each budget). Readout "
+             "(95% interval) and mean distance to the prompt (lower is better).", ""]
+    head = "| method | " + " | ".join(f"{t} steps" for t in totals.values()) + " |"
+    rule = "|---|" + "---|" * len(totals)
+    for judge in judges:
+        lines += [f"Under {'the guide' if judge == GUIDE else judge}:", "", head, rule]
+        for method in methods:
+            cells = [f"{readout_rate(r['summary'][method][judge])}; {r['summary'][method][judge]['mean']:.4f}"
+                     for r in runs.values()]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Paired, on the same starts: the readout's counts (this right and that wrong / the reverse) with "
+              "McNemar's exact p, and how often this image is nearer its prompt, under " + " / ".join(judges)
+              + ".", "", "| method | vs | " + " | ".join(f"{t} steps" for t in totals.values()) + " |",
+              "|---|---|" + "---|" * len(totals)]
+    for method in methods:
+        for base in (b for b in baselines if b != method):
+            cells = [" / ".join(f"{readout_cell(e, base) if e.get('readout') is not None else '—'}, "
+                                f"{e[f'win_rate_vs_{base}']:.0%}" for e in (r["summary"][method][j] for j in judges))
+                     for r in runs.values()]
+            lines.append(f"| {method} | {base} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def budget_curve(runs, methods, judges):
+    """The step-budget curve as a PIL image: per judge, each method's readout (with its 95% interval)
+    and mean distance (with 1.96 standard errors) against the total steps (runs: {steps a stage: result})."""
+    from .plot import Panel, chart
+    totals = [r["stages"] * steps for steps, r in runs.items()]
+    panels = []
+    for judge in judges:
+        read = {m: [(e.get("readout"), *(e.get("readout_interval") or (None, None)))
+                    for e in (r["summary"][m][judge] for r in runs.values())] for m in methods}
+        panels.append(Panel(f"readout, {judge}", "share", (0.0, 1.0), read, "{:.0%}"))
+    for judge in judges:
+        spread = {m: [] for m in methods}
+        for r in runs.values():
+            n = r["seeds"] * len(r["prompts"])
+            for m in methods:
+                e = r["summary"][m][judge]
+                half = 1.96 * e["std"] / math.sqrt(n)
+                spread[m].append((e["mean"], e["mean"] - half, e["mean"] + half))
+        values = [v for points in spread.values() for p in points for v in p[1:]]
+        panels.append(Panel(f"distance, {judge}", "lower: nearer", (min(values), max(values)), spread, "{:.3f}"))
+    return chart(panels, totals, len(judges), "total steps")
+
+
 def write(json_path, table_path, result, table, grids):
     """Write the JSON, the table and the grids ({path: PIL image}), and print the table."""
-    runs = result.get("params", {"": result}).values()
+    runs = result.get("params", result.get("budgets", {"": result})).values()
     if any(not math.isfinite(s[k]) for run in runs for s in run.get("scores", []) for k in run["judges"]):
         log("note: some scores are not finite")
     write_text(json_path, json.dumps(result, indent=2, default=str) + "\n")

@@ -28,6 +28,11 @@ def start_image(seed, shape, device):
     return torch.randn(1, 3, *sides(shape), generator=generator).to(device)
 
 
+def start_images(seeds, shape, device):
+    """The starts of these seeds as one batch: [len(seeds), 3, H, W] (each start_image of its seed)."""
+    return torch.cat([start_image(seed, shape, device) for seed in seeds])
+
+
 def shown(z, palette=None):
     """The images as saved (quantized, or in their palette), at their own size: [n, 3, H, W]."""
     return output.saved_look(palette)(losses.to_image(z.detach().float()))

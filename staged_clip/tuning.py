@@ -5,7 +5,7 @@ import statistics
 
 import torch
 
-from . import prompts, render, scoring
+from . import cutouts, prompts, render, scoring
 from .methods import plain_recipe
 from .settings import TUNE_LRS as LRS
 
@@ -24,15 +24,14 @@ def sweep(model, shift, texts, settings, shape, starts, lrs=LRS):
     seeds = []
     for i, text in enumerate(texts):
         prompt = prompts.load_prompt(model, text)
-        for j in range(starts):
-            seed = scoring.tune_seed(i, j)
-            seeds.append(seed)
-            start = scoring.start_image(seed, settings.shape, model.device)
-            for lr in lrs:
-                targets, renderer, scale = plain_recipe("normal", prompt.embed + shift, stages, steps, settings, lr)
-                torch.manual_seed(seed)
-                z = render.rollout(model, start, targets, renderer, lr_scale=scale)
-                distances[lr] += scoring.score(model, scoring.shown(z, settings.palette), prompt.embed).tolist()
+        mine = [scoring.tune_seed(i, j) for j in range(starts)]
+        seeds += mine
+        batch = scoring.start_images(mine, settings.shape, model.device)  # [starts, 3, H, W], rendered together
+        for lr in lrs:
+            targets, renderer, scale = plain_recipe("normal", prompt.embed + shift, stages, steps, settings, lr)
+            draw = cutouts.draws_from([torch.Generator(model.device).manual_seed(seed) for seed in mine])
+            z = render.rollout(model, batch, targets, renderer, lr_scale=scale, draw=draw)
+            distances[lr] += scoring.score(model, scoring.shown(z, settings.palette), prompt.embed).tolist()
     means = [statistics.fmean(distances[lr]) for lr in lrs]
     chosen = lrs[means.index(min(means))]
     print(f"normal_tuned: learning rate {chosen} (guide's mean distance by rate: "

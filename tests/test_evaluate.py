@@ -99,36 +99,53 @@ def test_the_judges_see_the_same_images_for_every_method(tiny_ckpt, wide_ckpt, m
     assert not torch.equal(shots[0], shots[1])  # each method's own images, not one set for all
 
 
-def test_every_method_starts_from_the_same_image_and_random_state(tiny_ckpt, wide_ckpt, monkeypatch):
+def test_every_method_starts_from_the_same_images_and_random_cutouts(tiny_ckpt, wide_ckpt, monkeypatch):
     run_evaluate(tiny_ckpt, wide_ckpt)  # bake first, so that below only the evaluation renders
     seen = []
     real = render.rollout
 
-    def spy(model, z, targets, settings, **kwargs):
-        seen.append((z.clone(), torch.get_rng_state(), settings.steps, settings.cutn, settings.lr,
-                     settings.carry_moments))
-        return real(model, z, targets, settings, **kwargs)
+    def spy(model, z, targets, settings, draw=None, **kwargs):
+        cuts = draw(z.shape[0], settings.cutn, z.shape[-2:], model.size, z.device)  # what it would draw first
+        seen.append((z.clone(), cuts["theta"], settings.steps, settings.cutn, settings.lr, settings.carry_moments))
+        return real(model, z, targets, settings, draw=draw, **kwargs)
 
     monkeypatch.setattr(render, "rollout", spy)
     result = run_evaluate(tiny_ckpt, wide_ckpt, "--tune-lrs", "0.5,0.7")
-    swept = len(PROMPTS) * 2
+    swept = len(PROMPTS) * 2  # a batch of the sweep's starts per prompt and rate
     n = len(METHODS)
-    assert len(seen) == swept + len(PROMPTS) * 2 * n
+    assert len(seen) == swept + len(PROMPTS) * n  # a batch of a prompt's starts per method
     assert sorted({s[4] for s in seen[:swept]}) == [0.5, 0.7]  # the sweep tries the rates asked for
     del seen[:swept]
     tuned = result["normal_tuned"]["lr"]
-    groups = [seen[k:k + n] for k in range(0, len(seen), n)]  # one (prompt, start) each
+    groups = [seen[k:k + n] for k in range(0, len(seen), n)]  # one prompt each
     for group in groups:
         first = group[0]
-        for z, rng, steps, cutn, _, _ in group[1:]:
-            assert torch.equal(z, first[0]) and torch.equal(rng, first[1])
+        assert first[0].shape[0] == 2 and not torch.equal(first[0][0], first[0][1])  # its 2 starts, each its own
+        assert not torch.equal(first[1][:2], first[1][2:])  # each start's own cutouts (2 a step)
+        for z, cuts, steps, cutn, _, _ in group[1:]:
+            assert torch.equal(z, first[0]) and torch.equal(cuts, first[1])
             assert steps * cutn > 0 and cutn == first[3] == 2
         # normal and normal_tuned: stages x steps; normal_drop: a step a stage; the rest: the bakes' steps
         assert [g[2] for g in group] == [2 * 2, 2 * 2, 1, 2] + [2] * (n - 4)
         # normal at the reference rate, normal_tuned at the swept one; restart restarts Adam, the drop does not
         assert [g[4] for g in group[:4]] == [0.12, tuned, 0.12, 0.12] and tuned in (0.5, 0.7)
         assert [g[5] for g in group[:4]] == [False, False, True, False]
-    assert not torch.equal(groups[0][0][0], groups[1][0][0])  # another start, another image
+    assert not torch.equal(groups[0][0][0], groups[1][0][0])  # another prompt, other starts
+
+
+def test_a_batch_of_starts_makes_what_each_start_alone_makes(tiny, monkeypatch):
+    from staged_clip import cutouts, scoring
+    settings = Settings(size=16, steps=3, cutn=2, lr=0.3)
+    targets = torch.nn.functional.normalize(torch.randn(2, tiny.dim), dim=-1)
+    seeds = [scoring.start_seed(0, j) for j in range(3)]
+
+    def rendered(some):
+        draw = cutouts.draws_from([torch.Generator().manual_seed(seed) for seed in some])
+        return render.rollout(tiny, scoring.start_images(some, 16, "cpu"), targets, settings, draw=draw)
+
+    together = rendered(seeds)
+    for j, seed in enumerate(seeds):
+        assert torch.allclose(together[j:j + 1], rendered([seed]), atol=1e-4)
 
 
 def test_matching_bakes_are_reused(tiny_ckpt, wide_ckpt, monkeypatch, capsys):
