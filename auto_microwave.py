@@ -51,9 +51,9 @@ def main(argv=None):
     else:
         targets, scale, settings = compose(args, run, prompt, chosen)
         used = {"baked_prompts": [b["prompt"] for _, b in chosen]}
-    z, loss = common.render(model, targets, settings, run.output, desc="auto-microwave", lr_scale=scale,
-                            start=run.start)
-    paths = run.save(z, settings, loss=loss, prompt=prompt.text, **used)
+    z, loss, stop = common.render(model, targets, settings, run.output, desc="auto-microwave", lr_scale=scale,
+                                  start=run.start)
+    paths = run.save(z, settings, stop, loss=loss, prompt=prompt.text, **used)
     print(f"saved {', '.join(paths)}")
 
 

@@ -57,8 +57,6 @@ def main(argv=None):
             prompt = common.load_prompt(model, args.prompt)
             history = common.bake_prompt(baker, prompt, settings, path, run.output)
             what = repr(prompt.text)
-    except common.BakeInterrupted as stop:
-        raise SystemExit(stop.message()) from None
     finally:
         common.leave_processes()
     if rank > 0:

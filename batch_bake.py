@@ -49,10 +49,7 @@ def main(argv=None):
         common.check_stage_width(init, model.dim)
         settings = common.starting_from(settings, init)
     baker = common.Baker(model, common.style_shift(model, settings), run.wandb, init=init)
-    try:
-        baked, skipped, failed = common.bake_list(baker, settings, jobs, run.output, args.force, args.fail_fast)
-    except common.BakeInterrupted as stop:
-        raise SystemExit(stop.message()) from None
+    baked, skipped, failed = common.bake_list(baker, settings, jobs, run.output, args.force, args.fail_fast)
     print(f"{len(baked)} baked, {len(skipped)} already baked (skipped), {len(failed)} failed"
           f"{' (stopped at the first failure)' if args.fail_fast and failed else ''}; bakes in {args.baked_dir}")
     for text, reason in failed:

@@ -162,10 +162,7 @@ def main(argv=None):
                        tune_prompts=tune, tune_starts=args.tune_starts, tune_lrs=args.tune_lrs,
                        replay_steps=args.replay_steps[0], budgets=args.replay_steps[1:] and args.replay_steps,
                        source=args.prompts_file, shared=args.shared, palettes=args.palettes, methods=args.methods)
-    try:
-        result, table, grids = common.evaluate(common.Baker(model, shift, run.wandb), settings, plan, run.output)
-    except common.BakeInterrupted as stop:
-        raise SystemExit(stop.message()) from None
+    result, table, grids = common.evaluate(common.Baker(model, shift, run.wandb), settings, plan, run.output)
     common.write_report(args.json, args.table, result, table, grids)
 
 

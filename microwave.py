@@ -49,8 +49,9 @@ def main(argv=None):
         info["prompt"] = prompt.text
     # a shared bake replays the prompt itself as every stage, so --mix plays no part
     targets, scale = common.replay_bake(model, baked, common.style_shift(model, settings), prompt, args.mix)
-    z, loss = common.render(model, targets, settings, run.output, desc="microwave", lr_scale=scale, start=run.start)
-    paths = run.save(z, settings, loss=loss, **info)
+    z, loss, stop = common.render(model, targets, settings, run.output, desc="microwave", lr_scale=scale,
+                                  start=run.start)
+    paths = run.save(z, settings, stop, loss=loss, **info)
     print(f"microwaved {baked['prompt']!r} ({len(targets)} stages){f' for {prompt.text!r}' if prompt else ''}; "
           f"saved {', '.join(paths)}")
 

@@ -24,8 +24,8 @@ def main(argv=None):
     settings, model = common.settings_of(args, run), run.model
     prompt = common.load_prompt(model, args.prompt)
     targets = (prompt.embed + common.style_shift(model, settings))[None]  # [1, D]: one stage
-    z, loss = common.render(model, targets, settings, run.output, desc="normal", start=run.start)
-    paths = run.save(z, settings, loss=loss, prompt=prompt.text)
+    z, loss, stop = common.render(model, targets, settings, run.output, desc="normal", start=run.start)
+    paths = run.save(z, settings, stop, loss=loss, prompt=prompt.text)
     print(f"saved {', '.join(paths)}")
 
 

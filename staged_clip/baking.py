@@ -1,13 +1,14 @@
 """The bake: a learner meta-optimizes a prompt's stages so the staged renderer's final image nears it;
 the validation gate keeps the best; the stages are saved, and a preview is made of them."""
 
+import signal
 import time
 from dataclasses import dataclass
 
 import torch
 
 from . import baked, distributed, gate, knobs, learners, output, render, tasks
-from .errors import UserError, log
+from .errors import Interrupted, UserError, log, signal_of
 from .settings import Settings
 from .randomness import rng_aside, seed_everything
 from .wandb_log import wandb_image
@@ -46,12 +47,12 @@ def starting_from(settings, shared):
     return settings.replace(**{name: getattr(theirs, name) for name in FROM_SHARED}, init_from=shared["path"])
 
 
-class BakeInterrupted(Exception):
-    """Ctrl-C during a bake; .path is the file saved (None before any step), .complete its state,
-    .rest what else to tell the user (set by whoever bakes a list)."""
+class BakeInterrupted(Interrupted):
+    """Ctrl-C (or SIGTERM: signum) during a bake; .path is the file saved (None before any step),
+    .complete its state, .rest what else to tell the user (set by whoever bakes a list)."""
 
-    def __init__(self, path, complete=False):
-        super().__init__(path)
+    def __init__(self, path, complete=False, signum=signal.SIGINT):
+        super().__init__(str(path), signum)
         self.path, self.complete, self.rest = path, complete, ""
 
     def message(self):
@@ -143,10 +144,10 @@ class Bake:
             for step in bar:
                 loss = self.step(step)
                 bar.set_postfix(loss=f"{loss:.4f}")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             if self.history:
                 self.save(complete=False)
-            raise BakeInterrupted(self.path if self.history else None) from None
+            raise BakeInterrupted(self.path if self.history else None, signum=signal_of(e)) from None
         except UserError as e:  # a NaN loss: the stages from before it are still worth keeping
             if self.history:
                 self.save(complete=False)
@@ -224,8 +225,8 @@ class Bake:
         try:
             z = render.rollout(model, start, knobs.targets(directions, self.baker.shift, raw, task.parts), settings,
                                callback=report, lr_scale=knobs.lr_scale(raw))
-        except KeyboardInterrupt:
-            raise BakeInterrupted(self.path, complete=True) from None
+        except KeyboardInterrupt as e:
+            raise BakeInterrupted(self.path, complete=True, signum=signal_of(e)) from None
         if progress is not None:
             progress.save()
         out.save(z, settings, model.device, prompt=self.prompt.text, baked_file=str(self.path),

@@ -1,10 +1,37 @@
-"""User errors and status lines: the bottom of the package, importing nothing of it."""
+"""User errors, interruptions and status lines: the bottom of the package, importing nothing of it."""
 
+import signal
 import sys
 
 
 class UserError(Exception):
     """A problem with the user's input: reported as one line, without a traceback."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill), raised where Ctrl-C would be, so that it saves alike."""
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C or a kill once it saved what it had: the script says what (one line
+    starting "interrupted: ") and exits 128 + the signal's number, 130 for SIGINT and 143 for
+    SIGTERM, so that a scheduler or a shell tells a partial result from a finished one."""
+
+    def __init__(self, what, signum=signal.SIGINT):
+        super().__init__(what)
+        self.what, self.signum = what, int(signum)
+
+    def message(self):
+        return f"interrupted: {self.what}"
+
+    @property
+    def exit_code(self):
+        return 128 + self.signum
+
+
+def signal_of(interrupt):
+    """The signal a KeyboardInterrupt stands for: SIGTERM for a Terminated, else SIGINT."""
+    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
 
 
 def log(*parts):

@@ -8,7 +8,7 @@ so that the bake's loss on the final image reaches the stages (differentiable_ro
 import torch
 
 from . import cutouts, losses, output, palettes, params, randomness, starts
-from .errors import log
+from .errors import Interrupted, log, signal_of
 from .settings import sides
 
 
@@ -286,16 +286,19 @@ def render(model, targets, settings, out, desc, lr_scale=None, start=None):
     images' seeds and start image, by default one random start from the global generator).
 
     Returns (the final images [len(start.seeds), 3, H, W], the loss of the last step, summed
-    over them). Ctrl-C stops it and returns the images so far, so the script still saves something.
+    over them, and None). Ctrl-C (or SIGTERM) stops it early: it returns the images so far, so
+    that the script still saves something, and as the third item an errors.Interrupted saying
+    at which step, for the script to record and raise once saved (runs.Run.save does both).
     """
     from tqdm import tqdm
     z, draw = (start or starts.Start((settings.seed,))).images(settings.shape, model.device)
-    latest = [z, None]  # the images and loss so far
-    bar = tqdm(total=len(targets) * settings.steps, desc=desc, dynamic_ncols=True)
+    latest = [z, None, 0]  # the images, the loss and the steps done so far
+    total = len(targets) * settings.steps
+    bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
     progress = output.Progress.of(out, settings, len(targets), latest[0])
 
     def report(stage, step, loss, z):
-        latest[:] = z, loss
+        latest[:] = z, loss, stage * settings.steps + step
         bar.update(1)
         if step % 10 == 0 or step == settings.steps:  # .item() waits for the device: not every step
             bar.set_postfix(stage=f"{stage + 1}/{len(targets)}", loss=f"{loss.item():.4f}")
@@ -306,10 +309,11 @@ def render(model, targets, settings, out, desc, lr_scale=None, start=None):
         return None if latest[1] is None else latest[1].item()
 
     try:
-        return rollout(model, latest[0], targets, settings, callback=report, lr_scale=lr_scale, draw=draw), last_loss()
-    except KeyboardInterrupt:
+        z = rollout(model, latest[0], targets, settings, callback=report, lr_scale=lr_scale, draw=draw)
+        return z, last_loss(), None
+    except KeyboardInterrupt as e:
         log("interrupted: saving the image so far")
-        return latest[0].detach(), last_loss()
+        return latest[0].detach(), last_loss(), Interrupted(f"step {latest[2]} of {total}", signal_of(e))
     finally:
         bar.close()
         if progress is not None:

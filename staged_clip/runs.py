@@ -6,7 +6,7 @@ nothing sees it (a PNG records a copy of the flags' values: output.Output.flags)
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import UserError, log
+from .errors import Interrupted, UserError, log
 from .settings import NO_PALETTE, SAVE_SIZE, Settings, replayed
 
 
@@ -23,13 +23,25 @@ class Run:
     threads: int
     start: object = None
 
-    def save(self, z, settings, **extra):
-        """Save the run's images as its PNGs (variations: each, and their contact sheet); returns the paths."""
+    def save(self, z, settings, stop=None, **extra):
+        """Save the run's images as its PNGs (variations: each, and their contact sheet); returns the paths.
+
+        stop: where render was interrupted (an errors.Interrupted), or None. An interrupted run's
+        PNGs record it ("interrupted": "step K of N"), and once they are written it is raised
+        again, naming them, so that the script exits 130 (143 on SIGTERM) instead of 0.
+        """
         if self.start is not None and self.start.path is not None:
             extra = {"init_image": self.start.path, **extra}
+        if stop is not None:
+            extra = {**extra, "interrupted": stop.what}
         if self.start is not None and len(self.start.seeds) > 1:
-            return self.output.save_variations(z, settings, self.model.device, self.start.seeds, **extra)
-        return self.output.save(z, settings, self.model.device, **extra)
+            paths = self.output.save_variations(z, settings, self.model.device, self.start.seeds, **extra)
+        else:
+            paths = self.output.save(z, settings, self.model.device, **extra)
+        if stop is not None:
+            raise Interrupted(f"at {stop.what}; the image so far is saved to {', '.join(paths)} (its PNG "
+                              f"records \"interrupted\": \"{stop.what}\")", stop.signum)
+        return paths
 
 
 def start(args, script, writes_baked=False):

@@ -162,14 +162,15 @@ def test_matching_bakes_are_reused(tiny_ckpt, wide_ckpt, monkeypatch, capsys):
         run_evaluate(tiny_ckpt, wide_ckpt, "--seed", "5")
 
 
-def test_ctrl_c_in_a_bake_says_what_is_saved_in_one_line(tiny_ckpt, wide_ckpt, monkeypatch):
+def test_ctrl_c_in_a_bake_says_what_is_saved_in_one_line(tiny_ckpt, wide_ckpt, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(es, "meta_step", interrupted)
     with pytest.raises(SystemExit) as info:
         run_evaluate(tiny_ckpt, wide_ckpt, "--meta-grads", "es")
-    assert str(info.value.code).startswith("interrupted: ") and "run again to go on" in info.value.code
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 130 and last.startswith("interrupted: ") and "run again to go on" in last
 
 
 def test_one_prompt_no_judge_or_the_guide_as_judge_is_refused_in_one_line(tiny_ckpt, wide_ckpt, capsys):

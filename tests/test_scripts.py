@@ -133,11 +133,11 @@ def raise_(error):
     raise error
 
 
-def test_ctrl_c_saves_an_incomplete_bake(tiny_ckpt, monkeypatch):
+def test_ctrl_c_saves_an_incomplete_bake(tiny_ckpt, monkeypatch, capsys):
     on_second_meta_step(monkeypatch, lambda: raise_(KeyboardInterrupt))
     with pytest.raises(SystemExit) as info:
         bake.main(["a red apple", *bake_args(tiny_ckpt, "--meta-steps", "5", "--out", "b.png")])
-    assert info.value.code not in (0, None) and "incomplete" in str(info.value.code)
+    assert info.value.code == 130 and "incomplete" in capsys.readouterr().err.splitlines()[-1]
     baked = common.load_baked("baked/a_red_apple.pt")
     assert baked["complete"] is False and len(baked["history"]) == 1
 
@@ -248,14 +248,14 @@ def test_wandb_auto_without_login_stays_off_with_a_hint(tiny_ckpt, tmp_path, mon
     assert not (tmp_path / "wandb").exists()
 
 
-def test_ctrl_c_before_any_meta_step_saves_nothing(tiny_ckpt, monkeypatch):
+def test_ctrl_c_before_any_meta_step_saves_nothing(tiny_ckpt, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(es, "meta_step", interrupted)
     with pytest.raises(SystemExit) as info:
         bake.main(["a red apple", *bake_args(tiny_ckpt, "--out", "b.png")])
-    assert "nothing was saved" in str(info.value.code)
+    assert info.value.code == 130 and "nothing was saved" in capsys.readouterr().err
     assert not Path("baked").exists() and not Path("b.png").exists()
 
 
@@ -269,14 +269,14 @@ def test_a_nan_mid_bake_keeps_the_steps_before_it(tiny_ckpt, monkeypatch):
     assert not Path("b.png").exists()
 
 
-def test_sigterm_saves_like_ctrl_c(tiny_ckpt, monkeypatch):
+def test_sigterm_saves_like_ctrl_c(tiny_ckpt, monkeypatch, capsys):
     import os
     import signal
     on_second_meta_step(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as info:
         bake.main(["a red apple", *bake_args(tiny_ckpt, "--meta-steps", "4", "--out", "b.png")])
-    assert "marked incomplete" in info.value.code
+    assert info.value.code == 143 and "marked incomplete" in capsys.readouterr().err
     assert common.load_baked("baked/a_red_apple.pt")["complete"] is False
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
 
@@ -360,3 +360,38 @@ def test_auto_microwave_says_in_one_line_which_bakes_it_skips(tiny_ckpt, wide_ck
     auto_microwave.main(["a red pear", "--k", "1", *render_args(tiny_ckpt, "--out", "a.png")])
     lines = [line for line in capsys.readouterr().err.splitlines() if "skipping" in line]
     assert len(lines) == 1 and "3 baked file(s)" in lines[0] and "width 48" in lines[0]
+
+
+@pytest.mark.parametrize("script, signum, code", [("normal.py", "SIGINT", 130), ("normal.py", "SIGTERM", 143),
+                                                   ("microwave.py", "SIGTERM", 143)])
+def test_an_interrupted_render_saves_marks_its_png_and_exits_non_zero(tiny_ckpt, script, signum, code):
+    """A scheduler's kill (or Ctrl-C) mid-run: the image so far is saved, its PNG says where the run
+    stopped, the last line says where it is, and the exit status is 128 + the signal."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT, write_bake
+    args = ["a red apple"]
+    if script == "microwave.py":
+        write_bake("b.pt", torch.randn(3, 32))
+        args.append("b.pt")
+    child = subprocess.Popen([sys.executable, str(ROOT / script), *args, *render_args(tiny_ckpt, "--steps", "100000",
+                              "--save-progress", "1", "--seed", "0"), "--out", "o.png"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    frames = Path("o_progress")
+    for _ in range(600):  # until it has made a few steps (a frame a step)
+        if len(list(frames.glob("*.png"))) >= 4 or child.poll() is not None:
+            break
+        time.sleep(0.1)
+    child.send_signal(getattr(signal, signum))
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == code, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: at step ") and "o.png" in last, last
+    with Image.open("o.png") as image:
+        mark = image.text["interrupted"]
+    done, _, total = mark.removeprefix("step ").partition(" of ")
+    stages = 3 if script == "microwave.py" else 1
+    assert 1 <= int(done) < int(total) == 100000 * stages and f"step {done} of {total}" in last
+    assert "saved" not in out  # no line that says it finished
