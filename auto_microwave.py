@@ -19,9 +19,7 @@ def parse_args(argv=None):
                    help="weight of the prompt in each stage's target (the path gets 1 - mix)")
     p.add_argument("--mode", choices=["mean", "splice"], default="mean",
                    help="mean: per-stage mean of the chosen paths; splice: each stage from one of them")
-    p.add_argument("--far", type=float, default=common.FAR, metavar="DISTANCE",
-                   help="where the nearest baked prompt lies farther than this (spherical distance) and the "
-                        "folder holds a shared bake of this model, replay that for the prompt instead")
+    common.add_far_arg(p)
     return p.parse_args(argv)
 
 

@@ -34,7 +34,7 @@ def parse_args(argv=None):
 @common.cli
 def main(argv=None):
     args = parse_args(argv)
-    texts = common.read_prompts(args.prompts_file)
+    texts = common.read_prompts(args.prompts_file, keep_going=not args.fail_fast)  # bad lines said, then failed
     init = common.load_baked(args.init_from) if args.init_from else None  # before CLIP loads
     index, count, source = common.pick_shard(args.shard)
     args.device = common.torchrun_device(args.device)

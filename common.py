@@ -33,7 +33,7 @@ _DOOR = {  # name -> module.attribute in staged_clip
     "starting_from": "baking.starting_from", "replay_bake": "knobs.replay", "is_shared": "knobs.is_shared",
     "check_replay": "knobs.check_replay",
     "part_embeds": "knobs.part_embeds",
-    "FAR": "settings.FAR",
+    "add_far_arg": "flags.add_far_arg",
     "bake_list": "batch.bake_list", "bake_paths": "batch.bake_paths",
     "pick_shard": "batch.pick_shard",
     # baked files

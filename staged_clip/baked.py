@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from . import knobs, learners, losses, output, prompts
-from .errors import UserError, log
+from .errors import READ_ERRORS, UserError, log, unreadable_reason
 from .output import atomic_write
 from .settings import SPEED_ONLY, Settings
 
@@ -73,22 +73,6 @@ def save_baked(path, contents):
     atomic_write(path, lambda tmp: torch.save(data, tmp))
 
 
-def unreadable_reason(path, error):
-    """Why torch.load could not read a file, in words a user can act on."""
-    if "Unsupported" in str(error) or "global" in str(error).lower():
-        return "it holds pickled code, which is never run"
-    head = Path(path).read_bytes()[:512]
-    if head.startswith(b"PK"):  # torch.save writes a zip archive
-        return "the archive is truncated or damaged"
-    if not head:
-        return "it is empty"
-    try:
-        head.decode("utf-8")
-        return "it is a text file, not one that torch.save wrote"
-    except UnicodeDecodeError:
-        return "it is not a file that torch.save wrote"
-
-
 def load_baked(path, embed_dim=None):
     """Read a baked file safely (weights_only): a dict as written by save_baked.
 
@@ -101,7 +85,7 @@ def load_baked(path, embed_dim=None):
         raise UserError(f"baked file {path} not found: check the path, or bake it with bake.py")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except READ_ERRORS as e:
         raise UserError(f"{path} is not a readable baked file ({unreadable_reason(path, e)}): "
                         f"bake it again with bake.py") from None
     if isinstance(obj, torch.Tensor):

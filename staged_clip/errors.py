@@ -1,7 +1,15 @@
 """User errors, interruptions and status lines: the bottom of the package, importing nothing of it."""
 
+import pickle
 import signal
+import struct
 import sys
+from pathlib import Path
+
+# what torch.load and torch.jit.load raise on a file they cannot read: pickled code refused by
+# weights_only, a truncated or foreign archive, and the legacy reader's errors on arbitrary bytes
+READ_ERRORS = (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError, OSError, AttributeError,
+               IndexError, TypeError, ImportError, OverflowError, struct.error)
 
 
 class UserError(Exception):
@@ -49,3 +57,19 @@ def out_of_memory_message(error):
     if isinstance(error, MemoryError) or "DefaultCPUAllocator" in str(error):
         return "out of memory: lower --size, --cutn or --save-size (or --steps for an unrolled bake)"
     return None
+
+
+def unreadable_reason(path, error):
+    """Why torch.load could not read a file, in words a user can act on."""
+    if "unsupported global" in str(error).lower():  # weights_only refused a class or function
+        return "it holds pickled code, which is never run"
+    head = Path(path).read_bytes()[:512]
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK"):  # torch.save writes a zip archive
+        return "the archive is truncated or damaged"
+    try:
+        head.decode("utf-8")
+        return "it is a text file, not one that torch.save wrote"
+    except UnicodeDecodeError:
+        return "it is not a file that torch.save wrote"

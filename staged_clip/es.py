@@ -205,7 +205,7 @@ def population_losses(model, search, eps_c, eps_k, tasks, shift, settings, step)
                 mine += chunk
                 image = z if image is None else image
             break
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5
             done = len(distributed.chunks(n, settings.es_chunk)[0])
             if done == 1:
                 raise

@@ -6,8 +6,9 @@ import argparse
 import math
 from pathlib import Path
 
-from .settings import (DEFAULT_CLIP_MODEL, GATE_EVERY, LR, META_GRADS, NEGATIVE_TEXT, NO_PALETTE, ORIGINAL, PALETTE_HARD,
-                       PALETTE_WEIGHT, PARAMS, PRECISIONS, SAVE_SIZE, SCRIPT_DEFAULTS, STYLE_TEXT, Settings)
+from .settings import (DEFAULT_CLIP_MODEL, FAR, GATE_EVERY, LR, META_GRADS, NEGATIVE_TEXT, NO_PALETTE, ORIGINAL,
+                       PALETTE_HARD, PALETTE_WEIGHT, PARAMS, PRECISIONS, SAVE_SIZE, SCRIPT_DEFAULTS, STYLE_TEXT,
+                       Settings)
 
 
 def number(cast, accept, requirement):
@@ -35,6 +36,8 @@ positive_float = number(float, lambda v: 0 < v < math.inf, "must be a positive n
 unit_float = number(float, lambda v: 0 <= v <= 1, "must lie between 0 and 1")
 decay_float = number(float, lambda v: 0 <= v < 1, "must lie from 0 up to, not including, 1")
 save_side = number(int, lambda v: 1 <= v <= 8192, "must be a whole number from 1 to 8192")
+spherical_distance = number(float, lambda v: 0 <= v <= math.pi**2 / 2,
+                            "must be a spherical distance from 0 to pi^2/2 (about 4.93)")
 seed_int = number(int, lambda v: 0 <= v < 2**63, "must be a whole number from 0 to 2**63 - 1")
 
 
@@ -316,6 +319,14 @@ def add_timed_args(parser):
     add_bake_settings(g, choose_estimator=False)
     add_es_settings(g)
     return g
+
+
+def add_far_arg(parser):
+    """--far: auto_microwave.py's distance beyond which it replays the folder's shared bake instead."""
+    parser.add_argument("--far", type=spherical_distance, default=FAR, metavar="DISTANCE",
+                        help="where the nearest baked prompt lies farther than this (spherical distance, 0 to "
+                             "pi^2/2) and the folder holds a shared bake of this model, replay that for the prompt "
+                             "instead")
 
 
 def add_init_arg(group):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from clip.model import CLIP, build_model
 
-from .errors import UserError, log
+from .errors import READ_ERRORS, UserError, log, unreadable_reason
 from .settings import DEFAULT_CLIP_MODEL
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -257,24 +257,32 @@ def download(name):
 
 
 def state_dict_from_file(path):
-    """Read a CLIP state dict from a plain state-dict file or a TorchScript archive."""
+    """Read a CLIP state dict from a plain state-dict file or a TorchScript archive; where it is
+    neither, a UserError naming why each way of reading it failed."""
     with warnings.catch_warnings():  # torch warns about TorchScript archives and jit.load
         warnings.simplefilter("ignore")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            obj = None
+        except READ_ERRORS as e:
+            obj, as_dict = None, unreadable_reason(path, e)
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
         if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-        if obj is None:
-            try:  # openai's released checkpoints are TorchScript archives
-                return torch.jit.load(path, map_location="cpu").state_dict()
-            except Exception:
-                pass
-    raise UserError(f"{path} is not a CLIP checkpoint (a state dict or TorchScript file): "
-                    f"check the path, or delete it and download again")
+        if obj is not None:
+            as_dict = f"it holds a {type(obj).__name__}, not a dict of tensors"
+        try:  # openai's released checkpoints are TorchScript archives
+            return torch.jit.load(path, map_location="cpu").state_dict()
+        except READ_ERRORS as e:
+            as_script = torch_reason(e)
+    raise UserError(f"{path} is not a CLIP checkpoint: as a state dict, {as_dict}; as a TorchScript archive, "
+                    f"{as_script}: check the path, or delete it and download again")
+
+
+def torch_reason(error):
+    """The gist of torch's error on reading an archive: its first line, without the reader's jargon."""
+    line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return line.split(". This is an internal")[0].removeprefix("PytorchStreamReader ")[:100]
 
 
 def load_clip(name=DEFAULT_CLIP_MODEL, device="cpu"):
@@ -310,7 +318,7 @@ def load_clip(name=DEFAULT_CLIP_MODEL, device="cpu"):
         model = build_model(dict(state)).float()
         model.load_state_dict({k: v for k, v in state.items()
                                if k not in ("input_resolution", "context_length", "vocab_size")})
-    except Exception as e:
+    except (KeyError, RuntimeError, ValueError, IndexError, TypeError, AttributeError) as e:  # not CLIP's layout
         raise UserError(f"{path} does not hold CLIP weights ({type(e).__name__}): "
                         f"pass a CLIP checkpoint") from None
     return Clip(model, name, device)

@@ -147,8 +147,13 @@ def load_prompt(model, text):
     return Prompt(text.strip(), "text", F.normalize(mixed, dim=-1))
 
 
-def read_prompts(path):
-    """The prompts of a list file: stripped lines, without blanks, # comments or repeats."""
+def read_prompts(path, keep_going=False):
+    """The prompts of a list file: stripped lines, without blanks, # comments or repeats.
+
+    Every prompt is checked before any work starts. A bad one is refused (a UserError naming
+    its line, "FILE:LINE: why"; several are each said first, one line each); with keep_going it
+    is said and kept, so that the script can report it as failed and go on with the others.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"prompts file {path} not found: give a file with one prompt a line")
@@ -156,18 +161,28 @@ def read_prompts(path):
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path} ({type(e).__name__}): save it as UTF-8 text") from None
-    prompts = []
-    for line in lines:
+    prompts, bad = [], []
+    for number, line in enumerate(lines, 1):
         line = line.strip()
-        if line and not line.startswith("#") and line not in prompts:
-            prompts.append(line)
+        if not line or line.startswith("#") or line in prompts:
+            continue
+        prompts.append(line)
+        try:
+            check_prompt(line)
+            if is_image_path(line) and not os.path.isfile(line):
+                raise UserError(f"image prompt {line} not found: check the path")
+        except UserError as e:
+            bad.append(f"{path}:{number}: {e}")
     if not prompts:
         raise UserError(f"{path} holds no prompts: write one prompt a line")
-    for prompt in prompts:
-        try:
-            check_prompt(prompt)
-        except UserError:
-            pass  # said when that prompt is baked; the others go on
+    if bad and not keep_going:
+        if len(bad) == 1:
+            raise UserError(bad[0])
+        for line in bad:
+            log(line)
+        raise UserError(f"{path}: {len(bad)} prompts cannot be read (above): fix or remove those lines")
+    for line in bad:
+        log(f"{line} (it will fail; the others go on)")
     return prompts
 
 

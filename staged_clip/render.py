@@ -29,6 +29,14 @@ def use_compile(model):
     model.compiled_loss = torch.compile(losses.image_loss_with, dynamic=False)
 
 
+def compiler_errors():
+    """What torch.compile raises when it cannot compile (its dynamo and inductor errors, which wrap a
+    backend's): the errors that make the renderer fall back to eager. Anything else, a wrong
+    shape or a device error, is the program's and is raised."""
+    import torch._dynamo  # noqa: F401 - loaded by torch.compile anyway; its exc module names its errors
+    return (torch._dynamo.exc.TorchDynamoException,)
+
+
 def loss_and_grad(model, z, target, cutn, draw=None, decode=None, palette=None):
     """The loss of a leaf z and its gradient, through the compiled loss when there is one.
 
@@ -44,9 +52,7 @@ def loss_and_grad(model, z, target, cutn, draw=None, decode=None, palette=None):
         try:
             loss = model.compiled_loss(model, image, target, cutn, draws, palette)
             return loss, torch.autograd.grad(loss * scale, z)[0] / scale
-        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
-            if isinstance(e, (KeyboardInterrupt, torch.OutOfMemoryError)):
-                raise
+        except compiler_errors() as e:  # the compiler's own failure (no C++ compiler, an unsupported op)
             log(f"--compile failed ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "
                 f"running eager")
             model.compiled_loss = None

@@ -65,7 +65,12 @@ def test_unknown_model(capsys):
 
 def test_a_file_that_is_not_a_checkpoint(capsys):
     Path("weights.pt").write_text("not weights")
-    fails(normal, ["a cat", "--clip-model", "weights.pt"], "not a CLIP checkpoint", capsys)
+    message = fails(normal, ["a cat", "--clip-model", "weights.pt"], "not a CLIP checkpoint", capsys)
+    # why each way of reading it failed
+    assert "as a state dict, it is a text file" in message and "as a TorchScript archive, " in message
+    torch.save([1, 2], "list.pt")
+    message = fails(normal, ["a cat", "--clip-model", "list.pt"], "not a CLIP checkpoint", capsys)
+    assert "as a state dict, it holds a list" in message and "as a TorchScript archive, " in message
     torch.save({"a": torch.zeros(2)}, "other.pt")
     fails(normal, ["a cat", "--clip-model", "other.pt"], "does not hold CLIP weights", capsys)
 
@@ -246,3 +251,36 @@ def test_a_text_file_named_as_a_bake_says_it_is_text(tiny_ckpt, capsys):
     Path("prompts.pt").write_text("a red apple\na blue car\n" * 20)  # a prompt list, renamed
     message = fails(microwave, ["prompts.pt", *render_args(tiny_ckpt)], "text file", capsys)
     assert "Error)" not in message  # no exception's name for the user to decode
+
+
+def test_a_bad_line_of_a_prompt_list_is_named_before_any_work(tiny_ckpt, monkeypatch, capsys):
+    import evaluate
+    from staged_clip import models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_clip", no_model)
+    Path("one.txt").write_text("# a list\na red apple\na green:abc pear\n")
+    fails(evaluate, ["one.txt", "--clip-model", tiny_ckpt, "--score-model", "x"],
+          "one.txt:3: 'abc pear' after the colon", capsys)
+    Path("two.txt").write_text("a red apple\na green:abc pear\n\nmissing.png\na blue car\n")
+    fails(bake, ["--prompts", "two.txt", *bake_args(tiny_ckpt)], "two.txt: 2 prompts cannot be read (above)", capsys)
+    said = capsys.readouterr().err
+    assert "two.txt:2: 'abc pear'" in said and "two.txt:4: image prompt missing.png not found" in said
+
+
+def test_batch_bake_says_a_bad_line_first_and_goes_on_with_the_others(tiny_ckpt, capsys):
+    Path("list.txt").write_text("a red apple\na green:abc pear\na blue car\n")
+    with pytest.raises(SystemExit) as info:
+        batch_bake.main(["list.txt", *bake_args(tiny_ckpt, "--baked-dir", "bk", "--seed", "0")])
+    out, err = capsys.readouterr()
+    assert info.value.code == 1 and "list.txt:2: 'abc pear'" in err.splitlines()[0]
+    assert "2 baked, 0 already baked (skipped), 1 failed" in out
+    assert sorted(p.name for p in Path("bk").glob("*.pt")) == ["a_blue_car.pt", "a_red_apple.pt"]
+    fails(batch_bake, ["list.txt", *bake_args(tiny_ckpt, "--baked-dir", "bk2", "--fail-fast")], "list.txt:2:", capsys)
+
+
+@pytest.mark.parametrize("far", ["nan", "-0.1", "5", "inf", "x"])
+def test_far_is_validated_like_every_other_number(far, capsys):
+    fails(auto_microwave, ["a cat", "--far", far], "argument --far", capsys)

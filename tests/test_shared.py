@@ -102,7 +102,7 @@ def test_auto_microwave_replays_the_shared_bake_when_the_nearest_bakes_are_far(t
     capsys.readouterr()
     auto_microwave.main(["a red apple", *render_args(tiny_ckpt), "--out", "near.png", "--k", "1"])
     assert "nearest baked prompts" in capsys.readouterr().out  # its own bake, at distance 0
-    auto_microwave.main(["a red apple", *render_args(tiny_ckpt), "--out", "far.png", "--k", "1", "--far", "-1"])
+    auto_microwave.main(["a green pear", *render_args(tiny_ckpt), "--out", "far.png", "--k", "1", "--far", "0"])
     assert "replaying the shared bake baked/shared_p.pt" in capsys.readouterr().out
     assert Path("far.png").is_file()
 

@@ -153,18 +153,33 @@ def test_the_compiled_loss_gives_the_eager_losses(tiny, compiled_tiny):
     assert torch.allclose(runs[0][0], runs[1][0], atol=1e-5)
 
 
-def test_a_compile_failure_falls_back_to_eager_with_a_note(tiny_ckpt, monkeypatch, capsys):
-    def broken(fn, **kwargs):
+def broken_compile(error):
+    """A torch.compile whose compiled function raises error when called."""
+    def compile(fn, **kwargs):
         def run(*args):
-            raise RuntimeError("no compiler here")
+            raise error
         return run
+    return compile
 
-    monkeypatch.setattr(torch, "compile", broken)
+
+def test_a_compile_failure_falls_back_to_eager_with_a_note(tiny_ckpt, monkeypatch, capsys):
+    import torch._dynamo
+    failure = torch._dynamo.exc.TorchRuntimeError("no compiler here")  # a compiler's own error
+    monkeypatch.setattr(torch, "compile", broken_compile(failure))
     normal.main(["a red apple", *render_args(tiny_ckpt, "--compile", "--seed", "1", "--out", "c.png")])
     normal.main(["a red apple", *render_args(tiny_ckpt, "--seed", "1", "--out", "e.png")])
     err = capsys.readouterr().err
-    assert err.count("--compile failed (RuntimeError: no compiler here); running eager") == 1
+    assert err.count("--compile failed (TorchRuntimeError: no compiler here); running eager") == 1
     assert open("c.png", "rb").read() != b"" and _pixels("c.png") == _pixels("e.png")
+
+
+@pytest.mark.parametrize("error", [RuntimeError("Expected all tensors to be on the same device"),
+                                   ValueError("shapes [2, 3] and [4] do not match")])
+def test_an_error_that_is_not_the_compilers_is_raised_not_hidden(tiny_ckpt, monkeypatch, capsys, error):
+    monkeypatch.setattr(torch, "compile", broken_compile(error))
+    with pytest.raises(type(error), match=str(error).split()[0]):
+        normal.main(["a red apple", *render_args(tiny_ckpt, "--compile", "--seed", "1", "--out", "c.png")])
+    assert "running eager" not in capsys.readouterr().err
 
 
 def _pixels(path):
