@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from . import distributed, es, learners, losses, models, prompts, render, tasks
 from .memory import Memory, return_freed_memory
-from .settings import PARAMS, SCRIPT_DEFAULTS, Settings
+from .settings import ORIGINAL_REPLAY_SIZE, PARAMS, SCRIPT_DEFAULTS, Settings
 
 DEFAULTS = Settings()  # the default bake, which the bake row projects to
 
@@ -263,7 +263,7 @@ def measure(model, settings, options):
 def inner_rows(model, settings, options, clock, inner):
     """Rows of inner steps: at each script's defaults (recording each in inner), then per parametrization."""
     for script, defaults in SCRIPT_DEFAULTS.items():
-        size, cutn = defaults["size"], defaults["cutn"]
+        size, cutn = defaults["size"] or ORIGINAL_REPLAY_SIZE, defaults["cutn"]  # None: its bakes' (the original's 128)
         ours = inner[script] = time_inner_step(model, clock, settings.replace(size=size, cutn=cutn), options.repeat,
                                                options.warmup)
         note, extra = "", {}

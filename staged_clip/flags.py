@@ -149,10 +149,12 @@ def add_render_args(group, size, steps, cutn, lr=LR, inner_eps=Settings.inner_ep
     style shaping of targets.
 
     lr, inner_eps, carry_moments, param: None for a replay, whose bake says (files without: the
-    original's, rgb).
+    original's, rgb); size too (auto_microwave.py: the size its bakes were learned at).
     """
     group.add_argument("--size", type=image_side, nargs="+", action=SizeAction, default=size,
-                       help="side of the optimized image tensor, or its width and height")
+                       help="side of the optimized image tensor, or its width and height"
+                            + (" (default: the size the bakes were learned at; 128 for a bare tensor of the "
+                               "original)" if size is None else ""))
     group.add_argument("--width", type=image_side, dest="size", metavar="W", help="its width (alone: a square)")
     group.add_argument("--height", type=image_side, default=None, metavar="H",
                        help="its height (default: as tall as wide)")

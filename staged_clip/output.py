@@ -22,8 +22,8 @@ QUANT_LEVELS = 16
 ROOT = Path(__file__).resolve().parent.parent  # the project's folder, whose commit a run records
 # the settings a PNG records as the run used them, where the user left them to be chosen or read from a bake
 # (not the palette: the flag keeps what the user named, "pico8" or a file; the colours get a chunk of their own)
-USED = ("seed", "threads", "lr", "inner_eps", "carry_moments", "param", "pyramid_levels", "palette_weight",
-        "palette_hard")
+USED = ("seed", "threads", "size", "height", "lr", "inner_eps", "carry_moments", "param", "pyramid_levels",
+        "palette_weight", "palette_hard")
 SHEET_CELL = 256  # px: the longer side of an image on a contact sheet
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import Interrupted, UserError, log
-from .settings import NO_PALETTE, SAVE_SIZE, Settings, replayed
+from .settings import NO_PALETTE, ORIGINAL_REPLAY_SIZE, RENDERER_OF_BAKE, SAVE_SIZE, Settings, replayed
 
 
 @dataclass(frozen=True)
@@ -59,20 +59,19 @@ def start(args, script, writes_baked=False):
     wandb = wandb_log.WandbLog(wandb_log.wandb_mode(args.wandb), args.wandb_project,
                                args.log_every) if "wandb" in flags else None
     check_inputs(args, out, writes_baked)
-    image = None
-    if flags.get("init_image") is not None:
-        image = starts.load_start_image(args.init_image, shape_of(args))
+    if flags.get("init_image") is not None:  # read now to fail early; read again at the size rendered
+        starts.load_start_image(args.init_image, shape_of(args) if args.size else 8)
     output.provenance()  # read now, once, rather than while an interrupted bake saves
     model, seed, threads = startup.launch(args.clip_model, args.device, args.seed, args.threads, args.precision,
                                           args.compile)
-    begin = starts.Start.of(seed, flags.get("variations", 1), image, flags.get("init_noise", 0.0), args.init_image
-                            if image is not None else None)
+    begin = starts.Start.of(seed, flags.get("variations", 1), flags.get("init_image"), flags.get("init_noise", 0.0))
     return Run(model, out, wandb, seed, threads, begin)
 
 
 def shape_of(args):
-    """The image's (height, width) as the flags give it (--size W [H], --width, --height)."""
-    return (args.height or args.size, args.size)
+    """The image's (height, width) as the flags give it (--size W [H], --width, --height); None where
+    --size is left to a replayed bake (auto_microwave.py)."""
+    return (args.height or args.size, args.size) if args.size else None
 
 
 def check_inputs(args, out, writes_baked):
@@ -89,7 +88,7 @@ def check_inputs(args, out, writes_baked):
     if flags.get("checkpoint") and args.carry_moments:
         raise UserError("--checkpoint reruns each stage alone, so it cannot carry Adam's moments between stages: "
                         "drop one of --checkpoint and --carry-moments")
-    if args.param is not None:
+    if args.param is not None and args.size:
         params.check(args.param, shape_of(args), args.pyramid_levels)
     if args.palette is not None:
         args.palette = palettes.resolve(args.palette, args.palette_size) or NO_PALETTE
@@ -99,25 +98,53 @@ def settings_of(args, run, bake=None, source=None):
     """The frozen Settings of a run: its flags, with the seed and threads it started with.
 
     bake: the config of a bake being replayed, whose renderer (learning rate, Adam's eps and
-    moments, parametrization) holds where the flags leave it (None); source names the bake
-    in the note said where --param asks for another parametrization than its own.
+    moments, parametrization, palette; auto_microwave.py's size) holds where the flags leave it
+    (None), said in one line (source names the bake), as is a --param or --palette other than its own.
     """
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
               if f.name in vars(args) and f.name not in ("seed", "threads")}
     if bake is not None:
-        fields.update(replayed(fields, bake))
-        made = bake.get("param", "rgb")
-        if args.param is not None and args.param != made:
-            log(f"note: {source} was baked with --param {made}; replaying it with --param {args.param}")
-        made = bake.get("palette")
-        if args.palette is not None and (None if args.palette == NO_PALETTE else args.palette) != made:
-            log(f"note: {source} was baked {'in ' + palette_name(made) if made else 'without a palette'}; "
-                f"replaying it {'in ' + palette_name(args.palette) if args.palette != NO_PALETTE else 'without one'}")
+        fields = from_bake(args, fields, bake, source)
     if fields.get("palette") == NO_PALETTE:
         fields["palette"] = None
     if getattr(args, "dither", False) and fields.get("palette") is None:
         log("note: --dither acts only with a palette (--palette); saving without it")
     return Settings(**fields, seed=run.seed, threads=run.threads)
+
+
+def from_bake(args, fields, bake, source):
+    """The fields of a replay's Settings with what the flags left to its bake (config) taken from it, and
+    one line at the start saying what was taken."""
+    given = dict(fields)
+    fields = {**fields, **replayed(fields, bake)}
+    if fields.get("size") is None:  # the size the bake was learned at (auto_microwave.py)
+        fields.update(size=bake.get("size", ORIGINAL_REPLAY_SIZE), height=bake.get("height"))
+        if args.param is not None:
+            from . import params
+            params.check(args.param, (fields["height"] or fields["size"], fields["size"]), args.pyramid_levels)
+    taken = [said(name, fields[name]) for name in (*RENDERER_OF_BAKE, "size")
+             if given.get(name) is None and name in fields and said(name, fields[name])]
+    log(f"from {source}: {bake.get('stages', 'its')} stages and their knobs"
+        + (f", {', '.join(taken)}" if taken else "") + " (a flag overrides each)")
+    made = bake.get("param", "rgb")
+    if args.param is not None and args.param != made:
+        log(f"note: {source} was baked with --param {made}; replaying it with --param {args.param}")
+    made = bake.get("palette")
+    if args.palette is not None and (None if args.palette == NO_PALETTE else args.palette) != made:
+        log(f"note: {source} was baked {'in ' + palette_name(made) if made else 'without a palette'}; "
+            f"replaying it {'in ' + palette_name(args.palette) if args.palette != NO_PALETTE else 'without one'}")
+    return fields
+
+
+def said(name, value):
+    """A setting taken from a bake as its line says it ("--lr 0.96"), or "" where not worth a word."""
+    if name == "palette":
+        return f"--palette {palette_name(value).removeprefix('the palette ')}" if value else "no palette"
+    if name in ("palette_weight", "palette_hard", "pyramid_levels") or value is None:
+        return ""
+    if name == "carry_moments":
+        return "Adam's moments carried between stages" if value else "Adam restarted each stage"
+    return f"--{name.replace('_', '-')} {value}"
 
 
 def palette_name(palette):

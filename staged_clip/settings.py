@@ -17,15 +17,17 @@ PRECISIONS = ("fp32", "fp16", "bf16")  # of CLIP's image tower
 PARAMS = ("rgb", "pyramid", "fourier")  # what Adam optimizes (params.py)
 META_GRADS = ("unrolled", "none", "es")  # the bake's estimators (learners.py)
 TUNE_LRS = (0.06, 0.12, 0.24, 0.48, 0.96)  # normal_tuned's sweep (evaluate.py): the reference halved, doubled 3x
+ORIGINAL_REPLAY_SIZE = 128  # auto_microwave.py's side for a bake that records none (the original's bare tensors)
 FAR = 0.5  # auto_microwave.py: nearest bakes farther than this (spherical distance) give way to a shared bake
 GATE_EVERY = 5  # meta steps between validations, by default, for an estimator that validates by default (es)
 
 # each script's renderer defaults, the original's: image side, steps (per stage), cutouts;
-# None: as the replayed bake's renderer (the original's for a file that does not say)
+# None: as the replayed bake's renderer (the original's for a file that does not say; for the
+# size, the original auto_microwave.py's 128 px, ORIGINAL_REPLAY_SIZE)
 SCRIPT_DEFAULTS = {
     "normal.py": dict(size=32, steps=250, cutn=8),
     "microwave.py": dict(size=64, steps=25, cutn=8, lr=None, inner_eps=None, carry_moments=None, param=None),
-    "auto_microwave.py": dict(size=128, steps=25, cutn=8, lr=None, inner_eps=None, carry_moments=None, param=None),
+    "auto_microwave.py": dict(size=None, steps=25, cutn=8, lr=None, inner_eps=None, carry_moments=None, param=None),
     "bake.py": dict(size=128, steps=30, cutn=1),
 }
 # fields that only change how fast a result comes (or its rounding), not which result: not

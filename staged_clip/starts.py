@@ -16,9 +16,10 @@ def variation_seeds(seed, count):
 
 @dataclass(frozen=True)
 class Start:
-    """seeds: one per image. image: a start image [1, 3, H, W] in [0, 1], or None (the random start,
-    a standard normal). noise: the share of the random start mixed into the start image
-    ((1 - noise) * image + noise * random, in the renderer's units, where 0 and 1 are -1 and 1).
+    """seeds: one per image. path: a start image's file, or None (the random start, a standard
+    normal); it is read at the size the images are rendered at. noise: the share of the random
+    start mixed into the start image ((1 - noise) * image + noise * random, in the renderer's
+    units, where 0 and 1 are -1 and 1).
 
     One seed draws from the global generator, seeded with it when the run started (so a run
     without variations is the run it always was); several seeds draw each image's start and
@@ -26,13 +27,12 @@ class Start:
     """
 
     seeds: tuple
-    image: object = None
-    noise: float = 0.0
     path: str = None  # the start image's file, recorded in the PNGs
+    noise: float = 0.0
 
     @classmethod
-    def of(cls, seed, variations=1, image=None, noise=0.0, path=None):
-        return cls(tuple(variation_seeds(seed, variations)), image, noise, path)
+    def of(cls, seed, variations=1, path=None, noise=0.0):
+        return cls(tuple(variation_seeds(seed, variations)), path, noise)
 
     def images(self, shape, device):
         """The start images [len(seeds), 3, H, W] and what draws their cutouts (None: the global generator)."""
@@ -43,8 +43,8 @@ class Start:
             generators = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
             z = torch.cat([torch.randn(1, 3, height, width, device=device, generator=g) for g in generators])
             draw = cutouts.draws_from(generators)
-        if self.image is not None:
-            image = self.image.to(device) * 2 - 1  # to_image's inverse: the image itself where noise is 0
+        if self.path is not None:
+            image = load_start_image(self.path, (height, width)).to(device) * 2 - 1  # to_image's inverse
             z = image if self.noise == 0 else (1 - self.noise) * image + self.noise * z
             z = z.expand(len(self.seeds), -1, -1, -1).contiguous()
         return z, draw

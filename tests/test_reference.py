@@ -24,7 +24,7 @@ from staged_clip.settings import Settings
                        meta_grad="es", population=4, baked_dir="baked", wandb="auto", out="output.png")),
     (batch_bake, [], dict(size=128, steps=30, cutn=1, stages=10, meta_steps=100, prompts_file="prompts.txt")),
     (microwave, ["b.pt"], dict(size=64, steps=25, cutn=8, mix=0.5, out="output.png")),
-    (auto_microwave, ["p"], dict(size=128, steps=25, cutn=8, k=2, mix=0.7, mode="mean", baked_dir="baked")),
+    (auto_microwave, ["p"], dict(size=None, steps=25, cutn=8, k=2, mix=0.7, mode="mean", baked_dir="baked")),
     (normal, ["p"], dict(size=32, steps=250, cutn=8, out="output.png")),
 ])
 def test_script_defaults(script, argv, expected):

@@ -191,6 +191,25 @@ def test_auto_microwave_picks_the_nearest_and_skips_other_widths(tiny_ckpt, wide
     assert json.loads(text["baked_prompts"])[0] == "a blue car | a road:0.5"
 
 
+def test_a_replay_renders_at_its_bakes_size_and_says_what_it_takes_from_them(tiny_ckpt, capsys):
+    bake.main(["a red apple", *bake_args(tiny_ckpt, "--meta-steps", "1", "--size", "12", "--lr", "0.3",
+                                         "--out", "b.png")])
+    args = [a for a in render_args(tiny_ckpt, "--steps", "1") if a not in ("--size", "16")]  # no --size
+    capsys.readouterr()
+    auto_microwave.main(["a red pear", *args, "--out", "a.png"])
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("from ")]
+    assert len(said) == 1 and "--lr 0.3" in said[0] and "--size 12" in said[0] and "2 stages" in said[0]
+    assert json.loads(png_info("a.png")[1]["settings"])["size"] == 12  # the PNG records the size used
+    auto_microwave.main(["a red pear", *args, "--size", "8", "--lr", "0.2", "--out", "b8.png"])
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("from ")][0]
+    assert "--size" not in said and "--lr" not in said  # given: not taken
+    assert json.loads(png_info("b8.png")[1]["settings"])["size"] == 8
+    Path("bare").mkdir()
+    torch.save(torch.randn(2, 32), "bare/a_blue_car.pt")  # the original's bake: a bare tensor
+    auto_microwave.main(["a red pear", *args, "--steps", "1", "--baked-dir", "bare", "--out", "c.png"])
+    assert json.loads(png_info("c.png")[1]["settings"])["size"] == 128  # the original's side for its bare tensors
+
+
 def test_auto_microwave_reuses_a_prompt_embedding_only_from_the_same_weights(tiny):
     fresh = common.load_prompt(tiny, "a red apple").embed
     stored = torch.nn.functional.normalize(torch.randn_like(fresh), dim=-1)
