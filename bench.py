@@ -24,7 +24,6 @@ TUNE_MALLOC = False  # set when run as a script: the allocator setting lasts for
 def parse_args(argv=None):
     p = common.make_parser(__doc__)
     common.add_timed_args(p)
-    p.set_defaults(seed=0)
     g = p.add_argument_group("benchmark options")
     g.add_argument("--repeat", type=common.positive_int, default=20,
                    help="timed inner steps per row (their median is shown)")

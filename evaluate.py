@@ -56,9 +56,9 @@ SIGMA_LIST = common.name_list(cast=float, accept=lambda v: 0 <= v <= 1.5, distin
 def parse_args(argv=None):
     p = common.make_parser(__doc__)
     p.add_argument("prompts_file", nargs="?", default="prompts.txt", help="file of prompts, one a line")
-    common.add_common_args(p, "bake.py", out="evaluation.png", progress=False)
+    common.add_common_args(p, "bake.py", out="evaluation.png", progress=False, seed=0)  # an evaluation repeats
     common.add_bake_args(p, choose_estimator=False, es_title="es options (the es bakes') and the validation gate")
-    p.set_defaults(baked_dir="baked/evaluate", wandb="disabled", seed=0)  # an evaluation repeats by default
+    p.set_defaults(baked_dir="baked/evaluate", wandb="disabled")
     g = p.add_argument_group("evaluation options")
     g.add_argument("--score-model", type=JUDGE_LIST, default=None, metavar="LIST",
                    help="the held-out judges: other CLIPs, comma-separated (default: toy-scorer,toy-judge when "

@@ -123,16 +123,18 @@ def make_parser(doc):
                   epilog=f"The original: the code of {ORIGINAL},\nwhose numbers are the defaults here.")
 
 
-def add_model_args(group, clip_model=DEFAULT_CLIP_MODEL):
-    """--clip-model, --device, --seed, --precision, --compile and --threads."""
+def add_model_args(group, clip_model=DEFAULT_CLIP_MODEL, seed=None):
+    """--clip-model, --device, --seed (None: a fresh one; a number: so that a measurement repeats),
+    --precision, --compile and --threads."""
     group.add_argument("--clip-model", default=clip_model,
                        help="CLIP model name (downloaded once), a local checkpoint path, "
                             "toy, toy-scorer or toy-judge (small offline models of drawn shapes, shipped here), "
                             "or random:ARCH (random weights, for timing)")
     group.add_argument("--device", default=None,
                        help="torch device (default: cuda if available, else cpu)")
-    group.add_argument("--seed", type=seed_int, default=None,
-                       help="random seed (default: a fresh one, printed so the run can be repeated)")
+    group.add_argument("--seed", type=seed_int, default=seed,
+                       help="random seed (default: a fresh one, printed so the run can be repeated)" if seed is None
+                       else "random seed (fixed, so that a measurement repeats)")
     group.add_argument("--precision", choices=PRECISIONS, default=Settings.precision,
                        help="precision of CLIP's image tower (autocast; fp16/bf16 are faster on a GPU)")
     group.add_argument("--compile", action="store_true",
@@ -214,13 +216,14 @@ def add_start_args(parser):
                         "sheet OUT_sheet.png (variation i is the run --seed SEED+i-1 makes alone)")
 
 
-def add_common_args(parser, script, out="output.png", progress=True):
+def add_common_args(parser, script, out="output.png", progress=True, seed=None):
     """Add the flags every script has, with script's renderer defaults (settings.SCRIPT_DEFAULTS).
 
-    out=None: no --out (the script decides where images go); progress=False: no --save-progress.
+    out=None: no --out (the script decides where images go); progress=False: no --save-progress;
+    seed: --seed's default (None: a fresh one).
     """
     g = parser.add_argument_group("common options")
-    add_model_args(g)
+    add_model_args(g, seed=seed)
     add_render_args(g, **SCRIPT_DEFAULTS[script])
     if out is not None:
         g.add_argument("--out", default=out, help="output PNG path")
@@ -316,7 +319,7 @@ def add_timed_args(parser):
     """bench.py's flags of what it times: the model (random ViT-B/32 weights by default), the
     renderer at bake.py's defaults, and the bake's and the ES estimator's settings."""
     g = parser.add_argument_group("what to time")
-    add_model_args(g, clip_model="random:ViT-B/32")
+    add_model_args(g, clip_model="random:ViT-B/32", seed=0)
     add_render_args(g, **SCRIPT_DEFAULTS["bake.py"])
     add_bake_settings(g, choose_estimator=False)
     add_es_settings(g)

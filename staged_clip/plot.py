@@ -12,12 +12,11 @@ COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 
 
 @dataclass(frozen=True)
 class Panel:
-    """One panel: its title, its y axis's label and range (low, high), how a y value is written on
-    the axis (a format string), and per series name its points [(y, low, high)], one per x
-    (low and high: its interval; None: none drawn; y None: no point)."""
+    """One panel: its title (saying what y is), its y axis's range (low, high), per series name its
+    points [(y, low, high)], one per x (low and high: its interval; None: none drawn; y None: no
+    point), and how a y value is written on the axis (a format string)."""
 
     title: str
-    label: str
     limits: tuple
     series: dict
     fmt: str = "{:.2f}"
@@ -67,7 +66,6 @@ def chart(panels, xs, columns, x_label):
             draw.line([(u, top + PANEL_H), (u, top + PANEL_H + 4)], fill="black")
             draw.text((u - draw.textlength(str(value)) / 2, top + PANEL_H + 6), str(value), fill="black")
         draw.text((left + PANEL_W / 2 - draw.textlength(x_label) / 2, top + PANEL_H + 19), x_label, fill="black")
-        draw.text((left - MARGIN_L + 2, top + PANEL_H + 19), panel.label, fill=(90, 90, 90))
         for k, name in enumerate(names):
             colour, points = COLOURS[k % len(COLOURS)], panel.series.get(name, [])
             shown = [(i, point) for i, point in enumerate(points) if point[0] is not None]

@@ -222,7 +222,7 @@ def budget_curve(runs, methods, judges):
     for judge in judges:
         read = {m: [(e.get("readout"), *(e.get("readout_interval") or (None, None)))
                     for e in (r["summary"][m][judge] for r in runs.values())] for m in methods}
-        panels.append(Panel(f"readout, {judge}", "share", (0.0, 1.0), read, "{:.0%}"))
+        panels.append(Panel(f"{judge}: readout (share read as the prompt)", (0.0, 1.0), read, "{:.0%}"))
     for judge in judges:
         spread = {m: [] for m in methods}
         for r in runs.values():
@@ -232,7 +232,8 @@ def budget_curve(runs, methods, judges):
                 half = 1.96 * e["std"] / math.sqrt(n)
                 spread[m].append((e["mean"], e["mean"] - half, e["mean"] + half))
         values = [v for points in spread.values() for p in points for v in p[1:]]
-        panels.append(Panel(f"distance, {judge}", "lower: nearer", (min(values), max(values)), spread, "{:.3f}"))
+        panels.append(Panel(f"{judge}: distance to the prompt (lower: nearer)", (min(values), max(values)), spread,
+                            "{:.3f}"))
     return chart(panels, totals, len(judges), "total steps")
 
 

@@ -1,5 +1,6 @@
 """The readout: a judge reads a drawn image as its caption, and not as another's; McNemar's p; the
-evaluation's readout figures; every method given the same total steps by --replay-steps."""
+evaluation's readout figures; every method given the same total steps by --replay-steps, and the
+step-budget curve."""
 
 import json
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_evaluate
+from conftest import fails, run_evaluate
 from staged_clip import models, prompts, readout, render, scoring, stats
 from toy import world
 
@@ -113,3 +114,24 @@ def test_replay_steps_give_every_method_the_same_total_steps(tiny_ckpt, wide_ckp
     result = run_evaluate(tiny_ckpt, wide_ckpt, "--replay-steps", "3")
     assert result["replay_steps"] == 3 and result["bake_steps"] == 2 and result["stages"] == 2
     assert seen and set(seen) == {2 * 3}  # the sweep's runs and every method's: 2 stages x 3 steps
+
+
+def test_the_budget_curve_is_each_budget_evaluated_alone(tiny_ckpt, wide_ckpt):
+    alone = run_evaluate(tiny_ckpt, wide_ckpt, "--meta-grads", "none", "--replay-steps", "3")
+    curve = run_evaluate(tiny_ckpt, wide_ckpt, "--meta-grads", "none", "--replay-steps", "1,3")
+    assert set(curve["budgets"]) == {"1", "3"}
+    assert [curve["budgets"][k]["replay_steps"] for k in ("1", "3")] == [1, 3]
+    assert curve["budgets"]["3"]["scores"] == alone["scores"]  # the same starts and cutouts: the same images
+    assert curve["budgets"]["3"]["normal_tuned"] == alone["normal_tuned"]  # swept again at each budget
+    for name in ("grid.png", "grid_2steps.png", "grid_6steps.png"):  # the curve, and each budget's grid
+        assert Path(name).is_file(), name
+    table = Path("e.md").read_text()
+    assert "| method | 2 steps | 6 steps |" in table and "## 6 steps in all (2 x 3)" in table
+
+
+def test_a_budget_curve_takes_one_parametrization(tiny_ckpt, capsys):
+    import evaluate
+    fails(evaluate, ["p.txt", "--clip-model", tiny_ckpt, "--score-model", "x", "--replay-steps", "1,2",
+                     "--params", "rgb,pyramid"], "step-budget curve", capsys)
+    fails(evaluate, ["p.txt", "--clip-model", tiny_ckpt, "--score-model", "x", "--replay-steps", "0"],
+          "--replay-steps", capsys)
