@@ -4,11 +4,14 @@ CLIP embedding, and the bake that learns those embeddings. The scripts use it th
 The modules, bottom to top (each imports only from the lines above it):
   errors, settings   user errors and status lines; the frozen Settings and every default and
                      choice the command line shows (neither imports torch)
-  cli                a script's main: user errors as one line, SIGTERM as Ctrl-C
-  randomness, distributed, memory, cutouts, stats, palettes
+  cli                a script's main: user errors as one line, SIGTERM as Ctrl-C, an
+                     interrupted run's exit status (130, 143)
+  randomness, distributed, memory, cutouts, stats, palettes, readout, plot
                      seeds; one bake's work shared among torchrun's processes; peak memory;
-                     what CLIP sees of an image; win rates, intervals, paired differences;
-                     palettes (named, listed, from an image) and what they do to an image
+                     what CLIP sees of an image; win rates, intervals, paired differences,
+                     McNemar's test; palettes (named, listed, from an image) and what they do
+                     to an image; whether a judge reads an image as its prompt (the drawn
+                     world's captions); line charts drawn with PIL
   models, prompts, params, starts
                      CLIP loaded and frozen at a precision; prompts, embeddings, targets; what
                      Adam optimizes (rgb, pyramid, fourier, at any aspect); where a run's
@@ -32,8 +35,9 @@ The modules, bottom to top (each imports only from the lines above it):
   baking, methods    a bake (Baker, Bake: one prompt's, or shared over a list); the ways an
                      evaluation makes an image
   batch, tuning      baking a list (shards, resuming, failures); normal_tuned's learning-rate sweep
-  report             the evaluation's tables and grids, and writing them
-  evaluation         measuring the method: bakes, every method from held-out starts, scores
+  report             the evaluation's tables, grids and step-budget curve, and writing them
+  evaluation         measuring the method: bakes, every method from held-out starts (a prompt's
+                     starts as one batch), scores and readouts, at one step budget or several
 
 Where the next thing goes:
 - an estimator: a Learner subclass in learners.py (step, current, and what the bake asks of

@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 
 from .settings import (DEFAULT_CLIP_MODEL, FAR, GATE_EVERY, LR, META_GRADS, NEGATIVE_TEXT, NO_PALETTE, ORIGINAL,
-                       PALETTE_HARD, PALETTE_WEIGHT, PARAMS, PRECISIONS, SAVE_SIZE, SCRIPT_DEFAULTS, STYLE_TEXT,
-                       Settings)
+                       PALETTE_HARD, PALETTE_WEIGHT, PARAMS, PRECISIONS, SAVE_SIZE, SCRIPT_DEFAULTS, STEPS_WHY,
+                       STYLE_TEXT, Settings)
 
 
 def number(cast, accept, requirement):
@@ -145,14 +145,18 @@ def add_model_args(group, clip_model=DEFAULT_CLIP_MODEL, seed=None):
                             "the run starts, at least 1; OMP_NUM_THREADS, where set)")
 
 
-def add_render_args(group, size, steps, cutn, lr=LR, inner_eps=Settings.inner_eps,
-                    carry_moments=Settings.carry_moments, param=Settings.param):
+def add_render_args(group, script):
     """--size, --steps, --lr, --cutn, Adam's eps and moments, the image's parametrization, and the
-    style shaping of targets.
+    style shaping of targets, at the script's defaults (settings.SCRIPT_DEFAULTS; its --steps's
+    help says why, settings.STEPS_WHY).
 
     lr, inner_eps, carry_moments, param: None for a replay, whose bake says (files without: the
     original's, rgb); size too (auto_microwave.py: the size its bakes were learned at).
     """
+    defaults = {"lr": LR, "inner_eps": Settings.inner_eps, "carry_moments": Settings.carry_moments,
+                "param": Settings.param, **SCRIPT_DEFAULTS[script]}
+    size, steps, cutn, lr, inner_eps = (defaults[k] for k in ("size", "steps", "cutn", "lr", "inner_eps"))
+    carry_moments, param, why = defaults["carry_moments"], defaults["param"], STEPS_WHY.get(script, "")
     group.add_argument("--size", type=image_side, nargs="+", action=SizeAction, default=size,
                        help="side of the optimized image tensor, or its width and height"
                             + (" (default: the size the bakes were learned at; 128 for a bare tensor of the "
@@ -160,7 +164,8 @@ def add_render_args(group, size, steps, cutn, lr=LR, inner_eps=Settings.inner_ep
     group.add_argument("--width", type=image_side, dest="size", metavar="W", help="its width (alone: a square)")
     group.add_argument("--height", type=image_side, default=None, metavar="H",
                        help="its height (default: as tall as wide)")
-    group.add_argument("--steps", type=positive_int, default=steps, help="Adam steps (per stage where staged)")
+    group.add_argument("--steps", type=positive_int, default=steps,
+                       help=f"Adam steps (per stage where staged) (default: {steps}{why})")
     baked = " (default: the baked file's, else the original's)" if inner_eps is None else ""
     group.add_argument("--lr", type=positive_float, default=lr, help="learning rate of the image optimizer" + baked)
     group.add_argument("--cutn", type=positive_int, default=cutn, help="cutouts CLIP sees per step")
@@ -224,7 +229,7 @@ def add_common_args(parser, script, out="output.png", progress=True, seed=None):
     """
     g = parser.add_argument_group("common options")
     add_model_args(g, seed=seed)
-    add_render_args(g, **SCRIPT_DEFAULTS[script])
+    add_render_args(g, script)
     if out is not None:
         g.add_argument("--out", default=out, help="output PNG path")
     g.add_argument("--save-size", type=save_side, default=SAVE_SIZE,
@@ -320,7 +325,7 @@ def add_timed_args(parser):
     renderer at bake.py's defaults, and the bake's and the ES estimator's settings."""
     g = parser.add_argument_group("what to time")
     add_model_args(g, clip_model="random:ViT-B/32", seed=0)
-    add_render_args(g, **SCRIPT_DEFAULTS["bake.py"])
+    add_render_args(g, "bake.py")
     add_bake_settings(g, choose_estimator=False)
     add_es_settings(g)
     return g

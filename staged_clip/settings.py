@@ -30,6 +30,14 @@ SCRIPT_DEFAULTS = {
     "auto_microwave.py": dict(size=None, steps=25, cutn=8, lr=None, inner_eps=None, carry_moments=None, param=None),
     "bake.py": dict(size=128, steps=30, cutn=1),
 }
+# why a script's --steps default is what it is, said in its --help (docs/evaluation.md: the step-budget curve)
+STEPS_WHY = {
+    "microwave.py": ": the original's, and the best of 5, 10, 25 and 50 a stage for the shipped shared bake under "
+                    "both held-out judges on prompts_toy.txt",
+    "auto_microwave.py": ", as microwave.py's",
+    "normal.py": " at --lr 0.12: the original's, for ViT-B/32 at 32 px; with the offline toy models at --size 64, "
+                 "125 steps at --lr 0.96 read best under the held-out judges",
+}
 # fields that only change how fast a result comes (or its rounding), not which result: not
 # compared when deciding whether two bakes are the same bake
 SPEED_ONLY = ("checkpoint", "threads", "es_chunk")
