@@ -44,6 +44,9 @@ def starting_from(settings, shared):
                if getattr(theirs, name) != getattr(settings, name)]
     if changed:
         log(f"note: as {shared['path']} was baked: " + ", ".join(changed))
+    if theirs.shape != settings.shape:  # kept: a bake may be of another size than what it starts from
+        log(f"note: {shared['path']} was learned at {theirs.size_text}, this bake is at {settings.size_text} "
+            f"(--size {theirs.size}{f' {theirs.height}' if theirs.height else ''} to match)")
     return settings.replace(**{name: getattr(theirs, name) for name in FROM_SHARED}, init_from=shared["path"])
 
 

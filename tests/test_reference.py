@@ -153,3 +153,24 @@ def test_the_readme_table_gives_each_scripts_defaults():
                     assert parsed.get(flag, 1) == float(cell), (name, flag)
             seen.add(name)
     assert seen == set(argv)
+
+
+def test_the_readme_is_short_links_the_original_and_its_commands_parse():
+    """A newcomer's page: under 10 KB, the original linked, and every command in it one that its
+    script accepts (flags that exist, values they take)."""
+    import shlex
+    import bench
+    import evaluate
+    from conftest import ROOT
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) < 10_000 and "https://github.com/aicrumb/clipart" in text
+    scripts = {"bake": bake, "batch_bake": batch_bake, "microwave": microwave, "auto_microwave": auto_microwave,
+               "normal": normal, "evaluate": evaluate, "bench": bench}
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()
+                if re.match(r"python3 \w+\.py", line)]
+    assert len(commands) >= 8
+    for line in commands:
+        words = shlex.split(line)
+        script = scripts[words[1].removesuffix(".py")]
+        script.parse_args(words[2:])  # argparse exits (and fails the test) on a flag or value it refuses

@@ -89,6 +89,13 @@ def test_init_from_bakes_on_top_and_refuses_a_prompts_bake(tiny_ckpt, capsys):
                "--out", "b.png"])
     found = common.load_baked("baked/a_blue_plum.pt")
     assert found["config"]["init_from"] == "baked/shared_p.pt" and found["stages"].shape[0] == 3
+    assert "learned at" not in capsys.readouterr().err  # the same size: nothing to say
+    bake.main(["a red plum", *bake_args(tiny_ckpt, "--meta-grad", "es", "--population", "2", "--cutn", "2",
+                                        "--validation-starts", "2", "--init-from", "baked/shared_p.pt",
+                                        "--size", "12"), "--out", "r.png"])
+    assert "baked/shared_p.pt was learned at 16 px, this bake is at 12 px (--size 16 to match)" in \
+        capsys.readouterr().err
+    assert common.load_baked("baked/a_red_plum.pt")["config"]["size"] == 12  # kept
     assert found.get("kind") is None and found["lr_scale"] is not None
     with pytest.raises(SystemExit) as stop:
         bake.main(["a pear", *bake_args(tiny_ckpt, "--init-from", "baked/a_blue_plum.pt"), "--out", "c.png"])
