@@ -35,7 +35,7 @@ import common
 
 SIGMAS = "0,0.001,0.01,0.05,0.15,0.5"  # the chaos probe's perturbations, radians
 TOY_JUDGES = ("toy-scorer", "toy-judge")  # the held-out judges of the offline toy world
-RESERVED = {"guide", "prompt", "start", "method", "readout"}  # the other keys of a score: no judge's name
+RESERVED = {"guide", "prompt", "start", "method", "readout", "readout_by_kind"}  # the other keys of a score: no judge's name
 PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the methods that need no bake
 # the lists some flags take: distinct judges that are no other key of a score; two or more palette
 # entries; distinct methods (checked against the evaluation's once known); learning rates; the chaos

@@ -100,12 +100,13 @@ def cases_of(model, judges, plan, bakes, shared=None):
 
 def rivals_of(text, judges):
     """A prompt's rival captions embedded by each judge ({name: model}): {name: (embeddings [R, D],
-    the prompt's index)}, or None for a prompt outside the drawn world (readout.rivals)."""
+    the prompt's index, each caption's kind)}, or None for a prompt outside the drawn world
+    (readout.rivals)."""
     found = readout.rivals(text)
     if found is None:
         return None
-    captions, index = found
-    return {name: (prompts.embed_texts(judge, list(captions)), index) for name, judge in judges.items()}
+    captions, index, kinds = found
+    return {name: (prompts.embed_texts(judge, list(captions)), index, kinds) for name, judge in judges.items()}
 
 
 def renderer_of(settings, config, plan):
@@ -163,14 +164,19 @@ def batch_recipe(method, case, shift, settings, mix, seeds):
 def scored(case, method, images, judges):
     """The scores of a case's images [seeds, 3, H, W] by one method, a start each: under every judge
     ({name: model}, the guide as "guide"), the distance to the prompt and the readout."""
-    found, read = {}, {}
+    found, read, kinds = {}, {}, {}
     for name, model in judges.items():
         embed = case.prompt.embed if name == stats.GUIDE else case.judge_embeds[name]
-        distances, right = scoring.judge(model, images, embed, case.rivals and case.rivals[name])
-        found[name], read[name] = distances.tolist(), right
-    return [{"prompt": case.prompt.text, "start": j, "method": method, **{name: found[name][j] for name in found},
-             "readout": None if case.rivals is None else {name: bool(read[name][j]) for name in read}}
-            for j in range(len(images))]
+        distances, read[name], kinds[name] = scoring.judge(model, images, embed, case.rivals and case.rivals[name])
+        found[name] = distances.tolist()
+    scores = [{"prompt": case.prompt.text, "start": j, "method": method, **{name: found[name][j] for name in found},
+               "readout": None if case.rivals is None else {name: bool(read[name][j]) for name in read}}
+              for j in range(len(images))]
+    if case.rivals is not None and readout.OBJECT not in next(iter(case.rivals.values()))[2]:  # a scene
+        for j, score in enumerate(scores):
+            score["readout_by_kind"] = {name: {kind: bool(right[j]) for kind, right in kinds[name].items()}
+                                        for name in kinds}
+    return scores
 
 
 def stage_distances(bakes, cases):

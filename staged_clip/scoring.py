@@ -53,8 +53,9 @@ def score(model, images, prompt_embed):
 
 def judge(model, images, prompt_embed, rivals=None):
     """What one judge finds of images [n, 3, H, W]: (their distances to the prompt [n], and where
-    rivals (the rival captions' embeddings [R, D], the prompt's index among them) are given,
-    whether it reads each as the prompt ([n] bool; else None))."""
+    rivals (the rival captions' embeddings [R, D], the prompt's index among them, each caption's
+    kind) are given, whether it reads each as the prompt ([n] bool) and by kind of rival
+    ({kind: [n] bool}); else None, None)."""
     embeds = embed(model, images)
-    found = readout.reads(embeds, *rivals) if rivals is not None else None
-    return losses.spherical_distance(embeds, prompt_embed), found
+    read, by_kind = readout.reads(embeds, *rivals) if rivals is not None else (None, None)
+    return losses.spherical_distance(embeds, prompt_embed), read, by_kind

@@ -131,15 +131,20 @@ def mcnemar(b, c):
 
 def readout_entry(scores, method, baselines, judge):
     """A method's readout under one judge: the share of its images the judge reads as their prompt
-    (with a 95% Wilson interval) and, against each baseline on paired starts, [b, c, p]: the
-    starts where this reads right and that wrong, the reverse, and McNemar's exact p. Scores
-    without a readout (a prompt outside the drawn world) are left out; none left: rate None."""
+    (with a 95% Wilson interval), for scene prompts the share by kind of rival, and, against each
+    baseline on paired starts, [b, c, p]: the starts where this reads right and that wrong, the
+    reverse, and McNemar's exact p. Scores without a readout (a prompt outside the drawn world)
+    are left out; none left: rate None."""
     mine = {(s["prompt"], s["start"]): s["readout"][judge] for s in scores
             if s["method"] == method and s.get("readout") is not None}
     if not mine:
         return {"readout": None, "readout_interval": None}
     right = sum(mine.values())
     entry = {"readout": right / len(mine), "readout_interval": interval(right, len(mine))}
+    kinds = [s["readout_by_kind"][judge] for s in scores if s["method"] == method and s.get("readout_by_kind")]
+    if kinds:  # scenes: against each kind of rival apart (binding: colour, shape, place; recall: drop)
+        entry["readout_by_kind"] = {kind: statistics.fmean(k[kind] for k in kinds if kind in k)
+                                    for kind in dict.fromkeys(kind for k in kinds for kind in k)}
     for against in baselines:
         theirs = {(s["prompt"], s["start"]): s["readout"][judge] for s in scores
                   if s["method"] == against and s.get("readout") is not None}

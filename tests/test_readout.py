@@ -19,6 +19,7 @@ def test_the_world_has_120_captions_of_one_object_and_only_they_have_rivals():
     assert "an orange triangle at the top" in captions and "a red circle on the left" in captions
     found = readout.rivals("a red circle on the left")
     assert found[0] == captions and captions[found[1]] == "a red circle on the left"
+    assert found[2] == (readout.OBJECT,) * 120
     for outside in ("a red apple", "a picture of a red circle", "a red circle", "photo.png"):
         assert readout.rivals(outside) is None
 
@@ -42,7 +43,7 @@ def test_a_judge_reads_drawn_images_as_their_caption_and_not_as_another(judge):
     texts = ["a red circle on the left", "a blue square at the top", "a yellow triangle on the right"]
     gen = torch.Generator().manual_seed(0)
     for k, text in enumerate(texts):
-        captions, right = readout.rivals(text)
+        captions, right, _ = readout.rivals(text)
         embeds = prompts.embed_texts(model, list(captions))
         own = world.draw(torch.tensor([labels_of(text)] * 8), gen)  # [8, 3, 64, 64]: drawings of the caption
         other = world.draw(torch.tensor([labels_of(texts[k - 1])] * 8), gen)  # of another caption

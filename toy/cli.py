@@ -10,6 +10,7 @@ as toy-judge's) and a 2-layer text tower.
   python3 -m toy zero-shot toy                                      # accuracy on held-out drawings
   python3 -m toy zero-shot toy-judge                                # the judge of another architecture
   python3 -m toy guided --clip-model toy --scorer toy-scorer        # what normal.py draws with it
+  python3 -m toy prompts --seed 0                                   # the scene world's prompt lists
 """
 
 import argparse
@@ -21,7 +22,7 @@ from staged_clip.startup import use_threads
 from staged_clip.models import load_clip
 from staged_clip.settings import SCRIPT_DEFAULTS
 
-from . import measure, training, world
+from . import measure, scenes, training, world
 
 
 def _other_kinds(text):
@@ -135,6 +136,26 @@ def add_guided(sub):
     g.add_argument("--grid", help="save every image in one PNG (rows: colours; columns: places x seeds)")
 
 
+def add_prompts(sub):
+    q = sub.add_parser("prompts", formatter_class=Formatter,
+                       help="write the scene world's prompt lists (prompts_scenes.txt, prompts_scenes_test.txt)")
+    q.add_argument("--seed", type=seed_int, default=0, help="seed of the sample")
+    q.add_argument("--folder", default=".", help="where to write the two lists")
+
+
+def write_prompts(args):
+    """The scene prompt lists, sampled by seed, written to args.folder."""
+    from pathlib import Path
+    from staged_clip.output import check_folder, write_text
+    check_folder(args.folder, "--folder")
+    learn, test = scenes.sample_prompts(args.seed)
+    held = sum(scenes.held_out(scenes.parse(t)) for t in test)
+    counts = dict(scenes=len(learn) - 10, singles=10, test=len(test), held=held, seed=args.seed)
+    for name, kind, lines in (("prompts_scenes.txt", "learn", learn), ("prompts_scenes_test.txt", "test", test)):
+        write_text(Path(args.folder) / name, scenes.PROMPT_HEADERS[kind].format(**counts) + "\n".join(lines) + "\n")
+        print(f"wrote {Path(args.folder) / name} ({len(lines)} prompts)")
+
+
 def parse_args(argv=None):
     p = make_parser(__doc__)
     p.prog = "python3 -m toy"
@@ -142,6 +163,7 @@ def parse_args(argv=None):
     add_train(sub)
     add_zero_shot(sub)
     add_guided(sub)
+    add_prompts(sub)
     return p.parse_args(argv)
 
 
@@ -150,6 +172,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.command == "train" and args.width is None:
         args.width = training.ARCH["vision_width"] if args.patch is None else training.VIT["vision_width"]
+    if args.command == "prompts":
+        return write_prompts(args)
     use_threads(getattr(args, "threads", None))
     if args.command == "guided":
         measure.guided(args)

@@ -1,0 +1,131 @@
+"""The scene world: two objects drawn where and as their caption says, never overlapping; captions
+and their swaps; held-out combinations; the prompt lists; the readout of a scene prompt."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from staged_clip import prompts, readout
+from toy import scenes, world
+
+
+def scene_of(text):
+    found = scenes.parse(text)
+    assert found is not None, text
+    return found
+
+
+def test_captions_name_every_object_in_order_and_parse_back():
+    scene = scene_of("a red circle on the left and a blue square on the right")
+    assert [scenes.named(obj) for obj in scene] == [("red", "circle", "left"), ("blue", "square", "right")]
+    assert scenes.caption(scene) == "a red circle on the left and a blue square on the right"
+    assert scenes.caption(scene[::-1]) == "a blue square on the right and a red circle on the left"
+    assert scenes.caption(scene_of("an orange triangle at the top and a red circle at the bottom")).startswith("an ")
+    for bad in ("a red circle on the left and a blue square at the top",  # not opposite places
+                "a red circle on the left and", "a red apple and a blue square on the right",
+                "a red circle on the left and a blue square on the right and a red circle at the top"):
+        assert scenes.parse(bad) is None, bad
+
+
+def test_the_rivals_are_what_they_say():
+    scene = scene_of("a red circle on the left and a blue square on the right")
+    found = {kind: [scenes.caption(s) for s in some] for kind, some in scenes.rivals(scene).items()}
+    assert found == {"colour": ["a blue circle on the left and a red square on the right"],
+                     "shape": ["a red square on the left and a blue circle on the right"],
+                     "place": ["a red circle on the right and a blue square on the left"],
+                     "drop": ["a red circle on the left", "a blue square on the right"]}
+    same_colour = scene_of("a red circle at the top and a red square at the bottom")
+    assert "colour" not in scenes.rivals(same_colour) and "shape" in scenes.rivals(same_colour)
+    for some in scenes.rivals(scene).values():
+        for rival in some:
+            assert rival != scene and sorted(rival) != sorted(scene)  # another scene, in any order
+
+
+def drawn(n=200, seed=0, largest=False):
+    gen = torch.Generator().manual_seed(seed)
+    some = scenes.random_scenes(n, gen, distinct=1.0)
+    if largest:  # every object at the largest size and jittered toward the other: the nearest two can come
+        radius, jitter = scenes.RADIUS, scenes.JITTER
+        scenes.RADIUS, scenes.JITTER = (radius[1], radius[1]), jitter
+        try:
+            return some, scenes.draw(some, gen, with_masks=True)
+        finally:
+            scenes.RADIUS = radius
+    return some, scenes.draw(some, gen, with_masks=True)
+
+
+def test_two_objects_never_overlap():
+    for largest in (False, True):
+        _, (images, masks) = drawn(400, seed=1, largest=largest)
+        assert images.shape == (400, 3, world.SIDE, world.SIDE)
+        assert (masks[:, 0] * masks[:, 1]).max() == 0  # not one pixel covered by both
+        assert (masks.flatten(2).sum(-1) > 20).all()  # and both there
+
+
+def test_each_object_is_drawn_in_its_colour_at_its_place_in_its_shape():
+    some, (images, masks) = drawn(120, seed=2)
+    side = world.SIDE
+    pos = (torch.arange(side) + 0.5) / side
+    for i, scene in enumerate(some):
+        for k, (c, s, p) in enumerate(scene):
+            mask = masks[i, k]
+            inside = mask > 0.99
+            colour = images[i][:, inside].mean(1)  # the object's own pixels
+            assert (colour - torch.tensor(world.COLOURS[world.COLOUR_NAMES[c]])).abs().max() < 0.15, (scene, k)
+            x = (mask.sum(0) * pos).sum() / mask.sum()
+            y = (mask.sum(1) * pos).sum() / mask.sum()
+            place = world.PLACE_NAMES[p]
+            want = {"left": x < 0.4, "right": x > 0.6, "top": y < 0.4, "bottom": y > 0.6}[place]
+            assert want, (scene, k, float(x), float(y))
+            rows, cols = inside.any(1).nonzero(), inside.any(0).nonzero()
+            box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+            fill = float(inside.sum() / box)  # a square fills its box, a circle pi/4 of it, a triangle half
+            shape = min(("circle", math.pi / 4), ("square", 1.0), ("triangle", 0.5), key=lambda a: abs(a[1] - fill))
+            assert shape[0] == world.SHAPES[s], (scene, k, fill)
+
+
+def test_training_scenes_hold_out_the_held_out_combinations():
+    gen = torch.Generator().manual_seed(3)
+    train, test = scenes.random_scenes(500, gen), scenes.random_scenes(100, gen, training=False)
+    assert not any(scenes.held_out(s) for s in train) and all(scenes.held_out(s) for s in test)
+    names = [[scenes.named(o) for o in s] for s in test]
+    assert any(n in scenes.HELD_OUT_OBJECTS for scene in names for n in scene)
+    left, right = scenes.HELD_OUT_PAIRINGS[0]
+    assert scenes.held_out(scene_of(f"a {' '.join(left)} on the left and a {' '.join(right)} on the right"))
+    assert not scenes.held_out(scene_of("a red circle on the left and a green square on the right"))
+
+
+def test_the_prompt_lists_are_the_seeded_sample_and_disjoint(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "toy", "prompts", "--seed", "0", "--folder", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in ("prompts_scenes.txt", "prompts_scenes_test.txt"):
+        assert (tmp_path / name).read_text() == (ROOT / name).read_text(), name  # the shipped lists, remade
+    learn = prompts.read_prompts(ROOT / "prompts_scenes.txt")
+    test = prompts.read_prompts(ROOT / "prompts_scenes_test.txt")
+    learn_scenes = [scene_of(t) for t in learn]
+    test_scenes = [scene_of(t) for t in test]
+    assert sum(len(s) == 2 for s in learn_scenes) == 40 and sum(len(s) == 1 for s in learn_scenes) == 10
+    assert len(test_scenes) == 20 and all(len(s) == 2 for s in test_scenes)
+    assert not {frozenset(s) for s in learn_scenes} & {frozenset(s) for s in test_scenes}  # in either order
+    assert sum(scenes.held_out(s) for s in test_scenes) >= 5
+    assert not any(scenes.held_out(s) for s in learn_scenes)
+
+
+def test_a_scene_prompts_rivals_and_its_readout_by_kind():
+    text = "a red circle on the left and a blue square on the right"
+    captions, right, kinds = readout.rivals(text)
+    assert captions[right] == text and kinds[right] == "prompt"
+    assert sorted(kinds) == sorted(["prompt", "colour", "shape", "place", "drop", "drop"])
+    embeds = torch.eye(len(captions))  # caption i along axis i
+    image = torch.nn.functional.normalize(embeds[right] + 0.9 * embeds[kinds.index("drop")], dim=0)
+    overall, by_kind = readout.reads(image[None], embeds, right, kinds)
+    assert overall.tolist() == [True] and all(v.tolist() == [True] for v in by_kind.values())
+    swapped = torch.nn.functional.normalize(embeds[kinds.index("colour")] + 0.1 * embeds[right], dim=0)[None]
+    overall, by_kind = readout.reads(swapped, embeds, right, kinds)
+    assert overall.tolist() == [False] and by_kind["colour"].tolist() == [False] and by_kind["drop"].tolist() == [True]
+    assert readout.rivals("a red circle on the left and a blue square at the top") is None
