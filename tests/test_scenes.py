@@ -92,6 +92,9 @@ def test_training_scenes_hold_out_the_held_out_combinations():
     gen = torch.Generator().manual_seed(3)
     train, test = scenes.random_scenes(500, gen), scenes.random_scenes(100, gen, training=False)
     assert not any(scenes.held_out(s) for s in train) and all(scenes.held_out(s) for s in test)
+    assert not any(scenes.unseen_pair(s) for s in train + test)  # a green triangle is in no scene taught or tested
+    unseen = scenes.random_scenes(50, gen, unseen=True)
+    assert all(scenes.unseen_pair(s) for s in unseen)
     names = [[scenes.named(o) for o in s] for s in test]
     assert any(n in scenes.HELD_OUT_OBJECTS for scene in names for n in scene)
     left, right = scenes.HELD_OUT_PAIRINGS[0]
@@ -114,6 +117,7 @@ def test_the_prompt_lists_are_the_seeded_sample_and_disjoint(tmp_path):
     assert not {frozenset(s) for s in learn_scenes} & {frozenset(s) for s in test_scenes}  # in either order
     assert sum(scenes.held_out(s) for s in test_scenes) >= 5
     assert not any(scenes.held_out(s) for s in learn_scenes)
+    assert not any(scenes.unseen_pair(s) for s in learn_scenes + test_scenes)
 
 
 def test_a_scene_prompts_rivals_and_its_readout_by_kind():
@@ -129,3 +133,75 @@ def test_a_scene_prompts_rivals_and_its_readout_by_kind():
     overall, by_kind = readout.reads(swapped, embeds, right, kinds)
     assert overall.tolist() == [False] and by_kind["colour"].tolist() == [False] and by_kind["drop"].tolist() == [True]
     assert readout.rivals("a red circle on the left and a blue square at the top") is None
+
+
+# --- teaching scenes
+
+def test_web_captions_are_often_partial_and_complete_ones_name_every_object():
+    from toy import scene_training
+    gen = torch.Generator().manual_seed(0)
+    scene = scene_of("a red circle on the left and a blue square on the right")
+    said = [scene_training.web_caption(scene, gen) for _ in range(300)]
+    whole = said.count(scenes.caption(scene)) / len(said)
+    assert abs(whole - scene_training.WEB_COMPLETE) < 0.1
+    assert set(said) == {scenes.caption(scene), "a red circle on the left", "a blue square on the right",
+                         "a red circle and a blue square"}
+
+
+def test_a_caption_is_true_of_what_it_names():
+    from toy import scene_training
+    shown = [scene_of("a red circle on the left and a blue square on the right"),
+             scene_of("a blue circle on the left and a red square on the right")]
+    texts = ["a red circle on the left and a blue square on the right", "a red circle on the left",
+             "a red circle and a blue square", "a blue circle on the left and a red square on the right"]
+    web = scene_training.true_of(texts, shown, complete=False)
+    assert web.tolist() == [[True, True, True, False], [False, False, False, True]]
+    complete = scene_training.true_of(texts, shown, complete=True)  # only the whole scene, exactly
+    assert complete.tolist() == [[True, False, False, False], [False, False, False, True]]
+
+
+def test_the_multi_positive_loss_against_a_worked_example():
+    from toy import scene_training
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    positive = torch.tensor([[True, False, False], [False, True, True]])
+    rows = [math.log(math.exp(2) + 2) - 2, math.log(1 + 2 * math.e) - math.log(2 * math.e)]
+    columns = [math.log(math.exp(2) + 1) - 2, math.log(1 + math.e) - 1, math.log(1 + math.e) - 1]
+    expected = (sum(rows) / 2 + sum(columns) / 3) / 2
+    assert scene_training.multi_positive_loss(logits, positive).item() == pytest.approx(expected, rel=1e-5)
+    # a hard negative (a column true of no image) counts only against the images, never as a row of its own
+    more = torch.cat([logits, torch.tensor([[1.5], [0.5]])], 1)
+    assert scene_training.multi_positive_loss(more, torch.cat([positive, torch.zeros(2, 1, dtype=torch.bool)], 1)) > \
+        scene_training.multi_positive_loss(logits, positive)
+
+
+def test_a_flip_moves_both_objects_and_their_captions_follow():
+    from toy import scene_training
+    gen = torch.Generator().manual_seed(5)
+    images, shown = scene_training.batch(64, gen)
+    assert images.shape == (64, 3, world.SIDE, world.SIDE) and all(len(s) == 2 for s in shown)
+    for scene in shown:  # still a scene of the grammar: two objects at opposite places
+        assert scenes.opposite(scene[0][2], scene[1][2])
+    again = torch.Generator().manual_seed(5)
+    drawn = scenes.random_scenes(64, again)
+    flips = sum(a != b for a, b in zip(drawn, shown))
+    left_right = sum(world.PLACE_NAMES[s[0][2]] in ("left", "right") for s in drawn)
+    assert 0 < flips < left_right  # some flipped, only left-right scenes can be
+
+
+def test_the_scene_loss_runs_and_learns_on_a_tiny_clip(tiny):
+    import clip as openai_clip
+    from toy import scene_training
+    model = tiny.model.float().requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    images, shown = scene_training.batch(8, gen)
+    images = torch.nn.functional.interpolate(images, size=32, mode="bilinear", align_corners=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        loss = scene_training.loss(model, images, shown, "complete", gen, model.encode_text, openai_clip.tokenize)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    model.requires_grad_(False)

@@ -22,7 +22,7 @@ from staged_clip.startup import use_threads
 from staged_clip.models import load_clip
 from staged_clip.settings import SCRIPT_DEFAULTS
 
-from . import measure, scenes, training, world
+from . import measure, scene_training, scenes, training, world
 
 
 def _other_kinds(text):
@@ -93,6 +93,13 @@ def add_train(sub):
     w.add_argument("--messy", type=unit_float, default=0.0,
                    help="share of images on vivid blotches, captioned by the renderer's negative style text "
                         "(its style text captions the rest); 0: the two texts are taught to mean the same")
+    c = t.add_argument_group("scenes of two objects (toy/scenes.py)")
+    c.add_argument("--scenes", type=nonnegative_int, default=0, metavar="N",
+                   help="scene images added to each batch (0: none, the single-object world alone)")
+    c.add_argument("--scene-captions", choices=scene_training.MODES, default="web",
+                   help="web: partial captions, in-batch negatives only, as CLIP was taught (a guide that binds "
+                        "weakly); complete: every object named, each scene's swaps and drops as hard negatives "
+                        "(judges that bind)")
     n = t.add_argument_group("what is taught")
     n.add_argument("--adversarial", type=unit_float, default=0.01, metavar="EPS",
                    help="train on images nudged by up to EPS per channel (0 to 1) against the model, one "
@@ -118,6 +125,10 @@ def add_zero_shot(sub):
     z.add_argument("-n", type=positive_int, default=600, help="fresh images per test")
     z.add_argument("--muted", type=unit_float, default=world.MUTED,
                    help="least share of grey in the drawings' backgrounds (0: as vivid as in earlier versions' world)")
+    z.add_argument("--scenes", action="store_true",
+                   help="also scenes of two objects: binding (the true caption against its swaps) and object recall "
+                        "(against a caption missing one object), with 95%% intervals")
+    z.add_argument("--json", default=None, metavar="PATH", help="also write the scene figures as JSON (with --scenes)")
 
 
 def add_guided(sub):
@@ -180,5 +191,14 @@ def main(argv=None):
     elif args.command == "train":
         training.train(args)
     elif args.command == "zero-shot":
-        measure.report(load_clip(args.clip_model), args.seed, args.n, args.muted)
+        model = load_clip(args.clip_model)
+        measure.report(model, args.seed, args.n, args.muted)
+        if args.scenes:
+            found = measure.scene_report(model, args.seed, args.n, args.muted)
+            measure.print_scenes(found)
+            if args.json:
+                import json
+                from staged_clip.output import write_text
+                write_text(args.json, json.dumps({"clip_model": args.clip_model, "seed": args.seed, "n": args.n,
+                                                  **found}, indent=2) + "\n")
 

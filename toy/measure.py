@@ -12,8 +12,9 @@ from staged_clip.prompts import embed_images, embed_texts, style_shift
 from staged_clip.randomness import seed_everything
 from staged_clip.render import random_start, rollout
 from staged_clip.settings import Settings
+from staged_clip.stats import interval
 
-from . import world
+from . import scenes, world
 
 HUE_CENTRES = {"red": 0, "orange": 32, "yellow": 56, "green": 125, "blue": 232, "purple": 283}
 
@@ -87,6 +88,54 @@ def report(model, seed, n=600, muted=world.MUTED):
     shapes = [f"{s} {accuracy(model, [(world.RANDOM_COLOUR, i)], n // 4, seed, 'attribute', muted)[1]:.1%}"
               for i, s in enumerate(world.SHAPES)]
     print(f"attribute shape in random colours: {', '.join(shapes)}  (n={n // 4} each)")
+
+
+@torch.no_grad()
+def scene_report(model, seed, n=600, muted=world.MUTED):
+    """Zero-shot figures of a model on fresh drawings, each a share with its 95% Wilson interval:
+    single objects of the held-out (colour, shape) pairs (colour, shape, place, by the best of
+    the 120 captions), and n scenes of held-out combinations (then of training ones, then with a
+    pair the world never shows): binding, the true caption against its colour, shape and place
+    swaps, and object recall, the true caption against both captions missing one object.
+    Returns {test: {figure: [share, low, high]}}."""
+    if not isinstance(model, Clip):
+        model = Clip(model, "trained", "cpu")
+    found = {}
+    predicted, labels = predictions(model, world.TEST_PAIRS, n, seed, "joint", muted)
+    right = (predicted == labels).sum(0).tolist()
+    found["single objects, held-out pairs"] = {name: share(r, n) for name, r in zip(("colour", "shape", "place"), right)}
+    for name, training, unseen in (("scenes, held-out combinations", False, False),
+                                   ("scenes, training combinations", True, False),
+                                   ("scenes with a pair the world never shows", True, True)):
+        gen = torch.Generator().manual_seed(seed)
+        some = scenes.random_scenes(n, gen, training=training, distinct=1.0, unseen=unseen)
+        image_f = embed_images(model, F.interpolate(scenes.draw(some, gen, muted=muted), size=model.size,
+                                                    mode="bilinear", align_corners=False))
+        wins = {kind: 0 for kind in scenes.KINDS}
+        for scene, features in zip(some, image_f):
+            rivals = scenes.rivals(scene)
+            text_f = embed_texts(model, [scenes.caption(scene)] + [scenes.caption(r) for k in scenes.KINDS
+                                                                   for r in rivals[k]])
+            near = (text_f @ features).tolist()
+            at = 1
+            for kind in scenes.KINDS:  # every scene here has distinct colours and shapes: all four kinds
+                count = len(rivals[kind])
+                wins[kind] += all(near[0] > v for v in near[at:at + count])
+                at += count
+        found[name] = {("recall (true vs one object dropped)" if kind == "drop" else f"binding: {kind} swap"):
+                       share(wins[kind], n) for kind in scenes.KINDS}
+    return found
+
+
+def share(right, n):
+    """[right / n, its 95% Wilson interval's low and high]."""
+    return [right / n, *interval(right, n)]
+
+
+def print_scenes(found):
+    """Print scene_report's figures, a line a test."""
+    for test, figures in found.items():
+        print(f"{test}: " + ", ".join(f"{name} {v:.1%} ({lo:.1%}-{hi:.1%})" for name, (v, lo, hi) in figures.items()))
 
 
 def hue_names(pixels):

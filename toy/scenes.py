@@ -7,7 +7,8 @@ the right, or at the top and at the bottom, and are smaller than the world's sin
 (RADIUS): with their centres jittered by at most JITTER / 2, the nearest two can come is 0.46 -
 JITTER = 0.38 of the side apart, while each reaches at most RADIUS[1] = 0.16 from its centre
 toward the other, so they never touch. A scene's caption names every object in drawing order:
-"a red circle on the left and a blue square on the right"; training draws both orders.
+"a red circle on the left and a blue square on the right"; training draws both orders. No
+scene shows a (colour, shape) pair the world never shows (world.HELD_OUT, a green triangle).
 """
 
 import itertools
@@ -86,12 +87,18 @@ def rivals(scene):
 
 
 def held_out(scene):
-    """Whether a scene uses a held-out combination: an object of HELD_OUT_OBJECTS, a held-out
-    pairing, or a single-object world's held-out (colour, shape) pair."""
+    """Whether a scene uses a held-out combination: an object of HELD_OUT_OBJECTS or a held-out pairing."""
     names = [named(obj) for obj in scene]
     pairs = {(c, s) for c, s, _ in names}
-    return (any(n in HELD_OUT_OBJECTS for n in names) or any((c, s) in world.HELD_OUT for c, s in pairs)
-            or any(set(pairing) <= pairs and len(pairs) == 2 for pairing in HELD_OUT_PAIRINGS))
+    return any(n in HELD_OUT_OBJECTS for n in names) or any(set(p) <= pairs and len(pairs) == 2
+                                                             for p in HELD_OUT_PAIRINGS)
+
+
+def unseen_pair(scene):
+    """Whether a scene has an object of a (colour, shape) pair that the world never shows at all
+    (world.HELD_OUT: a green triangle): no scene of such is taught, none is among the prompts,
+    and the zero-shot test reports them apart, as a harder question than held-out combinations."""
+    return any((c, s) in world.HELD_OUT for c, s, _ in (named(obj) for obj in scene))
 
 
 def all_scenes():
@@ -107,8 +114,9 @@ def all_scenes():
     return found
 
 
-def random_scenes(n, gen, training=True, distinct=0.8):
-    """n random two-object scenes (training: none with a held-out combination; else only such).
+def random_scenes(n, gen, training=True, distinct=0.8, unseen=False):
+    """n random two-object scenes (training: none with a held-out combination; else only such), none
+    with a pair the world never shows (unseen: only such, held out or not).
 
     A share `distinct` have objects of different colours and shapes; the rest may share one."""
     out = []
@@ -121,7 +129,7 @@ def random_scenes(n, gen, training=True, distinct=0.8):
         scene = tuple((c[k], s[k], world.PLACE_NAMES.index(pair[k])) for k in range(2))
         if float(torch.rand(1, generator=gen)) < distinct and (c[0] == c[1] or s[0] == s[1]):
             continue
-        if held_out(scene) != (not training):
+        if unseen_pair(scene) != unseen or (not unseen and held_out(scene) != (not training)):
             continue
         out.append(scene)
     return out
@@ -168,7 +176,7 @@ def sample_prompts(seed=0, scenes=40, singles=10, test=20, test_held_out=8):
     for i in order:
         scene = every[i]
         key = frozenset(scene)  # the same scene in the other order counts as the same
-        if key in taken:
+        if key in taken or unseen_pair(scene):
             continue
         if held_out(scene):
             if len(test_held) < test_held_out:

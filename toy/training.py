@@ -15,7 +15,7 @@ from staged_clip.models import load_clip
 from staged_clip.output import atomic_write, check_folder
 from staged_clip.settings import NEGATIVE_TEXT, STYLE_TEXT
 
-from . import measure, world
+from . import measure, scene_training, world
 
 ARCH = dict(embed_dim=128, image_resolution=world.SIDE, vision_layers=(1, 1, 1, 1), vision_width=16,
             vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=128,
@@ -122,14 +122,7 @@ def caption_loss(logits, labels, attrs, unseen=None):
     it, they are negatives.
     """
     unknown, positive = caption_masks(labels, attrs, unseen)
-    logits = logits.masked_fill(unknown, -1e4)
-
-    def side(logits, positive):
-        has = positive.any(1)  # captions of nothing in the batch are left out
-        logits, positive = logits[has], positive[has]
-        return (logits.logsumexp(1) - logits.masked_fill(~positive, -1e4).logsumexp(1)).mean()
-
-    return (side(logits, positive) + side(logits.t(), positive.t())) / 2
+    return scene_training.multi_positive_loss(logits.masked_fill(unknown, -1e4), positive)
 
 
 def caption_masks(labels, attrs, unseen=None):
@@ -195,7 +188,8 @@ def train(args):
     tokens, attrs = clip.tokenize(texts)[seen_pair], attrs[seen_pair]
     style_tokens = clip.tokenize([STYLE_TEXT, NEGATIVE_TEXT])
     unseen = unseen_pairs() if args.unseen_pairs == "unknown" else None
-    full_table, used = compact_vocabulary(model, torch.cat([tokens, style_tokens]))
+    more = clip.tokenize(scene_training.vocabulary_texts())  # "and": scenes' captions
+    full_table, used = compact_vocabulary(model, torch.cat([tokens, style_tokens, more]))
     tokens, style_tokens = used.remap(tokens), used.remap(style_tokens)
     model = model.to(memory_format=torch.channels_last)  # about 1.6x faster convolutions on the CPU
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -228,6 +222,11 @@ def train(args):
         if args.adversarial and step >= args.nudge_from * args.steps:
             images = perturb(model, images, seen, text_f, attrs, args.adversarial, gen, unseen, args.nudged)
         loss = contrastive_loss(model, images, seen, text_f, attrs, style_tokens, messy, unseen, twins)
+        if args.scenes:
+            drawn_scenes, shown = scene_training.batch(args.scenes, gen, args.muted, args.saturate)
+            loss = loss + scene_training.loss(model, drawn_scenes.contiguous(memory_format=torch.channels_last), shown,
+                                              args.scene_captions, gen, lambda t: encode_short(model, t),
+                                              lambda texts: used.remap(clip.tokenize(texts)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -242,6 +241,8 @@ def train(args):
     model.eval()
     used.restore(model, full_table)
     measure.report(model, seed=args.seed + 1000, n=args.eval_n)
+    if args.scenes:
+        measure.print_scenes(measure.scene_report(model, seed=args.seed + 1000, n=args.eval_n))
     save(model, args.out)
 
 
@@ -313,7 +314,7 @@ def encode_short(model, tokens):
 def save(model, path):
     """Save an fp16 state dict; token rows that no caption of the world uses are zeroed."""
     texts, _ = world.all_captions()
-    used = torch.unique(clip.tokenize(texts + [STYLE_TEXT, NEGATIVE_TEXT]))
+    used = torch.unique(clip.tokenize(texts + [STYLE_TEXT, NEGATIVE_TEXT] + scene_training.vocabulary_texts()))
     state = model.state_dict()
     keep = torch.zeros(state["token_embedding.weight"].shape[0], dtype=torch.bool)
     keep[used] = True
