@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, tiny_clip_model
 from staged_clip import prompts, readout
 from toy import scenes, world
 
@@ -188,10 +188,10 @@ def test_a_flip_moves_both_objects_and_their_captions_follow():
     assert 0 < flips < left_right  # some flipped, only left-right scenes can be
 
 
-def test_the_scene_loss_runs_and_learns_on_a_tiny_clip(tiny):
+def test_the_scene_loss_runs_and_learns_on_a_tiny_clip():
     import clip as openai_clip
     from toy import scene_training
-    model = tiny.model.float().requires_grad_(True)
+    model = tiny_clip_model().float().requires_grad_(True)  # its own copy: the session's tiny must stay untrained
     gen = torch.Generator().manual_seed(0)
     images, shown = scene_training.batch(8, gen)
     images = torch.nn.functional.interpolate(images, size=32, mode="bilinear", align_corners=False)
@@ -204,4 +204,3 @@ def test_the_scene_loss_runs_and_learns_on_a_tiny_clip(tiny):
         optimizer.step()
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
-    model.requires_grad_(False)
