@@ -34,7 +34,8 @@ Examples:
 import common
 
 SIGMAS = "0,0.001,0.01,0.05,0.15,0.5"  # the chaos probe's perturbations, radians
-TOY_JUDGES = ("toy-scorer", "toy-judge")  # the held-out judges of the offline toy world
+# the held-out judges of each offline guide: of the drawn world's single shapes, and of its scenes
+OFFLINE_JUDGES = {"toy": ("toy-scorer", "toy-judge"), "scene": ("scene-scorer", "scene-judge")}
 RESERVED = {"guide", "prompt", "start", "method", "readout", "readout_by_kind"}  # the other keys of a score: no judge's name
 PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the methods that need no bake
 # the lists some flags take: distinct judges that are no other key of a score; two or more palette
@@ -62,7 +63,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("evaluation options")
     g.add_argument("--score-model", type=JUDGE_LIST, default=None, metavar="LIST",
                    help="the held-out judges: other CLIPs, comma-separated (default: toy-scorer,toy-judge when "
-                        "guiding with toy; otherwise required, e.g. ViT-B/16,RN50)")
+                        "guiding with toy, scene-scorer,scene-judge with scene; otherwise required, e.g. "
+                        "ViT-B/16,RN50)")
     g.add_argument("--replay-cutn", type=common.positive_int, default=common.SCRIPT_DEFAULTS["microwave.py"]["cutn"],
                    metavar="N", help="cutouts every method renders its images with (default: microwave.py's 8, "
                                      "what a user replays with); the bakes' own (1) shows them as they were learned")
@@ -110,9 +112,9 @@ def parse_args(argv=None):
     g.add_argument("--table", default="evaluation.md", metavar="PATH", help="the markdown table")
     args = p.parse_args(argv)
     if args.score_model is None:
-        if args.clip_model != "toy":
+        if args.clip_model not in OFFLINE_JUDGES:
             p.error("--score-model is needed: other CLIP models to judge the images (e.g. ViT-B/16)")
-        args.score_model = list(TOY_JUDGES)
+        args.score_model = list(OFFLINE_JUDGES[args.clip_model])
     if args.clip_model in args.score_model:
         p.error(f"--score-model {args.clip_model} is the guide itself: a held-out judge is another model")
     for flag, starts in (("--seeds", args.seeds), ("--tune-starts", args.tune_starts)):

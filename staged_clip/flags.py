@@ -128,7 +128,8 @@ def add_model_args(group, clip_model=DEFAULT_CLIP_MODEL, seed=None):
     --precision, --compile and --threads."""
     group.add_argument("--clip-model", default=clip_model,
                        help="CLIP model name (downloaded once), a local checkpoint path, "
-                            "toy, toy-scorer or toy-judge (small offline models of drawn shapes, shipped here), "
+                            "toy, toy-scorer or toy-judge (small offline models of drawn shapes, shipped here; "
+                            "scene, scene-scorer, scene-judge: of scenes of two shapes), "
                             "or random:ARCH (random weights, for timing)")
     group.add_argument("--device", default=None,
                        help="torch device (default: cuda if available, else cpu)")

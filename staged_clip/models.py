@@ -30,9 +30,11 @@ RANDOM_ARCHS = {
     "ViT-L/14": (768, 224, 24, 1024, 14, 77, 49408, 768, 12, 12),
 }
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # of settings.PRECISIONS
-# Small CLIPs trained on a drawn world of coloured shapes (the toy package), shipped for offline use.
+# Small CLIPs trained on a drawn world of coloured shapes and its scenes of two (the toy package), shipped
+# for offline use.
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-TOY_MODELS = {name: MODELS_DIR / f"{name}.pt" for name in ("toy", "toy-scorer", "toy-judge")}
+TOY_MODELS = {name: MODELS_DIR / f"{name}.pt" for name in ("toy", "toy-scorer", "toy-judge", "scene", "scene-scorer",
+                                                            "scene-judge")}
 NORMS = (torch.nn.LayerNorm, torch.nn.BatchNorm2d, torch.nn.GroupNorm)
 # CPU flags (as Linux lists them) of instructions that multiply in bf16 or fp16: without
 # them a CPU converts, and a bf16 matrix product took 40 times an fp32 one on an AVX2 CPU
@@ -312,7 +314,7 @@ def load_clip(name=DEFAULT_CLIP_MODEL, device="cpu"):
         path = download(name)
     else:
         raise UserError(f"unknown CLIP model {name!r}: use a path to a checkpoint file, one of "
-                        f"{', '.join(clip.available_models())}, toy, toy-scorer, toy-judge, or random:ARCH")
+                        f"{', '.join(clip.available_models())}, {', '.join(TOY_MODELS)}, or random:ARCH")
     state = {k: v.float() for k, v in state_dict_from_file(path).items()}
     try:
         model = build_model(dict(state)).float()

@@ -77,12 +77,27 @@ def markdown_table(result, methods, plan):
                        + (f"; read {readout_cell(entry, b)}" if read else "") for b in baselines)]
             seconds = summary[method.name].get("bake_seconds")
             lines.append(f"| {method.name} | " + " | ".join(cells) + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
-        lines.append("")
+        lines += ["", *kinds_table(summary, methods, judge)]
     agree = [f"{pair} {share:.0%}" for pair, share in result["agreement"].items() if share is not None]
     lines += ["The judges agree on which of two images of a start is nearer its prompt: " + ", ".join(agree) + ".",
               "", "Mean distance of the baked stages to their prompt: "
               + ", ".join(f"{mode} {d:.4f}" for mode, d in result["stage_distance"].items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def kinds_table(summary, methods, judge):
+    """Lines of a table of the scene prompts' readout by kind of rival under one judge (binding:
+    colour, shape and place swaps; recall: an object dropped), or none where no prompt is a scene."""
+    kinds = list(dict.fromkeys(kind for m in methods for kind in summary[m.name][judge].get("readout_by_kind", {})))
+    if not kinds:
+        return []
+    lines = [f"The scene prompts read against each kind of rival (the prompt beats every rival of that kind; "
+             f"`drop`: a caption missing one object):", "", "| method | " + " | ".join(kinds) + " |",
+             "|---|" + "---|" * len(kinds)]
+    for method in methods:
+        by = summary[method.name][judge].get("readout_by_kind", {})
+        lines.append(f"| {method.name} | " + " | ".join(f"{by[k]:.0%}" if k in by else "—" for k in kinds) + " |")
+    return lines + [""]
 
 
 def params_table(runs, methods, plan, base="rgb"):

@@ -146,10 +146,10 @@ def fails(script, argv, expect, capsys):
     return message
 
 
-def run_evaluate(tiny_ckpt, judges, *extra):
-    """evaluate.py on EVALUATED at tiny settings (2 starts, 2 stages of 2 steps); its JSON."""
+def run_evaluate(tiny_ckpt, judges, *extra, texts=EVALUATED):
+    """evaluate.py on texts (EVALUATED) at tiny settings (2 starts, 2 stages of 2 steps); its JSON."""
     import evaluate
-    Path("p.txt").write_text("\n".join(EVALUATED) + "\n")
+    Path("p.txt").write_text("\n".join(texts) + "\n")
     evaluate.main(["p.txt", "--clip-model", tiny_ckpt, "--score-model", judges, "--device", "cpu",
                    "--seeds", "2", "--size", "16", "--steps", "2", "--stages", "2", "--meta-steps", "2",
                    "--seed", "0", "--population", "2", "--validation-starts", "2", "--tune-starts", "1",

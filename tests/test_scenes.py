@@ -4,11 +4,12 @@ and their swaps; held-out combinations; the prompt lists; the readout of a scene
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, tiny_clip_model
+from conftest import ROOT, run_evaluate, tiny_clip_model
 from staged_clip import prompts, readout
 from toy import scenes, world
 
@@ -117,7 +118,8 @@ def test_the_prompt_lists_are_the_seeded_sample_and_disjoint(tmp_path):
     assert not {frozenset(s) for s in learn_scenes} & {frozenset(s) for s in test_scenes}  # in either order
     assert sum(scenes.held_out(s) for s in test_scenes) >= 5
     assert not any(scenes.held_out(s) for s in learn_scenes)
-    assert not any(scenes.unseen_pair(s) for s in learn_scenes + test_scenes)
+    for scene in learn_scenes + test_scenes:  # nor any of their swaps: a judge could not read an image as one
+        assert not any(scenes.unseen_pair(r) for r in [scene, *[x for v in scenes.rivals(scene).values() for x in v]])
 
 
 def test_a_scene_prompts_rivals_and_its_readout_by_kind():
@@ -204,3 +206,148 @@ def test_the_scene_loss_runs_and_learns_on_a_tiny_clip():
         optimizer.step()
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+# --- the shipped scene models
+
+SCENE_MODELS = ("scene", "scene-scorer", "scene-judge")
+
+
+def test_the_scene_models_are_shipped_small():
+    for name in SCENE_MODELS:
+        assert (ROOT / "models" / f"{name}.pt").stat().st_size <= 16_000_000, name
+
+
+
+@pytest.mark.parametrize("name", SCENE_MODELS)
+def test_every_script_takes_a_scene_model_as_its_clip_model(name, tmp_path):
+    """Each model guides normal.py; the guide also bakes a scene prompt, and microwave.py and
+    auto_microwave.py replay that bake (double backward through each tower included)."""
+    from PIL import Image
+    import auto_microwave
+    import bake
+    import microwave
+    import normal
+    text = "a red circle on the left and a blue square on the right"
+    small = ["--clip-model", name, "--device", "cpu", "--size", "16", "--cutn", "1", "--seed", "0"]
+    normal.main([text, *small, "--steps", "2", "--out", "n.png"])
+    assert Image.open("n.png").info["clip_model"] == name
+    bake.main([text, *small, "--stages", "2", "--steps", "2", "--meta-steps", "1", "--baked-dir", "b",
+               "--name", "s", "--out", "b.png"])
+    microwave.main([text, "b/s.pt", *small, "--steps", "2", "--out", "m.png"])
+    auto_microwave.main(["a green circle at the top and a red square at the bottom", *small, "--steps", "2",
+                         "--baked-dir", "b", "--k", "1", "--out", "a.png"])
+    assert all(Path(f).exists() for f in ("m.png", "a.png"))
+
+@pytest.fixture(scope="module")
+def zero_shot():
+    """Each scene model's zero-shot figures on 200 fresh drawings per test (its own seed, not the docs')."""
+    from staged_clip import models
+    from toy import measure
+    return {name: measure.scene_report(models.load_clip(name), seed=77, n=200) for name in SCENE_MODELS}
+
+
+# the issue's floor for the judges, binding and single objects alike: on these 200 drawings they
+# measured at least 93% (binding) and 93.5% (single objects); 92% and more on docs' 600
+JUDGE_FLOOR = 0.9
+PIL_FLOOR = 0.82  # on plain PIL drawings on white, black and grey: measured 87.5% and more on these 120
+
+@pytest.mark.parametrize("name", ["scene-scorer", "scene-judge"])
+def test_the_scene_judges_bind_recall_and_read_single_objects(zero_shot, name):
+    found = zero_shot[name]
+    for figure, (value, _, _) in found["scenes, held-out combinations"].items():
+        assert value >= JUDGE_FLOOR, (name, figure, value)
+    for figure, (value, _, _) in found["single objects, held-out pairs, attribute"].items():
+        assert value >= JUDGE_FLOOR, (name, figure, value)
+
+
+def test_the_scene_guide_binds_weakly_as_clip_does(zero_shot):
+    colour = zero_shot["scene"]["scenes, held-out combinations"]["binding: colour swap"][0]
+    assert 0.5 < colour < 0.85  # measured 73% on these 200, 64% on docs' 600; the judges 96% and more
+    assert zero_shot["scene"]["single objects, held-out pairs, attribute"]["colour"][0] >= 0.9
+
+
+@pytest.mark.parametrize("name", ["scene-scorer", "scene-judge"])
+def test_a_judge_reads_drawn_test_scenes_as_their_prompts_and_their_colour_swaps_not(name):
+    """Through evaluate's readout: the world's drawings of each test prompt read as the prompt
+    (measured: 94% and 95% of 20 x 4), drawings of its colour swap almost never."""
+    from staged_clip import models, scoring
+    judge = models.load_clip(name)
+    gen = torch.Generator().manual_seed(0)
+    own_read, swap_read, swap_colour = [], [], []
+    for text in prompts.read_prompts(ROOT / "prompts_scenes_test.txt"):
+        captions, right, kinds = readout.rivals(text)
+        embeds = prompts.embed_texts(judge, list(captions))
+        scene = scene_of(text)
+        own, other = scenes.draw([scene] * 4, gen), scenes.draw([scenes.rivals(scene)["colour"][0]] * 4, gen)
+        own_read.append(readout.reads(scoring.embed(judge, own), embeds, right).float().mean())
+        overall, by_kind = readout.reads(scoring.embed(judge, other), embeds, right, kinds)
+        swap_read.append(overall.float().mean())
+        swap_colour.append(by_kind["colour"].float().mean())
+    assert sum(own_read) / len(own_read) >= 0.8
+    assert sum(swap_read) / len(swap_read) <= 0.1 and sum(swap_colour) / len(swap_colour) <= 0.1
+
+
+def test_evaluate_judges_the_scene_guide_with_the_scene_judges_by_default():
+    import evaluate
+    assert evaluate.parse_args(["p.txt", "--clip-model", "scene"]).score_model == ["scene-scorer", "scene-judge"]
+    assert evaluate.parse_args(["p.txt", "--clip-model", "toy"]).score_model == ["toy-scorer", "toy-judge"]
+
+
+def test_evaluate_reports_a_scene_prompts_readout_by_kind(tiny_ckpt, wide_ckpt):
+    result = run_evaluate(tiny_ckpt, wide_ckpt, "--meta-steps", "1", "--meta-grads", "none", "--methods",
+                          "normal,restart", "--tune-lrs", "0.12",
+                          texts=["a red circle on the left and a blue square on the right", "a green circle at the top"])
+    scene = [s for s in result["scores"] if s["prompt"].startswith("a red circle")]
+    single = [s for s in result["scores"] if s["prompt"] == "a green circle at the top"]
+    assert all(set(s["readout_by_kind"][wide_ckpt]) == set(scenes.KINDS) for s in scene)
+    assert all("readout_by_kind" not in s for s in single)  # one object: its 120 rivals, no kinds
+    for s in scene:  # read right overall exactly when right against every kind
+        assert s["readout"][wide_ckpt] == all(s["readout_by_kind"][wide_ckpt].values())
+    entry = result["summary"]["normal"][wide_ckpt]
+    shares = [s["readout_by_kind"][wide_ckpt]["colour"] for s in scene if s["method"] == "normal"]
+    assert entry["readout_by_kind"]["colour"] == pytest.approx(sum(shares) / len(shares))
+    assert "| method | colour | shape | place | drop |" in Path("e.md").read_text()
+
+
+def test_plain_backgrounds_keep_away_from_the_objects_colours():
+    gen = torch.Generator().manual_seed(4)
+    some = scenes.random_scenes(200, gen)
+    labels = scenes.labels_of(some)
+    flat = scenes.plain_colours(labels, gen)
+    named = torch.tensor(list(world.COLOURS.values()))
+    for colour, objects in zip(flat, labels):
+        assert torch.cdist(colour[None], named[objects[:, 0]]).min() >= world.FAR
+    white, black = (flat == 1).all(1).sum(), (flat == 0).all(1).sum()
+    assert white > 20 and black > 20  # a page and a dark canvas among them
+    images = scenes.draw(some[:8], gen, plain=1.0)
+    assert (images[:, :, 0, 0] == images[:, :, -1, -1]).all()  # flat: a corner is the other corner
+
+
+def test_pil_drawings_show_each_object_in_its_colour_at_its_place():
+    some = scenes.random_scenes(30, torch.Generator().manual_seed(3), distinct=1.0)
+    images = scenes.draw_pil(some, side=64)
+    for image, scene in zip(images, some):
+        for obj in scene:
+            colour, _, place = scenes.named(obj)
+            x, y = (round(v * 64) for v in world.PLACES[place][:2])
+            assert torch.allclose(image[:, y, x], torch.tensor(world.COLOURS[colour]), atol=0.01), (scene, obj)
+        assert any(torch.allclose(image[:, 1, 1], torch.tensor(g)) for g in ([1.0] * 3, [0.0] * 3, [128 / 255] * 3))
+
+
+@pytest.mark.parametrize("name", ["scene-scorer", "scene-judge"])
+def test_the_judges_read_plain_pil_scenes_of_held_out_combinations(name):
+    """Scenes drawn another way (toy.scenes.draw_pil: PIL shapes on white, black and grey), read
+    through evaluate's readout."""
+    from staged_clip import models, scoring
+    judge = models.load_clip(name)
+    some = scenes.random_scenes(120, torch.Generator().manual_seed(21), training=False, distinct=1.0)
+    right = {kind: 0 for kind in scenes.KINDS}
+    for scene, image in zip(some, scenes.draw_pil(some)):
+        captions, index, kinds = readout.rivals(scenes.caption(scene))
+        _, by_kind = readout.reads(scoring.embed(judge, image[None]), prompts.embed_texts(judge, list(captions)),
+                                   index, kinds)
+        for kind, read in by_kind.items():
+            right[kind] += bool(read)
+    for kind, count in right.items():
+        assert count / len(some) >= PIL_FLOOR, (name, kind, count)

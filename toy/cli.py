@@ -100,6 +100,9 @@ def add_train(sub):
                    help="web: partial captions, in-batch negatives only, as CLIP was taught (a guide that binds "
                         "weakly); complete: every object named, each scene's swaps and drops as hard negatives "
                         "(judges that bind)")
+    c.add_argument("--plain", type=unit_float, default=0.0, metavar="SHARE",
+                   help="share of the scenes drawn on a flat background (white, black, grey or any colour far "
+                        "from the objects') instead of the world's muted ones")
     n = t.add_argument_group("what is taught")
     n.add_argument("--adversarial", type=unit_float, default=0.01, metavar="EPS",
                    help="train on images nudged by up to EPS per channel (0 to 1) against the model, one "

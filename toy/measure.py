@@ -93,24 +93,30 @@ def report(model, seed, n=600, muted=world.MUTED):
 @torch.no_grad()
 def scene_report(model, seed, n=600, muted=world.MUTED):
     """Zero-shot figures of a model on fresh drawings, each a share with its 95% Wilson interval:
-    single objects of the held-out (colour, shape) pairs (colour, shape, place, by the best of
-    the 120 captions), and n scenes of held-out combinations (then of training ones, then with a
-    pair the world never shows): binding, the true caption against its colour, shape and place
-    swaps, and object recall, the true caption against both captions missing one object.
+    single objects of the held-out (colour, shape) pairs (colour, shape and place, each read
+    apart, "attribute", and by the best of the 120 captions, "joint": see classify), and n scenes
+    of held-out combinations (also on flat backgrounds, as a page or a canvas shows them, and
+    drawn another way, by PIL: scenes.draw_pil), of training ones, and with a pair the world never
+    shows: binding, the true caption against its colour, shape and place swaps, and object
+    recall, the true caption against both captions missing one object.
     Returns {test: {figure: [share, low, high]}}."""
     if not isinstance(model, Clip):
         model = Clip(model, "trained", "cpu")
     found = {}
-    predicted, labels = predictions(model, world.TEST_PAIRS, n, seed, "joint", muted)
-    right = (predicted == labels).sum(0).tolist()
-    found["single objects, held-out pairs"] = {name: share(r, n) for name, r in zip(("colour", "shape", "place"), right)}
-    for name, training, unseen in (("scenes, held-out combinations", False, False),
-                                   ("scenes, training combinations", True, False),
-                                   ("scenes with a pair the world never shows", True, True)):
+    for protocol in ("attribute", "joint"):
+        predicted, labels = predictions(model, world.TEST_PAIRS, n, seed, protocol, muted)
+        right = (predicted == labels).sum(0).tolist()
+        found[f"single objects, held-out pairs, {protocol}"] = {name: share(r, n) for name, r in
+                                                                zip(("colour", "shape", "place"), right)}
+    for name, training, unseen, plain in (("scenes, held-out combinations", False, False, 0.0),
+                                          ("scenes, held-out combinations, flat backgrounds", False, False, 1.0),
+                                          ("scenes, held-out combinations, drawn by PIL", False, False, None),
+                                          ("scenes, training combinations", True, False, 0.0),
+                                          ("scenes with a pair the world never shows", True, True, 0.0)):
         gen = torch.Generator().manual_seed(seed)
         some = scenes.random_scenes(n, gen, training=training, distinct=1.0, unseen=unseen)
-        image_f = embed_images(model, F.interpolate(scenes.draw(some, gen, muted=muted), size=model.size,
-                                                    mode="bilinear", align_corners=False))
+        drawn = scenes.draw_pil(some) if plain is None else scenes.draw(some, gen, muted=muted, plain=plain)
+        image_f = embed_images(model, F.interpolate(drawn, size=model.size, mode="bilinear", align_corners=False))
         wins = {kind: 0 for kind in scenes.KINDS}
         for scene, features in zip(some, image_f):
             rivals = scenes.rivals(scene)

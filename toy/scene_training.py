@@ -71,11 +71,12 @@ def multi_positive_loss(logits, positive):
     return (side(logits, positive) + side(logits.t(), positive.t())) / 2
 
 
-def batch(n, gen, muted=world.MUTED, saturate=0.0):
-    """n training scenes drawn and augmented as the renderer sees images (flips swap left and right
-    for both objects; no grayscale, which would unname the colours): (images, scenes as shown)."""
+def batch(n, gen, muted=world.MUTED, saturate=0.0, plain=0.0):
+    """n training scenes drawn (a share `plain` on flat backgrounds) and augmented as the renderer
+    sees images (flips swap left and right for both objects; no grayscale, which would unname the
+    colours): (images, scenes as shown)."""
     some = scenes.random_scenes(n, gen)
-    images = scenes.draw(some, gen, muted=muted, saturate=saturate)
+    images = scenes.draw(some, gen, muted=muted, saturate=saturate, plain=plain)
     labels = scenes.labels_of(some)
     again = torch.Generator().set_state(gen.get_state())  # the same augmentation, for the second object
     shown, first = world.augment(images, labels[:, 0], gen, gray=0.0)

@@ -141,13 +141,16 @@ def labels_of(scenes):
                         ).view(len(scenes), 2, 3)
 
 
-def draw(scenes, gen, side=world.SIDE, muted=world.MUTED, saturate=0.0, with_masks=False):
+def draw(scenes, gen, side=world.SIDE, muted=world.MUTED, saturate=0.0, with_masks=False, plain=0.0):
     """Images [n, 3, side, side] in [0, 1] of scenes (one or two objects each), at their places, at
-    RADIUS, on the world's muted backgrounds. with_masks: also each object's coverage
-    [n, 2, side, side] (zero for a missing second object)."""
+    RADIUS, on the world's muted backgrounds, or for a share `plain` on one flat colour (plain_colours).
+    with_masks: also each object's coverage [n, 2, side, side] (zero for a missing second object)."""
     labels = labels_of(scenes)
     n = len(scenes)
     bg = world.background(labels[:, 0], gen, side, muted, None)
+    if plain:
+        flat = torch.rand(n, generator=gen) < plain
+        bg = torch.where(flat.view(n, 1, 1, 1), plain_colours(labels, gen).view(n, 3, 1, 1), bg)
     images, masks = bg, torch.zeros(n, 2, side, side)
     for k in range(2):
         present = labels[:, k, 0] >= 0
@@ -176,8 +179,8 @@ def sample_prompts(seed=0, scenes=40, singles=10, test=20, test_held_out=8):
     for i in order:
         scene = every[i]
         key = frozenset(scene)  # the same scene in the other order counts as the same
-        if key in taken or unseen_pair(scene):
-            continue
+        if key in taken or any(unseen_pair(r) for r in [scene, *itertools.chain(*rivals(scene).values())]):
+            continue  # a judge could not tell this scene from a swap that no image ever showed
         if held_out(scene):
             if len(test_held) < test_held_out:
                 test_held.append(scene)
@@ -202,3 +205,50 @@ PROMPT_HEADERS = {
             "# (in either order), the first {held} using a held-out combination (toy/scenes.py). Made by\n"
             "# python3 -m toy prompts --seed {seed}\n",
 }
+
+
+def plain_colours(labels, gen, far=world.FAR):
+    """A flat background colour [n, 3] for each scene (labels [n, 2, 3]): white, black or mid grey a
+    quarter of the time each, else any colour, each at least `far` (RGB) from its objects' colours,
+    so that a scene drawn on a page or a canvas, not only on the world's muted grounds, reads alike."""
+    named = torch.tensor(list(world.COLOURS.values()))
+    fixed = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
+    out = torch.empty(len(labels), 3)
+    for i, objects in enumerate(labels):
+        own = named[objects[objects[:, 0] >= 0, 0]]  # [k, 3]
+        while True:
+            pick = int(torch.randint(4, (1,), generator=gen))
+            colour = fixed[pick] if pick < 3 else torch.rand(3, generator=gen)
+            if torch.cdist(colour[None], own).min() >= far:
+                out[i] = colour
+                break
+    return out
+
+
+PIL_BACKGROUNDS = ("white", "black", (128, 128, 128))  # draw_pil's flat grounds, in turn
+
+
+def draw_pil(scenes, side=world.SIDE, supersample=4):
+    """Scenes drawn another way, for checking the models on images no code of the world drew:
+    plain PIL shapes in the world's named colours at the centre of their places (radius 0.13, the
+    middle of RADIUS), on white, black and grey in turn (PIL_BACKGROUNDS), drawn supersample times
+    larger and downscaled. Images [n, 3, side, side] in [0, 1]."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+    big, out = side * supersample, []
+    for k, scene in enumerate(scenes):
+        image = Image.new("RGB", (big, big), PIL_BACKGROUNDS[k % len(PIL_BACKGROUNDS)])
+        pen = ImageDraw.Draw(image)
+        for obj in scene:
+            colour, shape, place = named(obj)
+            x, y = (v * big for v in world.PLACES[place][:2])
+            r, fill = 0.13 * big, tuple(round(v * 255) for v in world.COLOURS[colour])
+            if shape == "circle":
+                pen.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+            elif shape == "square":
+                pen.rectangle([x - 0.88 * r, y - 0.88 * r, x + 0.88 * r, y + 0.88 * r], fill=fill)
+            else:
+                pen.polygon([(x, y - r), (x - r, y + 0.75 * r), (x + r, y + 0.75 * r)], fill=fill)
+        small = np.asarray(image.resize((side, side), Image.BILINEAR), dtype=np.float32) / 255
+        out.append(torch.from_numpy(small).permute(2, 0, 1))
+    return torch.stack(out)

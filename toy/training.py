@@ -223,7 +223,7 @@ def train(args):
             images = perturb(model, images, seen, text_f, attrs, args.adversarial, gen, unseen, args.nudged)
         loss = contrastive_loss(model, images, seen, text_f, attrs, style_tokens, messy, unseen, twins)
         if args.scenes:
-            drawn_scenes, shown = scene_training.batch(args.scenes, gen, args.muted, args.saturate)
+            drawn_scenes, shown = scene_training.batch(args.scenes, gen, args.muted, args.saturate, args.plain)
             loss = loss + scene_training.loss(model, drawn_scenes.contiguous(memory_format=torch.channels_last), shown,
                                               args.scene_captions, gen, lambda t: encode_short(model, t),
                                               lambda texts: used.remap(clip.tokenize(texts)))
@@ -320,5 +320,17 @@ def save(model, path):
     keep[used] = True
     state["token_embedding.weight"] = state["token_embedding.weight"] * keep.unsqueeze(1)
     state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: save_deflated(state, tmp))
     print(f"saved {path}")
+
+
+def save_deflated(state, path):
+    """torch.save's archive of state, its entries deflated: torch.load reads it as it is, and the
+    token table's zeroed rows (most of a toy CLIP's bytes) shrink to almost nothing."""
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with zipfile.ZipFile(buffer) as plain, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as packed:
+        for item in plain.infolist():
+            packed.writestr(item.filename, plain.read(item.filename))
