@@ -51,9 +51,10 @@ def other_ckpt(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tiny(tiny_ckpt):
-    """The tiny CLIP loaded through the project's own loader."""
+    """The tiny CLIP loaded through the project's own loader, afresh for each test (30 ms): a test
+    that trains it, or changes its precision, cannot change what a later test sees."""
     return models.load_clip(tiny_ckpt, "cpu")
 
 
