@@ -123,7 +123,8 @@ def add_train(sub):
 
 def add_zero_shot(sub):
     z = sub.add_parser("zero-shot", formatter_class=Formatter, help="zero-shot accuracy of a checkpoint on freshly drawn images")
-    z.add_argument("clip_model", help="toy, toy-scorer, toy-judge or a checkpoint path")
+    z.add_argument("clip_model", help="a shipped model (toy, toy-scorer, toy-judge, scene, scene-scorer, "
+                                      "scene-judge) or a checkpoint path")
     z.add_argument("--seed", type=seed_int, default=1234, help="seed of the drawings")
     z.add_argument("-n", type=positive_int, default=600, help="fresh images per test")
     z.add_argument("--muted", type=unit_float, default=world.MUTED,
