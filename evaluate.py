@@ -9,7 +9,9 @@ start for every method, make an image by:
   normal_tuned         the same at the learning rate a sweep chose by the guide alone, on
                        --tune-prompts (or other starts) that the evaluation never scores;
   normal_drop          the same, the learning rate / 10 for the last quarter (pixray-like);
+  normal_decay_tuned   the same, the rate falling linearly to 0 from a peak swept so;
   restart              the prompt as every stage, Adam restarted each stage;
+  restart_tuned        the same at a rate swept so;
   shared               with --shared FILE: that shared bake replayed for the prompt (and
                        every prompt's bake then starts from it);
   microwave_<est>      replaying the bake of each estimator;
@@ -37,7 +39,7 @@ SIGMAS = "0,0.001,0.01,0.05,0.15,0.5"  # the chaos probe's perturbations, radian
 # the held-out judges of each offline guide: of the drawn world's single shapes, and of its scenes
 OFFLINE_JUDGES = {"toy": ("toy-scorer", "toy-judge"), "scene": ("scene-scorer", "scene-judge")}
 RESERVED = {"guide", "prompt", "start", "method", "readout", "readout_by_kind"}  # the other keys of a score: no judge's name
-PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the methods that need no bake
+PLAIN = ("normal", "normal_tuned", "normal_drop", "normal_decay_tuned", "restart", "restart_tuned")  # need no bake
 # the lists some flags take: distinct judges that are no other key of a score; two or more palette
 # entries; distinct methods (checked against the evaluation's once known); learning rates; the chaos
 # probe's sizes
@@ -74,7 +76,7 @@ def parse_args(argv=None):
                                             "step-budget curve, each in turn on the same starts, drawn as OUT and "
                                             "each budget's grid as OUT_<total>steps.png")
     g.add_argument("--tune-prompts", default=None, metavar="FILE",
-                   help="prompts on which normal_tuned's learning rate is swept, by the guide alone (default: "
+                   help="prompts on which the tuned baselines' learning rates are swept, by the guide alone (default: "
                         "the evaluated prompts, from starts the evaluation does not score)")
     g.add_argument("--tune-starts", type=common.positive_int, default=2, metavar="N",
                    help="starts per prompt of that sweep")

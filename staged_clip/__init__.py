@@ -34,7 +34,7 @@ The modules, bottom to top (each imports only from the lines above it):
   baked, benchmark   baked files (saving, safe loading, same-bake checks, nearest bakes); timing
   baking, methods    a bake (Baker, Bake: one prompt's, or shared over a list); the ways an
                      evaluation makes an image
-  batch, tuning      baking a list (shards, resuming, failures); normal_tuned's learning-rate sweep
+  batch, tuning      baking a list (shards, resuming, failures); the tuned baselines' learning-rate sweeps
   report             the evaluation's tables, grids and step-budget curve, and writing them
   evaluation         measuring the method: bakes, every method from held-out starts (a prompt's
                      starts as one batch), scores and readouts, at one step budget or several

@@ -12,7 +12,7 @@ import torch
 
 from . import (baked, baking, batch, cutouts, knobs, losses, models, output, palettes, prompts, readout, render, report,
                scoring, stats, tuning)
-from .methods import Case, Method, baselines_of, methods_of, recipe
+from .methods import TUNED, Case, Method, baselines_of, methods_of, recipe
 
 
 @dataclass(frozen=True)
@@ -201,13 +201,16 @@ def summary_of(scores, methods, judges, bakes, shared=None):
 
 
 def tune(baker, settings, plan, bakes):
-    """normal_tuned's sweep (tuning.sweep) at the evaluation's renderer, on plan.tune_prompts (or
-    the evaluated prompts, from the sweep's own starts), guided and judged by the guide alone."""
+    """Each tuned baseline's sweep (tuning.sweep: normal_tuned always, the others where evaluated)
+    at the evaluation's renderer, on plan.tune_prompts (or the evaluated prompts, from the sweep's
+    own starts), guided and judged by the guide alone: {name: the sweep's record}."""
     first = bakes[0, plan.estimators[0]]
     own = renderer_of(settings, first["config"], plan)
     shape = (len(first["stages"]), own.steps)
-    return tuning.sweep(baker.model, baker.shift, plan.tune_prompts or plan.prompts, own, shape, plan.tune_starts,
-                        plan.tune_lrs)
+    return {name: tuning.sweep(baker.model, baker.shift, plan.tune_prompts or plan.prompts, own, shape,
+                               plan.tune_starts, plan.tune_lrs, name)
+            for name in TUNED
+            if name == "normal_tuned" or plan.methods is None or name in plan.methods}
 
 
 def evaluate_one(baker, judges, settings, plan, out, under=None):
@@ -222,7 +225,8 @@ def evaluate_one(baker, judges, settings, plan, out, under=None):
     cases = cases_of(baker.model, judges, plan, bakes, baker.init)
     sweep_began = time.perf_counter()
     tuned = tune(baker, settings, plan, bakes)
-    methods = methods_of(plan.estimators, plan.auto_from, settings.param, tuned["lr"], baker.init is not None)
+    methods = methods_of(plan.estimators, plan.auto_from, settings.param, {k: v["lr"] for k, v in tuned.items()},
+                         baker.init is not None)
     methods = [m for m in methods if plan.methods is None or m.name in plan.methods]
     methods_began = time.perf_counter()
     scores, images = run_methods(baker.model, judges, baker.shift, cases, settings, plan, methods)
@@ -242,7 +246,7 @@ def evaluate_one(baker, judges, settings, plan, out, under=None):
               "size": renderer_of(settings, config, plan).size_text,
               "replay_cutn": renderer_of(settings, config, plan).cutn, "bake_steps": config["steps"],
               "replay_steps": renderer_of(settings, config, plan).steps, "stages": len(bakes[0, plan.estimators[0]]["stages"]),
-              "normal_tuned": tuned,
+              "normal_tuned": tuned["normal_tuned"], "tuned": tuned,
               "seconds": seconds, "threads": settings.threads,  # the rounding, and so (the renderer being chaotic) the scores, follow it
               "bake_config": {e: {k: v for k, v in bakes[0, e]["config"].items() if k != "seed"}
                               for e in plan.estimators},

@@ -1,9 +1,12 @@
 """The ways an evaluation makes a prompt's image, as data: plain optimization (at the reference
-learning rate, at a tuned one, with a hand schedule, or restarted each stage), a bake replayed,
+learning rate, at a tuned one, with a hand schedule, decaying linearly from a tuned peak, or
+restarted each stage at the reference or a tuned rate), a bake replayed,
 auto-microwaving from the other prompts' bakes; and what each renders from a start."""
 
 import math
 from dataclasses import dataclass
+
+import torch
 
 from . import baked, knobs
 
@@ -18,7 +21,10 @@ class Method:
 
     Kinds: "normal" (plain optimization toward the prompt), "normal_tuned" (the same at the swept
     learning rate), "normal_drop" (the same with the learning rate divided by 10 for the last
-    quarter of the steps, Adam's moments kept: pixray-like), "restart" (the prompt as every stage: Adam restarted each stage),
+    quarter of the steps, Adam's moments kept: pixray-like), "normal_decay_tuned" (the rate
+    falling linearly to 0 over the run from a swept peak: Li, Yumer and Ramanan's budgeted
+    schedule), "restart" (the prompt as every stage: Adam restarted each stage), "restart_tuned"
+    (the same at a swept rate),
     "microwave", "shared" (a shared bake replayed for the prompt) and "auto".
     """
 
@@ -30,30 +36,34 @@ class Method:
 
     @property
     def name(self):
-        """Its name in tables and JSON: normal, normal_tuned, normal_drop, restart, microwave_<estimator>,
-        auto_<mode>."""
+        """Its name in tables and JSON: the plain kinds as they are, microwave_<estimator>, auto_<mode>."""
         return {"microwave": f"microwave_{self.estimator}", "auto": f"auto_{self.mode}"}.get(self.kind, self.kind)
 
 
 # what every method is compared with, where evaluated: plain optimization at the reference and at
 # a tuned learning rate, with a hand schedule, restarted each stage, and the original's bake replayed
-BASELINES = (Method("normal"), Method("normal_tuned"), Method("normal_drop"), Method("restart"),
-             Method("microwave", "none"), Method("shared"))
-PLAIN = ("normal", "normal_tuned", "normal_drop", "restart")  # the kinds that need no bake
+BASELINES = (Method("normal"), Method("normal_tuned"), Method("normal_drop"), Method("normal_decay_tuned"),
+             Method("restart"), Method("restart_tuned"), Method("microwave", "none"), Method("shared"))
+PLAIN = ("normal", "normal_tuned", "normal_drop", "normal_decay_tuned", "restart", "restart_tuned")  # need no bake
+# each tuned baseline and the schedule its rate is swept with (tuning.sweep)
+TUNED = {"normal_tuned": "normal", "normal_decay_tuned": "normal_decay", "restart_tuned": "restart"}
 SAID = {"normal": "plain optimization at the reference learning rate",
         "normal_tuned": "plain optimization at the learning rate the guide chose on other starts",
         "normal_drop": "plain optimization, the learning rate / 10 for the last quarter of the steps, Adam's "
                        "moments kept (pixray-like; pixray restarts Adam at the drop)",
+        "normal_decay_tuned": "plain optimization, the learning rate falling linearly to 0 over the run from the peak "
+                              "the guide chose on other starts",
         "restart": "the prompt as every stage, Adam restarted each stage, multipliers 1",
+        "restart_tuned": "the same at the learning rate the guide chose on other starts",
         "microwave_none": "the original-style bake replayed",
         "shared": "the shared bake (learned over another prompt list) replayed for the prompt"}
 
 
-def methods_of(estimators, auto_from, param="rgb", tuned_lr=None, shared=False):
-    """The methods an evaluation compares: the plain baselines (normal_tuned at tuned_lr), a shared
-    bake replayed (where there is one), each estimator's bake replayed, and auto-microwaving
-    (mean and splice) from auto_from's bakes."""
-    plain = [Method(kind, param=param, lr=tuned_lr if kind == "normal_tuned" else None) for kind in PLAIN]
+def methods_of(estimators, auto_from, param="rgb", tuned=None, shared=False):
+    """The methods an evaluation compares: the plain baselines (each of TUNED at its rate in tuned,
+    {name: learning rate}), a shared bake replayed (where there is one), each estimator's bake
+    replayed, and auto-microwaving (mean and splice) from auto_from's bakes."""
+    plain = [Method(kind, param=param, lr=(tuned or {}).get(kind)) for kind in PLAIN]
     plain += [Method("shared", param=param)] if shared else []
     return [*plain, *[Method("microwave", e, param=param) for e in estimators],
             *[Method("auto", auto_from, mode, param) for mode in ("mean", "splice")]]
@@ -88,12 +98,15 @@ def plain_recipe(kind, target, stages, steps, settings, lr=None):
     """What a plain baseline renders toward target [D] for `stages` stages of `steps` steps:
     (targets [S, D], settings, learning-rate multipliers [S] or None)."""
     total = stages * steps
-    if kind == "restart":
-        return target.expand(stages, -1), settings.replace(steps=steps, carry_moments=False), None
+    if kind in ("restart", "restart_tuned"):
+        return target.expand(stages, -1), settings.replace(steps=steps, carry_moments=False, lr=lr or settings.lr), None
     if kind == "normal_drop":  # one step a stage, Adam's moments carried: plain Adam with a step-down
         drop = math.ceil(DROP_AT * total)
         scale = target.new_tensor([1.0] * drop + [DROP_BY] * (total - drop))
         return target.expand(total, -1), settings.replace(steps=1, carry_moments=True), scale
+    if kind in ("normal_decay", "normal_decay_tuned"):  # the same, the rate at step t (from 0) (1 - t / total)
+        scale = 1 - torch.arange(total, dtype=target.dtype, device=target.device) / total
+        return target.expand(total, -1), settings.replace(steps=1, carry_moments=True, lr=lr or settings.lr), scale
     return target[None], settings.replace(steps=total, lr=lr or settings.lr), None
 
 

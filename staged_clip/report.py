@@ -54,7 +54,9 @@ def caption(result, plan):
             f"start (95% Wilson interval), and the paired difference (mean ± standard error, median; negative: "
             f"nearer). Guide: {plan.guide_model}; held-out judges: {', '.join(plan.score_models)}. normal_tuned's "
             f"learning rate, {tuned['lr']}, was chosen from {', '.join(map(str, tuned['lrs']))} by the guide alone on "
-            f"{swept} ({tuned['starts']} starts each).")
+            f"{swept} ({tuned['starts']} starts each)" + "".join(
+                f"; {name}'s, {other['lr']}, the same way" for name, other in result.get("tuned", {}).items()
+                if name != "normal_tuned") + ".")
 
 
 def markdown_table(result, methods, plan):
@@ -204,7 +206,7 @@ def budget_table(runs, methods, baselines, judges):
     first = next(iter(runs.values()))
     lines = [f"The step-budget curve: {len(first['prompts'])} prompts x {first['seeds']} starts, {first['size']}, "
              f"cutn {first['replay_cutn']}, {first['stages']} stages of each number of steps (the plain "
-             "baselines as many steps in all, normal_tuned's rate swept by the guide at each budget). Readout "
+             "baselines as many steps in all, each tuned baseline's rate swept by the guide at each budget). Readout "
              "(95% interval) and mean distance to the prompt (lower is better).", ""]
     head = "| method | " + " | ".join(f"{t} steps" for t in totals.values()) + " |"
     rule = "|---|" + "---|" * len(totals)

@@ -18,8 +18,8 @@ from staged_clip import baking, es, methods, render, report, scoring, stats, tun
 from staged_clip.settings import Settings
 
 METHODS = [m.name for m in methods.methods_of(common.META_GRADS, "es")]  # every estimator's, auto from es
-BASELINES = ["normal", "normal_tuned", "normal_drop", "restart", "microwave_none"]
-SWEPT = len(PROMPTS) * len(tuning.LRS)  # the sweep's images at --tune-starts 1
+BASELINES = ["normal", "normal_tuned", "normal_drop", "normal_decay_tuned", "restart", "restart_tuned", "microwave_none"]
+SWEPT = len(PROMPTS) * len(tuning.LRS) * len(methods.TUNED)  # the sweeps' images at --tune-starts 1
 
 
 def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt, wide_ckpt, other_ckpt, capsys):
@@ -61,13 +61,16 @@ def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt
 
 def test_the_new_baselines_render_what_they_say(tiny_ckpt, wide_ckpt):
     result = run_evaluate(tiny_ckpt, wide_ckpt)
-    tuned = result["normal_tuned"]
-    assert tuned["lr"] in tuning.LRS and tuned["lr"] == tuned["lrs"][tuned["guide"].index(min(tuned["guide"]))]
-    assert tuned["prompts"] == PROMPTS and tuned["starts"] == 1
+    assert result["normal_tuned"] == result["tuned"]["normal_tuned"] and set(result["tuned"]) == set(methods.TUNED)
+    for tuned in result["tuned"].values():  # each swept apart: the rate its own sweep found nearest
+        assert tuned["lr"] in tuning.LRS and tuned["lr"] == tuned["lrs"][tuned["guide"].index(min(tuned["guide"]))]
+        assert tuned["prompts"] == PROMPTS and tuned["starts"] == 1
+    assert result["tuned"]["normal_tuned"]["guide"] != result["tuned"]["restart_tuned"]["guide"]
     by = {m: [s[wide_ckpt] for s in result["scores"] if s["method"] == m] for m in BASELINES}
-    assert by["normal_tuned"] != by["restart"] != by["normal"] != by["normal_drop"]  # each its own images
-    if tuned["lr"] == 0.12:  # the reference rate chosen: the same run as normal
-        assert by["normal_tuned"] == by["normal"]
+    assert len({tuple(v) for v in by.values()}) == len(by)  # each its own images
+    for name, plain in (("normal_tuned", "normal"), ("restart_tuned", "restart")):
+        if result["tuned"][name]["lr"] == 0.12:  # the reference rate chosen: the same run as the untuned one
+            assert by[name] == by[plain]
 
 
 def test_leave_one_out_never_uses_a_prompts_own_bake(tiny_ckpt, wide_ckpt):
@@ -111,12 +114,12 @@ def test_every_method_starts_from_the_same_images_and_random_cutouts(tiny_ckpt, 
 
     monkeypatch.setattr(render, "rollout", spy)
     result = run_evaluate(tiny_ckpt, wide_ckpt, "--tune-lrs", "0.5,0.7")
-    swept = len(PROMPTS) * 2  # a batch of the sweep's starts per prompt and rate
+    swept = len(PROMPTS) * 2 * len(methods.TUNED)  # a batch of each sweep's starts per prompt and rate
     n = len(METHODS)
     assert len(seen) == swept + len(PROMPTS) * n  # a batch of a prompt's starts per method
     assert sorted({s[4] for s in seen[:swept]}) == [0.5, 0.7]  # the sweep tries the rates asked for
     del seen[:swept]
-    tuned = result["normal_tuned"]["lr"]
+    tuned, decay, restart = (result["tuned"][k]["lr"] for k in ("normal_tuned", "normal_decay_tuned", "restart_tuned"))
     groups = [seen[k:k + n] for k in range(0, len(seen), n)]  # one prompt each
     for group in groups:
         first = group[0]
@@ -125,11 +128,12 @@ def test_every_method_starts_from_the_same_images_and_random_cutouts(tiny_ckpt, 
         for z, cuts, steps, cutn, _, _ in group[1:]:
             assert torch.equal(z, first[0]) and torch.equal(cuts, first[1])
             assert steps * cutn > 0 and cutn == first[3] == 2
-        # normal and normal_tuned: stages x steps; normal_drop: a step a stage; the rest: the bakes' steps
-        assert [g[2] for g in group] == [2 * 2, 2 * 2, 1, 2] + [2] * (n - 4)
-        # normal at the reference rate, normal_tuned at the swept one; restart restarts Adam, the drop does not
-        assert [g[4] for g in group[:4]] == [0.12, tuned, 0.12, 0.12] and tuned in (0.5, 0.7)
-        assert [g[5] for g in group[:4]] == [False, False, True, False]
+        # normal and normal_tuned: stages x steps; normal_drop and the decay: a step a stage; the rest: the bakes'
+        assert [g[2] for g in group] == [2 * 2, 2 * 2, 1, 1, 2, 2] + [2] * (n - 6)
+        # normal at the reference rate, the tuned ones at theirs; restarts restart Adam, the drop and decay do not
+        assert [g[4] for g in group[:6]] == [0.12, tuned, 0.12, decay, 0.12, restart]
+        assert {tuned, decay, restart} <= {0.5, 0.7}
+        assert [g[5] for g in group[:6]] == [False, False, True, True, False, False]
     assert not torch.equal(groups[0][0][0], groups[1][0][0])  # another prompt, other starts
 
 
@@ -247,9 +251,10 @@ def test_the_sweep_sees_neither_a_judge_nor_an_evaluation_start(tiny_ckpt, wide_
     result = run_evaluate(tiny_ckpt, wide_ckpt, "--tune-prompts", "tune.txt", "--tune-starts", "2",
                           "--tune-lrs", "0.12,0.5")
     assert scored == {"sweep": {tiny_ckpt}, "evaluation": {tiny_ckpt, wide_ckpt}}  # no judge in the sweep
-    assert len(seeds["sweep"]) == 2 * 2 and not set(seeds["sweep"]) & set(seeds["evaluation"])
+    assert len(seeds["sweep"]) == 2 * 2 * len(methods.TUNED) and len(set(seeds["sweep"])) == 2 * 2  # the same starts
+    assert not set(seeds["sweep"]) & set(seeds["evaluation"])
     assert min(seeds["sweep"]) >= scoring.TUNE_SEED > max(seeds["evaluation"]) >= scoring.START_SEED
-    assert result["normal_tuned"]["seeds"] == seeds["sweep"]
+    assert all(t["seeds"] == seeds["sweep"][:4] for t in result["tuned"].values())
     assert result["normal_tuned"]["prompts"] == ["a yellow kite", "a grey stone"]
     assert result["normal_tuned"]["lrs"] == [0.12, 0.5] and len(result["normal_tuned"]["guide"]) == 2
     assert "2 other prompts, none of them scored here" in Path("e.md").read_text()
@@ -276,3 +281,25 @@ def test_the_hand_schedule_at_full_rate_is_plain_optimization(tiny, monkeypatch)
     carried = settings.replace(carry_moments=True)  # as with --carry-moments: restart still restarts Adam
     targets, restart, scale = methods.plain_recipe("restart", target, 2, 4, carried)
     assert targets.shape == (2, 32) and restart.steps == 4 and not restart.carry_moments and scale is None
+
+
+def test_the_tuned_schedules_run_the_rates_worked_by_hand(tiny, monkeypatch):
+    """2 stages x 4 steps at a swept rate of 0.5: the decay falls linearly to 0 over the 8 steps,
+    a step a stage with Adam's moments carried; restart_tuned restarts Adam each stage at 0.5."""
+    settings = Settings(size=16, lr=0.12, cutn=1)
+    target = torch.nn.functional.normalize(torch.randn(32), dim=0)
+    rates, real = [], render.stage_lr
+    monkeypatch.setattr(render, "stage_lr", lambda *a: rates.append(real(*a)) or rates[-1])
+    start = scoring.start_image(7, 16, "cpu")
+    found = {}
+    for kind in ("normal_tuned", "normal_decay_tuned", "restart_tuned"):
+        rates.clear()
+        targets, renderer, scale = methods.plain_recipe(kind, target, 2, 4, settings, lr=0.5)
+        render.rollout(tiny, start, targets, renderer, lr_scale=scale)
+        found[kind] = (list(rates), renderer.steps, renderer.carry_moments)
+    assert found["normal_tuned"] == ([0.5], 8, False)
+    assert found["normal_decay_tuned"][0] == pytest.approx([0.5, 0.4375, 0.375, 0.3125, 0.25, 0.1875, 0.125, 0.0625])
+    assert found["normal_decay_tuned"][1:] == (1, True)
+    assert found["restart_tuned"] == ([0.5, 0.5], 4, False)
+    untuned = methods.plain_recipe("restart", target, 2, 4, settings)[1]  # the reference rate, no lr given
+    assert untuned.lr == 0.12 and untuned.steps == 4
