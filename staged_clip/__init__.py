@@ -16,6 +16,7 @@ The modules, bottom to top (each imports only from the lines above it):
                      CLIP loaded and frozen at a precision; prompts, embeddings, targets; what
                      Adam optimizes (rgb, pyramid, fourier, at any aspect); where a run's
                      images start (its seeds or variations' seeds, a start image)
+  structure          a prompt's parts (the objects a scene names) and its colourless layout
   losses, knobs      the spherical distance, the renderer's loss and the bake's; the per-stage
                      knobs a bake may learn (learning rate, style, part of the prompt) and the
                      targets made of them
