@@ -7,7 +7,7 @@ colour words is its own layout.
 
 import re
 
-JOIN = " and "  # the scene grammar's joint (toy/scenes.py): "a red circle on the left and a blue square ..."
+JOIN = " and "  # the scene grammar's joint (toy/scenes.py uses it): "a red circle on the left and a blue ..."
 # colour words taken out of a layout: the drawn world's eight and the common others
 COLOUR_WORDS = frozenset("""red green blue yellow purple orange white black pink brown grey gray cyan magenta
 violet indigo turquoise teal gold golden silver beige maroon navy olive lime crimson scarlet""".split())

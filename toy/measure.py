@@ -5,6 +5,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from staged_clip import readout
 from staged_clip.losses import to_image
 from staged_clip.models import Clip, load_clip
 from staged_clip.output import atomic_write, check_output, quantize
@@ -118,16 +119,11 @@ def scene_report(model, seed, n=600, muted=world.MUTED):
         drawn = scenes.draw_pil(some) if plain is None else scenes.draw(some, gen, muted=muted, plain=plain)
         image_f = embed_images(model, F.interpolate(drawn, size=model.size, mode="bilinear", align_corners=False))
         wins = {kind: 0 for kind in scenes.KINDS}
-        for scene, features in zip(some, image_f):
-            rivals = scenes.rivals(scene)
-            text_f = embed_texts(model, [scenes.caption(scene)] + [scenes.caption(r) for k in scenes.KINDS
-                                                                   for r in rivals[k]])
-            near = (text_f @ features).tolist()
-            at = 1
-            for kind in scenes.KINDS:  # every scene here has distinct colours and shapes: all four kinds
-                count = len(rivals[kind])
-                wins[kind] += all(near[0] > v for v in near[at:at + count])
-                at += count
+        for scene, features in zip(some, image_f):  # each with distinct colours and shapes: all four kinds
+            captions, right, kinds = readout.rivals(scenes.caption(scene))
+            _, by_kind = readout.reads(features[None], embed_texts(model, list(captions)), right, kinds)
+            for kind, read in by_kind.items():
+                wins[kind] += bool(read)
         found[name] = {("recall (true vs one object dropped)" if kind == "drop" else f"binding: {kind} swap"):
                        share(wins[kind], n) for kind in scenes.KINDS}
     return found

@@ -15,12 +15,13 @@ import itertools
 
 import torch
 
+from staged_clip.structure import JOIN
+
 from . import world
 
 OPPOSITE = (("left", "right"), ("top", "bottom"))  # the places two objects stand at
 RADIUS = (0.10, 0.16)  # a scene object's size (the outline's r, as a share of the side)
 JITTER = 0.08  # the full range of a scene object's centre jitter, per axis
-JOIN = " and "
 # (colour, shape, place) that no training scene shows: the scenes' held-out combinations
 HELD_OUT_OBJECTS = (("yellow", "square", "top"), ("blue", "circle", "right"), ("red", "triangle", "bottom"),
                     ("black", "square", "left"), ("white", "circle", "top"), ("orange", "triangle", "left"))
