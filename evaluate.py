@@ -40,6 +40,7 @@ SIGMAS = "0,0.001,0.01,0.05,0.15,0.5"  # the chaos probe's perturbations, radian
 OFFLINE_JUDGES = {"toy": ("toy-scorer", "toy-judge"), "scene": ("scene-scorer", "scene-judge")}
 RESERVED = {"guide", "prompt", "start", "method", "readout", "readout_by_kind"}  # the other keys of a score: no judge's name
 PLAIN = ("normal", "normal_tuned", "normal_drop", "normal_decay_tuned", "restart", "restart_tuned")  # need no bake
+STRUCTURE = ("objects_first", "layout_first", "stages_2", "stages_10", "stages_20")  # nor these (restart_tuned's rate)
 # the lists some flags take: distinct judges that are no other key of a score; two or more palette
 # entries; distinct methods (checked against the evaluation's once known); learning rates; the chaos
 # probe's sizes
@@ -135,11 +136,16 @@ def parse_args(argv=None):
     args.auto_from = args.auto_from or ("es" if "es" in args.meta_grads else args.meta_grads[0])
     if args.auto_from not in args.meta_grads:
         p.error(f"--auto-from {args.auto_from} is not among --meta-grads {','.join(args.meta_grads)}")
-    known = [*PLAIN, *(["shared"] if args.shared else []), *[f"microwave_{e}" for e in args.meta_grads],
+    known = [*PLAIN, *STRUCTURE, *(["shared"] if args.shared else []), *[f"microwave_{e}" for e in args.meta_grads],
              "auto_mean", "auto_splice"]
     if args.methods and set(args.methods) - set(known):
         p.error(f"--methods {','.join(sorted(set(args.methods) - set(known)))}: not among this evaluation's "
                 f"methods, {','.join(known)}")
+    total = args.stages * min(args.replay_steps)  # the fewest steps any method runs in all
+    crowded = [m for m in args.methods or () if m.startswith("stages_") and int(m.split("_")[1]) > total]
+    if crowded:
+        p.error(f"--methods {','.join(crowded)}: more stages than the {total} steps in all "
+                f"(--stages {args.stages} x --replay-steps {min(args.replay_steps)})")
     return args
 
 

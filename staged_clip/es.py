@@ -100,7 +100,8 @@ class Search:
         g = torch.Generator().manual_seed(mix_seed(seed, step, "perturb"))
         s, k = self.coef.shape
         eps_c = torch.randn(n, s, k, generator=g) / math.sqrt(max(k, 1))
-        eps_k = torch.randn(n, s, len(knobs.KNOBS), generator=g)
+        eps_k = torch.randn(n, s, knobs.OBJECT, generator=g)  # the first knobs' draws as before the structure knobs
+        eps_k = torch.cat([eps_k, torch.randn(n, s, len(knobs.KNOBS) - knobs.OBJECT, generator=g)], -1)
         eps_k *= torch.tensor(knobs.learned(settings), dtype=eps_k.dtype)
         device = self.coef.device
         return (eps_c if settings.learn_stages else torch.zeros_like(eps_c)).to(device), eps_k.to(device)
@@ -141,7 +142,7 @@ def pair_losses(model, search, eps_c, eps_k, aims, shift, settings, generators):
     Pair j's + and - rollouts start from the same image, aim at the same prompt and see the
     same cutouts and views, all drawn from generators[j] alone; the population is one batch
     [+..., -...]. aims: what the 2n rollouts aim at, (a prompts.Prompt whose embed is
-    [2n, D], their parts [2n, S, D]) as tasks.Tasks.batch makes them.
+    [2n, D], their parts [2n, S, P, D]) as tasks.Tasks.batch makes them.
     """
     n = len(generators)
     coef = torch.cat([search.coef + settings.sigma * eps_c, search.coef - settings.sigma * eps_c])  # [2n, S, k]

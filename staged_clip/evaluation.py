@@ -12,7 +12,7 @@ import torch
 
 from . import (baked, baking, batch, cutouts, knobs, losses, models, output, palettes, prompts, readout, render, report,
                scoring, stats, tuning)
-from .methods import TUNED, Case, Method, baselines_of, methods_of, recipe
+from .methods import STRUCTURE, TUNED, Case, Method, baselines_of, methods_of, recipe
 
 
 @dataclass(frozen=True)
@@ -203,14 +203,16 @@ def summary_of(scores, methods, judges, bakes, shared=None):
 def tune(baker, settings, plan, bakes):
     """Each tuned baseline's sweep (tuning.sweep: normal_tuned always, the others where evaluated)
     at the evaluation's renderer, on plan.tune_prompts (or the evaluated prompts, from the sweep's
-    own starts), guided and judged by the guide alone: {name: the sweep's record}."""
+    own starts), guided and judged by the guide alone: {name: the sweep's record}. The structure
+    schedules (methods.STRUCTURE) run at restart_tuned's rate: it is swept for them too."""
     first = bakes[0, plan.estimators[0]]
     own = renderer_of(settings, first["config"], plan)
     shape = (len(first["stages"]), own.steps)
     return {name: tuning.sweep(baker.model, baker.shift, plan.tune_prompts or plan.prompts, own, shape,
                                plan.tune_starts, plan.tune_lrs, name)
             for name in TUNED
-            if name == "normal_tuned" or plan.methods is None or name in plan.methods}
+            if name == "normal_tuned" or plan.methods is None or name in plan.methods
+            or (name == "restart_tuned" and set(plan.methods) & set(STRUCTURE))}
 
 
 def evaluate_one(baker, judges, settings, plan, out, under=None):
@@ -225,8 +227,9 @@ def evaluate_one(baker, judges, settings, plan, out, under=None):
     cases = cases_of(baker.model, judges, plan, bakes, baker.init)
     sweep_began = time.perf_counter()
     tuned = tune(baker, settings, plan, bakes)
+    counts = [int(name.split("_")[1]) for name in plan.methods or () if name.startswith("stages_")]
     methods = methods_of(plan.estimators, plan.auto_from, settings.param, {k: v["lr"] for k, v in tuned.items()},
-                         baker.init is not None)
+                         baker.init is not None, counts)
     methods = [m for m in methods if plan.methods is None or m.name in plan.methods]
     methods_began = time.perf_counter()
     scores, images = run_methods(baker.model, judges, baker.shift, cases, settings, plan, methods)

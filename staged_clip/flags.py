@@ -293,7 +293,15 @@ def add_es_settings(group):
                        help="learn how far each stage aims at a part of the prompt (its first words: the "
                             "first stages the beginning, the last all of it)")
     option("--style-sigma", positive_float, "size of the perturbation of each stage's log style weight")
+    group.add_argument("--learn-object", action=argparse.BooleanOptionalAction, default=Settings.learn_object,
+                       help="learn how far each stage aims at the first object the prompt names (\"a red circle "
+                            "on the left\" of \"... and a blue square on the right\")")
+    group.add_argument("--learn-layout", action=argparse.BooleanOptionalAction, default=Settings.learn_layout,
+                       help="learn how far each stage aims at the prompt without its colour words (\"a circle "
+                            "on the left and a square on the right\")")
     option("--part-sigma", positive_float, "size of the perturbation of each stage's weight of its part")
+    option("--object-sigma", positive_float, "size of the perturbation of each stage's weight of the first object")
+    option("--layout-sigma", positive_float, "size of the perturbation of each stage's weight of the layout")
     option("--meta-views", nonnegative_int, "views (random crops, flips, noise) of the final image as saved "
                                             "(quantized) that the meta-loss sees, the same for + and - of a "
                                             "pair (0: the inner loop's own cutouts, unquantized: bakes before views)")

@@ -7,7 +7,14 @@ Each knob is one number a stage, searched by ES as a raw value whose neutral is 
   part:  the stage's direction is turned towards a part of the prompt by clamp(raw, 0, 1)
          (file: part_weight). Stage i of S takes the first ceil((i + 1) n / S) words of an
          n-word prompt, so early stages aim at its beginning ("a red" of "a red circle on the
-         left": the colour), later ones at more of it, the last at all of it.
+         left": the colour), later ones at more of it, the last at all of it;
+  object: the same towards the first object the prompt names (structure.parts: "a red circle
+         on the left" of "a red circle on the left and a blue square on the right"; a prompt
+         naming one thing is its own) (file: object_weight);
+  layout: the same towards the prompt without its colour words (structure.layout: "a circle
+         on the left and a square on the right") (file: layout_weight).
+The three turns apply in that order, each from where the last left the direction; at weight 0
+a turn changes nothing, and at 1 the stage aims at that part alone.
 A shared bake (learned over a prompt list) is its knobs alone: each stage's direction is the
 prompt's own, whatever the prompt.
 """
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import prompts
+from . import prompts, structure
 from .errors import UserError
 
 
@@ -42,8 +49,11 @@ class Knob:
 
 KNOBS = (Knob("lr", "lr_scale", "lr_sigma", "learn_lr", True),
          Knob("style", "style_scale", "style_sigma", "learn_style", True),
-         Knob("part", "part_weight", "part_sigma", "learn_part", False))
-LR, STYLE, PART = range(len(KNOBS))  # columns of a raw tensor [..., S, K]
+         Knob("part", "part_weight", "part_sigma", "learn_part", False),
+         Knob("object", "object_weight", "object_sigma", "learn_object", False),
+         Knob("layout", "layout_weight", "layout_sigma", "learn_layout", False))
+LR, STYLE, PART, OBJECT, LAYOUT = range(len(KNOBS))  # columns of a raw tensor [..., S, K]
+TURNS = (PART, OBJECT, LAYOUT)  # the knobs that turn a stage towards a part: parts' columns [..., S, P, D]
 
 
 def learned(settings):
@@ -85,29 +95,46 @@ def prefix_parts(text, stages):
     return [" ".join(words[:math.ceil((i + 1) * len(words) / stages)]) for i in range(stages)]
 
 
+def no_parts(embed, stages):
+    """The parts [S, P, D] of a prompt that has none to aim at (an image, weighted parts): its own
+    embedding [D], for every stage and turn."""
+    return embed.expand(stages, len(TURNS), -1)
+
+
 def part_embeds(model, prompt, stages):
-    """Unit embeddings [S, D] of the parts of a prompts.Prompt (its own embedding where it has none)."""
-    parts = prefix_parts(prompt.text, stages)
-    if parts is None:
-        return prompt.embed.expand(stages, -1)
-    return prompts.embed_texts(model, parts)
+    """Unit embeddings [S, P, D] of what each stage may turn towards, a column per knob of TURNS:
+    its word prefix, the prompt's first object, its colourless layout (a prompts.Prompt's own
+    embedding where it has no words to split)."""
+    prefixes = prefix_parts(prompt.text, stages)
+    if prefixes is None:
+        return no_parts(prompt.embed, stages)
+    texts = [*prefixes, structure.parts(prompt.text)[0], structure.layout(prompt.text)]
+    embeds = prompts.embed_texts(model, texts)
+    return torch.stack([embeds[:stages], embeds[stages].expand(stages, -1), embeds[stages + 1].expand(stages, -1)], 1)
+
+
+def turns(raw):
+    """Whether raw knobs [..., S, K] turn any stage towards a part."""
+    return bool(raw[..., list(TURNS)].any())
 
 
 def targets(stages, shift, raw, parts=None):
     """Targets [..., S, D] of unit stage directions [..., S, D] under raw knobs [..., S, K]:
-    each direction turned towards its part (parts [..., S, D]) by the part knob, then the style
-    shift [D] added, scaled by the style knob."""
+    each direction turned towards its parts (parts [..., S, P, D], part_embeds) by each knob of
+    TURNS in turn, then the style shift [D] added, scaled by the style knob."""
     directions = F.normalize(stages, dim=-1)
-    weight = KNOBS[PART].value(raw[..., PART])[..., None]
-    if parts is not None and bool((weight > 0).any()):
-        directions = F.normalize(torch.lerp(directions, F.normalize(parts, dim=-1), weight), dim=-1)
+    for column, k in enumerate(TURNS):
+        weight = KNOBS[k].value(raw[..., k])[..., None]
+        if parts is not None and bool((weight > 0).any()):
+            toward = F.normalize(parts[..., column, :], dim=-1)
+            directions = F.normalize(torch.lerp(directions, toward, weight), dim=-1)
     return directions + shift * KNOBS[STYLE].value(raw[..., STYLE])[..., None]
 
 
 def batch_targets(stages, embeds, shift, raw, parts):
     """Targets [S, n, D] of a batch of n rollouts, as render.rollout takes them: stages [n, S, D] or
     [S, D] (None: each rollout's own prompt, embeds [n, D], as every stage), raw knobs [n, S, K]
-    or [S, K], parts [n, S, D]."""
+    or [S, K], parts [n, S, P, D]."""
     n, s = parts.shape[:2]
     if stages is None:
         stages = embeds[:, None].expand(-1, s, -1)
@@ -144,7 +171,7 @@ def replay(model, bake, shift, prompt=None, mix=0.5):
             directions = prompts.lerp_unit(directions, prompt.embed, mix)
         subject = prompt
     parts = None
-    if raw[:, PART].any():
+    if turns(raw):
         if subject is None and bake["prompt_type"] == "text":
             subject = prompts.load_prompt(model, bake["prompt"])
         if subject is not None and subject.kind == "text":

@@ -124,7 +124,8 @@ class Evolution(Learner):
     name = "es"
     gate_every = GATE_EVERY
     fields = ("population", "sigma", "lr_sigma", "es_lr", "es_rank", "learn_stages", "learn_lr", "style_sigma",
-              "part_sigma", "learn_style", "learn_part", "meta_views", "init_from")
+              "part_sigma", "learn_style", "learn_part", "object_sigma", "layout_sigma", "learn_object",
+              "learn_layout", "meta_views", "init_from")
     shares_processes = True
     learns_shared = True
     learns_knobs = True

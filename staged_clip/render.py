@@ -233,7 +233,7 @@ def rollout(model, z, targets, settings, callback=None, lr_scale=None, draw=None
     """Optimize images z [B, 3, H, W] through the stages, one target [D] (or [B, D]) each, by the
     fast path: torch's fused (or foreach) AdamW and the compiled loss where the model has one.
 
-    settings: steps per stage, learning rate, cutouts, Adam's eps, whether its moments carry
+    settings: steps per stage (or each stage's, settings.stage_steps), learning rate, cutouts, Adam's eps, whether its moments carry
     over (else a fresh AdamW every stage, as the original makes), and the parametrization
     (params.py: Adam runs on its tensor, encoded from z; its image comes back). lr_scale
     multiplies each stage's learning rate: [S] or [S, B] (each image its own); None: 1. draw:
@@ -247,8 +247,8 @@ def rollout(model, z, targets, settings, callback=None, lr_scale=None, draw=None
     moments = None
     for i, target in enumerate(targets.detach()):
         aim = Aim(model, target, settings.cutn, draw, param and param.decode, palette, i)
-        z, moments = stage_plain(aim, z, settings, stage_lr(settings, lr_scale, i), stage_reporter(callback, i),
-                                 moments if settings.carry_moments else None)
+        z, moments = stage_plain(aim, z, settings.of_stage(i), stage_lr(settings, lr_scale, i),
+                                 stage_reporter(callback, i), moments if settings.carry_moments else None)
     return z if param is None else param.decode(z)
 
 

@@ -64,6 +64,7 @@ class Settings:
     size: int = SCRIPT_DEFAULTS["bake.py"]["size"]  # width of the optimized image tensor
     height: int = None  # its height (None: square, size)
     steps: int = SCRIPT_DEFAULTS["bake.py"]["steps"]  # Adam steps per stage
+    stage_steps: tuple = None  # each stage's steps, where they differ (methods.split_steps); None: steps each
     lr: float = LR  # the image's learning rate
     cutn: int = SCRIPT_DEFAULTS["bake.py"]["cutn"]  # cutouts CLIP sees per step
     precision: str = "fp32"  # of CLIP's image tower
@@ -97,6 +98,10 @@ class Settings:
     part_sigma: float = 0.3  # perturbation of a stage's turn towards its part of the prompt (knobs.py)
     learn_style: bool = False  # learn a weight of the style shift per stage
     learn_part: bool = False  # learn how far each stage turns towards a part of the prompt
+    object_sigma: float = 0.3  # perturbation of a stage's turn towards the prompt's first object (knobs.py)
+    layout_sigma: float = 0.3  # perturbation of a stage's turn towards the prompt's colourless layout
+    learn_object: bool = False  # learn how far each stage turns towards the prompt's first object
+    learn_layout: bool = False  # learn how far each stage turns towards the prompt without its colours
     meta_views: int = 8  # views of the final image as saved that the meta-loss sees (0: the inner cutouts)
     init_from: str = None  # the shared bake a prompt's bake starts from (its knobs)
     es_chunk: int = 0  # pairs rolled out in one batch (0: a process's whole share)
@@ -123,8 +128,15 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def config(self):
-        """The dict a baked file records."""
-        return dataclasses.asdict(self)
+        """The dict a baked file records (stage_steps only where set: a bake's stages run steps each)."""
+        found = dataclasses.asdict(self)
+        if found["stage_steps"] is None:
+            del found["stage_steps"]
+        return found
+
+    def of_stage(self, stage):
+        """The settings stage `stage` (from 0) runs with: its own steps where stage_steps gives them."""
+        return self if self.stage_steps is None else self.replace(steps=self.stage_steps[stage])
 
     @classmethod
     def from_config(cls, config):

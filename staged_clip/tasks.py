@@ -15,7 +15,7 @@ VALIDATION_SHARE = 0.2  # of a shared bake's prompts, held out for its gate (at 
 
 @dataclass(frozen=True)
 class Task:
-    """One prompt a rollout aims at: its prompts.Prompt and its parts' embeddings [S, D]."""
+    """One prompt a rollout aims at: its prompts.Prompt and its parts' embeddings [S, P, D] (knobs.part_embeds)."""
 
     prompt: object
     parts: object
@@ -24,7 +24,7 @@ class Task:
 def task_of(model, prompt, stages):
     """The Task of a prompts.Prompt for a bake of `stages` stages."""
     parts = knobs.part_embeds(model, prompt, stages) if prompt.kind == "text" else None
-    return Task(prompt, prompt.embed.expand(stages, -1) if parts is None else parts)
+    return Task(prompt, knobs.no_parts(prompt.embed, stages) if parts is None else parts)
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Tasks:
     @staticmethod
     def batch(tasks, repeat=1):
         """Tasks as one batch, repeated `repeat` times: (a prompts.Prompt whose embed is [n, D] and image
-        [n, 3, R, R] or None, parts [n, S, D])."""
+        [n, 3, R, R] or None, parts [n, S, P, D])."""
         first = tasks[0].prompt
         embeds = torch.stack([t.prompt.embed for t in tasks] * repeat)
         image = None if first.image is None else torch.cat([t.prompt.image for t in tasks] * repeat)

@@ -19,7 +19,7 @@ from staged_clip.settings import Settings
 
 TWO = ["a red apple", "a green pear"]
 SHARED = ["--meta-grad", "es", "--population", "2", "--validate-every", "1", "--validation-starts", "2",
-          "--learn-style", "--learn-part", "--cutn", "2", "--meta-views", "3"]
+          "--learn-style", "--learn-part", "--learn-object", "--learn-layout", "--cutn", "2", "--meta-views", "3"]
 
 
 def shared_bake(ckpt, *extra, name="shared_p"):
