@@ -12,6 +12,13 @@ start for every method, make an image by:
   normal_decay_tuned   the same, the rate falling linearly to 0 from a peak swept so;
   restart              the prompt as every stage, Adam restarted each stage;
   restart_tuned        the same at a rate swept so;
+  objects_first        restart_tuned, its first 40% of stages aimed at the first object the
+                       prompt names alone ("a red circle on the left" of "... and a blue
+                       square on the right"), the rest at the whole prompt;
+  layout_first         the same, its first stages aimed at the prompt without its colour
+                       words ("a circle on the left and a square on the right");
+  stages_<n>           only where --methods names it (n: 2, 10 or 20): restart_tuned's rate,
+                       n stages in the same steps in all;
   shared               with --shared FILE: that shared bake replayed for the prompt (and
                        every prompt's bake then starts from it);
   microwave_<est>      replaying the bake of each estimator;
@@ -38,7 +45,7 @@ import common
 SIGMAS = "0,0.001,0.01,0.05,0.15,0.5"  # the chaos probe's perturbations, radians
 # the held-out judges of each offline guide: of the drawn world's single shapes, and of its scenes
 OFFLINE_JUDGES = {"toy": ("toy-scorer", "toy-judge"), "scene": ("scene-scorer", "scene-judge")}
-RESERVED = {"guide", "prompt", "start", "method", "readout", "readout_by_kind"}  # the other keys of a score: no judge's name
+RESERVED = {"guide", "prompt", "start", "method", "readout", "readout_by_kind", "high_frequency"}  # the other keys of a score: no judge's name
 PLAIN = ("normal", "normal_tuned", "normal_drop", "normal_decay_tuned", "restart", "restart_tuned")  # need no bake
 STRUCTURE = ("objects_first", "layout_first", "stages_2", "stages_10", "stages_20")  # nor these (restart_tuned's rate)
 # the lists some flags take: distinct judges that are no other key of a score; two or more palette

@@ -38,6 +38,17 @@ def shown(z, palette=None):
     return output.saved_look(palette)(losses.to_image(z.detach().float()))
 
 
+def high_frequency(images, cutoff=0.25):
+    """The share of each image's variance [n] in fine detail: spatial frequencies above cutoff
+    cycles a pixel (half the highest) along either axis, of images [n, 3, H, W] with each
+    channel's mean taken out. A flat or smooth image scores near 0, pixel noise about 0.75."""
+    x = images.float() - images.float().mean((-2, -1), keepdim=True)
+    power = torch.fft.fft2(x).abs().square()
+    fy, fx = torch.fft.fftfreq(x.shape[-2]).abs(), torch.fft.fftfreq(x.shape[-1]).abs()
+    fine = ((fy[:, None] > cutoff) | (fx[None, :] > cutoff)).to(power.device)
+    return (power * fine).sum((-3, -2, -1)) / power.sum((-3, -2, -1)).clamp_min(1e-12)
+
+
 def embed(model, images):
     """Unit embeddings of images [n, 3, H, W] in [0, 1], resized to the model's side: [n, D]."""
     resized = F.interpolate(images, size=(model.size, model.size), mode="bilinear", antialias=True,

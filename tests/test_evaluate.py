@@ -42,6 +42,7 @@ def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt
                 assert low <= entry[f"win_rate_vs_{base}"] <= high
                 assert entry[f"mean_diff_vs_{base}"] == pytest.approx(sum(a - b for a, b in pairs) / len(pairs))
     assert set(result["summary"]) == set(METHODS)
+    assert all(0 <= score["high_frequency"] <= 1 for score in result["scores"])  # each image's fine detail
     assert set(result["stage_distance"]) == set(common.META_GRADS)
     assert result["summary"]["microwave_es"]["bake_seconds"] > 0
     assert result["replay_cutn"] == 2 and result["bake_cutn"] == 1
@@ -303,3 +304,13 @@ def test_the_tuned_schedules_run_the_rates_worked_by_hand(tiny, monkeypatch):
     assert found["restart_tuned"] == ([0.5, 0.5], 4, False)
     untuned = methods.plain_recipe("restart", target, 2, 4, settings)[1]  # the reference rate, no lr given
     assert untuned.lr == 0.12 and untuned.steps == 4
+
+
+def test_the_share_of_fine_detail_is_high_for_pixel_noise_and_low_for_shapes():
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checker = ((yy + xx) % 2).float().expand(1, 3, 16, 16)  # the finest pattern there is
+    blocks = ((yy // 8 + xx // 8) % 2).float().expand(1, 3, 16, 16)  # two shapes a side
+    noise = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    found = scoring.high_frequency(torch.cat([checker, blocks, noise, torch.full((1, 3, 16, 16), 0.3)]))
+    assert found[0] == pytest.approx(1.0) and found[1] < 0.2 and found[-1] == 0  # a square wave: its odd harmonics
+    assert 0.6 < float(found[2:-1].mean()) < 0.9  # white noise: 3/4 of its frequencies are fine

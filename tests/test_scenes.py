@@ -351,3 +351,11 @@ def test_the_judges_read_plain_pil_scenes_of_held_out_combinations(name):
             right[kind] += bool(read)
     for kind, count in right.items():
         assert count / len(some) >= PIL_FLOOR, (name, kind, count)
+
+
+def test_the_single_object_test_prompts_are_the_shape_test_prompts_the_scene_list_lacks():
+    singles = prompts.read_prompts(ROOT / "prompts_singles_test.txt")
+    learn = set(prompts.read_prompts(ROOT / "prompts_scenes.txt"))
+    shapes = prompts.read_prompts(ROOT / "prompts_toy_test.txt")
+    assert singles == [t for t in shapes if t not in learn] and len(singles) == 19
+    assert all(len(scene_of(t)) == 1 for t in singles)
