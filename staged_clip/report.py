@@ -80,11 +80,36 @@ def markdown_table(result, methods, plan):
             seconds = summary[method.name].get("bake_seconds")
             lines.append(f"| {method.name} | " + " | ".join(cells) + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
         lines += ["", *kinds_table(summary, methods, judge)]
+    lines += seen_table(result, methods)
     agree = [f"{pair} {share:.0%}" for pair, share in result["agreement"].items() if share is not None]
     lines += ["The judges agree on which of two images of a start is nearer its prompt: " + ", ".join(agree) + ".",
               "", "Mean distance of the baked stages to their prompt: "
               + ", ".join(f"{mode} {d:.4f}" for mode, d in result["stage_distance"].items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def seen_table(result, methods):
+    """Lines of a table of what the held-out judges see of the guide's gain against each baseline
+    (stats.seen), and each method's share of fine detail (scoring.high_frequency)."""
+    summary, baselines = result["summary"], result["baselines"]
+    judges = [j for j in result["judges"] if j != GUIDE]
+    if not judges or not baselines:
+        return []
+    lines = [f"What the held-out judges ({' / '.join(judges)}) see of the guide's gain: of the starts where the "
+             f"guide finds a method's image nearer than the baseline's (how many), the share where each judge does "
+             f"too (at or below 50%: the method fits the guide's own patterns); and the images' share of fine "
+             f"detail (variance above half the highest frequency; pixel noise about 75%):", "",
+             "| method | fine detail | " + " | ".join(f"vs {b}" for b in baselines) + " |",
+             "|---|---|" + "---|" * len(baselines)]
+    for method in methods:
+        cells = []
+        for base in baselines:
+            found = [summary[method.name][j].get(f"seen_vs_{base}") for j in judges]
+            cells.append("—" if method.name == base or None in found else
+                         f"({found[0][1]}) " + " / ".join("—" if s is None else f"{s:.0%}" for s, _ in found))
+        fine = summary[method.name].get("high_frequency")
+        lines.append(f"| {method.name} | {'—' if fine is None else f'{fine:.1%}'} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def kinds_table(summary, methods, judge):

@@ -61,11 +61,29 @@ def versus_entry(scores, method, against, judge):
             f"mean_diff_vs_{against}": mean, f"se_vs_{against}": se, f"median_diff_vs_{against}": median}
 
 
+def seen(scores, method, against, judge):
+    """What a held-out judge sees of the guide's gain: of the paired starts where the guide finds
+    method's image nearer its prompt than against's, the share where judge does too (ties half):
+    (share or None, those starts). Near 1: the judge sees what the guide gains; at or below 1/2:
+    the method fits the guide's own patterns."""
+    guide, theirs = paired(scores, method, against, GUIDE), paired(scores, method, against, judge)
+    gained = [mine for (a, b), mine in zip(guide, theirs) if a < b]
+    return (won(gained) / len(gained) if gained else None), len(gained)
+
+
+def fine_detail(scores, method):
+    """A method's images' mean share of fine detail (scoring.high_frequency), or None where unscored."""
+    values = [s["high_frequency"] for s in scores if s["method"] == method and s.get("high_frequency") is not None]
+    return statistics.fmean(values) if values else None
+
+
 def summarize(scores, methods, baselines, judges, bake_seconds=None):
     """Per method (by name) and judge: the mean and spread of its distances, and against each
     baseline among the methods its win rate (with a 95% interval) and the paired difference
-    (mean, standard error, median); its readout (readout_entry); per method that replays bakes,
-    their mean seconds (bake_seconds: {method: seconds or None})."""
+    (mean, standard error, median), and under a held-out judge what it sees of the guide's gain
+    (seen: [share, starts]); its readout (readout_entry); per method, its images' share of fine
+    detail (high_frequency) and, for one that replays bakes, their mean seconds (bake_seconds:
+    {method: seconds or None})."""
     summary = {}
     for method in methods:
         summary[method] = {}
@@ -74,7 +92,11 @@ def summarize(scores, methods, baselines, judges, bake_seconds=None):
             entry = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
             for against in baselines:  # against itself: one half, all ties, no difference
                 entry.update(versus_entry(scores, method, against, judge))
+                if judge != GUIDE:
+                    entry[f"seen_vs_{against}"] = list(seen(scores, method, against, judge))
             summary[method][judge] = {**entry, **readout_entry(scores, method, baselines, judge)}
+        if fine_detail(scores, method) is not None:
+            summary[method]["high_frequency"] = fine_detail(scores, method)
         if bake_seconds is not None and method in bake_seconds:
             summary[method]["bake_seconds"] = bake_seconds[method]
     return summary

@@ -28,7 +28,7 @@ def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt
     judges = ["guide", wide_ckpt, other_ckpt]
     assert result["judges"] == judges and result["baselines"] == BASELINES
     for method in METHODS:
-        assert set(result["summary"][method]) - {"bake_seconds"} == set(judges)
+        assert set(result["summary"][method]) - {"bake_seconds", "high_frequency"} == set(judges)
         for judge in judges:
             entry = result["summary"][method][judge]
             values = [s[judge] for s in result["scores"] if s["method"] == method]
@@ -48,7 +48,8 @@ def test_evaluate_writes_a_table_json_and_a_grid_of_prompts_by_methods(tiny_ckpt
     assert result["replay_cutn"] == 2 and result["bake_cutn"] == 1
     assert set(result["agreement"]) == {f"guide / {wide_ckpt}", f"guide / {other_ckpt}", f"{wide_ckpt} / {other_ckpt}"}
     table = Path("e.md").read_text()
-    assert table in out and all(table.count(f"| {m} |") == len(judges) for m in METHODS)
+    assert table in out and all(table.count(f"| {m} |") == len(judges) + 1 for m in METHODS)  # + what judges see
+    assert "see of the guide's gain" in table and "| fine detail |" in table
     assert f"held-out judge {other_ckpt}" in table and "made at 16 px, cutn 2, 2 stages x 2 steps" in table and "learned at cutn 1" in table
     with Image.open("grid.png") as grid:  # under each image, each judge's distance
         step = report.CELL + report.GAP

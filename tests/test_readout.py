@@ -73,6 +73,21 @@ def test_readout_entry_counts_paired_starts():
     assert stats.readout_entry(scores[-1:], "a", ["b"], "j") == {"readout": None, "readout_interval": None}
 
 
+def test_what_a_judge_sees_of_the_guides_gain_counts_the_starts_the_guide_won():
+    def score(method, start, guide, judge):
+        return {"prompt": "p", "start": start, "method": method, "guide": guide, "j": judge, "high_frequency": 0.1 * start}
+
+    # the guide finds a nearer on starts 0, 1 and 2 (not 3); the judge agrees on 0, ties on 1, disagrees on 2
+    scores = [score("a", 0, 0.1, 0.5), score("a", 1, 0.2, 0.5), score("a", 2, 0.3, 0.9), score("a", 3, 0.9, 0.1),
+              score("b", 0, 0.4, 0.6), score("b", 1, 0.4, 0.5), score("b", 2, 0.4, 0.8), score("b", 3, 0.5, 0.9)]
+    assert stats.seen(scores, "a", "b", "j") == (pytest.approx(1.5 / 3), 3)
+    assert stats.seen(scores, "b", "a", "j") == (0.0, 1)  # b wins start 3 by the guide, not by the judge
+    assert stats.fine_detail(scores, "a") == pytest.approx(0.15)
+    summary = stats.summarize(scores, ["a", "b"], ["b"], ["guide", "j"])
+    assert summary["a"]["j"]["seen_vs_b"] == [pytest.approx(0.5), 3] and "seen_vs_b" not in summary["a"]["guide"]
+    assert summary["b"]["high_frequency"] == pytest.approx(0.15)
+
+
 def test_evaluate_reports_the_readout_of_world_prompts(tiny_ckpt, wide_ckpt):
     result = evaluate_world(tiny_ckpt, wide_ckpt)
     assert all(s["readout"] is not None for s in result["scores"])
