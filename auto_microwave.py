@@ -37,7 +37,7 @@ def main(argv=None):
     model = run.model
     prompt = common.load_prompt(model, args.prompt)
     base = shared_base(model, bakes)
-    own = [b for b in bakes if not common.is_shared(b)]
+    own = [b for b in common.of_model(bakes, model) if not common.is_shared(b)]
     chosen = common.nearest_bakes(model, prompt.embed, own, args.k, args.baked_dir) if own or base is None else []
     if base is not None and (not chosen or chosen[0][0] > args.far):
         far = f"the nearest baked prompt lies {chosen[0][0]:.4f} away (over --far {args.far})" if chosen else \

@@ -39,7 +39,7 @@ _DOOR = {  # name -> module.attribute in staged_clip
     # baked files
     "baked_path": "baked.baked_path", "load_baked": "baked.load_baked",
     "load_baked_dir": "baked.load_baked_dir", "check_stage_width": "baked.check_stage_width",
-    "nearest_bakes": "baked.nearest_bakes", "compose_replay": "baked.compose_replay",
+    "nearest_bakes": "baked.nearest_bakes", "of_model": "baked.of_model", "compose_replay": "baked.compose_replay",
     # files
     "check_file": "output.check_file", "write_text": "output.write_text", "provenance": "output.provenance",
     # measuring

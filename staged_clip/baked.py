@@ -226,15 +226,26 @@ def baked_prompt_embed(model, bake):
     return prompts.load_prompt(model, bake["prompt"]).embed  # weighted parts and images too
 
 
+def of_model(bakes, model):
+    """The bakes made with this model, or naming none (the original's bare tensors); one line says
+    how many others there were: another CLIP model's stage directions mean nothing to this one."""
+    foreign = sorted({b["clip_model"] for b in bakes if b.get("clip_model") not in (None, model.name)})
+    if foreign:
+        count = sum(b.get("clip_model") in foreign for b in bakes)
+        log(f"skipping {count} baked file(s) made with another CLIP model ({', '.join(foreign)}), not {model.name}")
+    return [b for b in bakes if b.get("clip_model") in (None, model.name)]
+
+
 def nearest_bakes(model, prompt_embed, bakes, k, where="the baked folder"):
     """The k bakes whose prompts lie nearest to prompt_embed: [(distance, bake)].
 
     All of one stage count (that of the nearest), so their paths can be composed. Bakes
-    of another width, or whose prompt cannot be embedded, are skipped; one line says how
-    many and why.
+    of another width, whose prompt cannot be embedded, or made with another CLIP model (whose
+    stage directions mean nothing to this one; the original's bare tensors name none), are
+    skipped; one line says how many and why.
     """
     candidates, skipped = [], []
-    for bake in bakes:
+    for bake in of_model(bakes, model):
         if knobs.is_shared(bake):
             continue  # no prompt of its own
         try:

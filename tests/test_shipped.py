@@ -31,7 +31,7 @@ def test_baked_ships_the_shared_bake_of_the_toy_prompts():
 def test_baked_ships_a_default_bake_of_every_toy_prompt():
     model = models.load_clip("toy", torch.device("cpu"))
     texts = common.read_prompts(ROOT / "prompts_toy.txt")
-    names = {"shared_prompts_toy.pt"}
+    names = {"shared_prompts_toy.pt", "shared_prompts_scenes.pt"}
     for text in texts:
         path = baked.baked_path(ROOT / "baked", text)
         reason = baked.stale_reason(path, text, SHIPPED, model)
@@ -56,3 +56,34 @@ def test_auto_microwave_runs_from_the_shipped_bakes(tmp_path, capsys):
     used = [line for line in said.splitlines() if str(ROOT / "baked") in line or "(baked/" in line]
     assert len(used) == 2  # it names the two shipped bakes it composes
     assert Image.open(tmp_path / "a.png").size == (512, 512)
+
+
+# baked/README.md's command for the scene model's shared bake
+SCENES = Settings(size=64, stages=5, steps=10, cutn=8, meta_views=8, lr=0.48, meta_steps=40, population=8,
+                  learn_style=True, learn_object=True, learn_layout=True)
+
+
+def test_baked_ships_the_shared_bake_of_the_scene_prompts_and_microwave_replays_it(tmp_path, capsys):
+    import microwave
+    found = baked.load_baked(ROOT / "baked" / "shared_prompts_scenes.pt")
+    texts = common.read_prompts(ROOT / "prompts_scenes.txt")
+    assert found["kind"] == "shared" and found["complete"] and found["clip_model"] == "scene"
+    assert sorted(found["prompts"] + found["held_out"]) == sorted(texts)
+    assert not baked.differences(SCENES, found["config"])
+    assert found["object_weight"] is not None and found["layout_weight"] is not None  # learned, whatever came of it
+    scene = "a red circle on the left and a blue square on the right"
+    microwave.main([scene, str(ROOT / "baked" / "shared_prompts_scenes.pt"), "--clip-model", "scene", "--steps", "2",
+                    "--seed", "0", "--out", str(tmp_path / "m.png")])
+    said = "".join(capsys.readouterr())  # what it replays on stdout, what it takes from the bake on stderr
+    assert f"for {scene!r}" in said and "--lr 0.48" in said  # at the bake's own rate
+    with Image.open(tmp_path / "m.png") as image:
+        assert scene in image.text["prompt"]
+
+
+def test_auto_microwave_for_the_scene_model_replays_its_shared_bake_not_the_toy_bakes(tmp_path, capsys):
+    import auto_microwave
+    auto_microwave.main(["a red circle on the left and a blue square on the right", "--clip-model", "scene",
+                         "--baked-dir", str(ROOT / "baked"), "--steps", "2", "--seed", "0", "--out", str(tmp_path / "a.png")])
+    captured = capsys.readouterr()
+    assert "replaying the shared bake" in captured.out and "shared_prompts_scenes.pt" in captured.out
+    assert "made with another CLIP model (toy), not scene" in captured.err
