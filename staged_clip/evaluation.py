@@ -163,14 +163,17 @@ def batch_recipe(method, case, shift, settings, mix, seeds):
 
 def scored(case, method, images, judges):
     """The scores of a case's images [seeds, 3, H, W] by one method, a start each: under every judge
-    ({name: model}, the guide as "guide"), the distance to the prompt and the readout; and each
-    image's share of fine detail (scoring.high_frequency)."""
+    ({name: model}, the guide as "guide"), the distance to the prompt and the readout (for a prompt of
+    the drawn world, also by its pixels: readout.pixel_reads, as stats.PIXELS); and each image's
+    share of fine detail (scoring.high_frequency)."""
     found, read, kinds = {}, {}, {}
     for name, model in judges.items():
         embed = case.prompt.embed if name == stats.GUIDE else case.judge_embeds[name]
         distances, read[name], kinds[name] = scoring.judge(model, images, embed, case.rivals and case.rivals[name])
         found[name] = distances.tolist()
     fine = scoring.high_frequency(images).tolist()
+    if case.rivals is not None:  # and by its pixels: each named colour on its named side
+        read[stats.PIXELS] = readout.pixel_reads(images, case.prompt.text)
     scores = [{"prompt": case.prompt.text, "start": j, "method": method, **{name: found[name][j] for name in found},
                "readout": None if case.rivals is None else {name: bool(read[name][j]) for name in read},
                "high_frequency": fine[j]} for j in range(len(images))]

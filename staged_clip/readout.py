@@ -38,6 +38,14 @@ def rivals(text):
     return (text, *[c for _, c in found]), 0, ("prompt", *[k for k, _ in found])
 
 
+def pixel_reads(images, text):
+    """Whether each image [n, 3, H, W] in [0, 1] of a drawn-world prompt shows it by its pixels alone
+    (toy.scenes.pixel_reads: every named colour present on its named side, clearly more there
+    than on the opposite side): [n] bool. No CLIP takes part."""
+    from toy import scenes
+    return scenes.pixel_reads(images, scenes.parse(text.strip()))
+
+
 def reads(image_embeds, caption_embeds, right, kinds=None):
     """Whether each image's nearest caption is the right one: [n] bool; with kinds (each caption's),
     also {kind: [n] bool}, whether the right caption beats every caption of that kind.

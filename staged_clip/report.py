@@ -7,7 +7,7 @@ from pathlib import Path
 from .errors import log
 from .methods import SAID
 from .output import atomic_write, write_text
-from .stats import GUIDE, interval, versus
+from .stats import GUIDE, PIXELS, interval, versus
 
 CELL, GAP = 128, 4  # side of one image in the grid, and the white space after it
 LABEL_W, HEAD_H = 200, 24  # the grid's column of prompts, and its row of method names
@@ -80,7 +80,7 @@ def markdown_table(result, methods, plan):
             seconds = summary[method.name].get("bake_seconds")
             lines.append(f"| {method.name} | " + " | ".join(cells) + f" | {'' if seconds is None else f'{seconds:.0f}'} |")
         lines += ["", *kinds_table(summary, methods, judge)]
-    lines += seen_table(result, methods)
+    lines += seen_table(result, methods) + pixels_table(result, methods)
     agree = [f"{pair} {share:.0%}" for pair, share in result["agreement"].items() if share is not None]
     lines += ["The judges agree on which of two images of a start is nearer its prompt: " + ", ".join(agree) + ".",
               "", "Mean distance of the baked stages to their prompt: "
@@ -109,6 +109,26 @@ def seen_table(result, methods):
                          f"({found[0][1]}) " + " / ".join("—" if s is None else f"{s:.0%}" for s, _ in found))
         fine = summary[method.name].get("high_frequency")
         lines.append(f"| {method.name} | {'—' if fine is None else f'{fine:.1%}'} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def pixels_table(result, methods):
+    """Lines of a table of the readout by pixels (stats.PIXELS): how often each method's images show
+    every named colour on its named side, and against each baseline the paired counts with
+    McNemar's p; none where no prompt is the drawn world's."""
+    summary, baselines = result["summary"], result["baselines"]
+    if not any(PIXELS in summary[m.name] for m in methods):
+        return []
+    lines = ["By pixels alone, no CLIP: how often every named colour is present on its named side (at least 1% of "
+             "the image in it there, twice as much as on the opposite side), and against each baseline the starts "
+             "where this reads right and that wrong / the reverse, with McNemar's exact p:", "",
+             "| method | by pixels | " + " | ".join(f"vs {b}" for b in baselines) + " |",
+             "|---|---|" + "---|" * len(baselines)]
+    for method in methods:
+        entry = summary[method.name].get(PIXELS, {})
+        cells = ["—" if method.name == b or f"readout_vs_{b}" not in entry else readout_cell(entry, b)
+                 for b in baselines]
+        lines.append(f"| {method.name} | {readout_rate(entry)} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -170,7 +190,7 @@ def pairs_table(runs, methods, base):
 
 def captions(result):
     """Per prompt, per method: each judge's distance of its first start's image and whether it reads
-    the image as the prompt ("read") or not ("miss"), a line each."""
+    the image as the prompt ("read") or not ("miss"), a line each; and the readout by pixels."""
     found = [{} for _ in result["prompts"]]
     row = {text: r for r, text in enumerate(result["prompts"])}
     for s in result["scores"]:
@@ -178,7 +198,7 @@ def captions(result):
             read = s.get("readout") or {}
             found[row[s["prompt"]]][s["method"]] = [
                 f"{judge} {s[judge]:.3f}" + ("" if judge not in read else " read" if read[judge] else " miss")
-                for judge in result["judges"]]
+                for judge in result["judges"]] + ([f"pixels {'read' if read[PIXELS] else 'miss'}"] if PIXELS in read else [])
     return found
 
 

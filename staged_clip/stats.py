@@ -12,6 +12,7 @@ import math
 import statistics
 
 GUIDE = "guide"  # the judge that is the guiding model itself
+PIXELS = "pixels"  # the readout by pixels alone (readout.pixel_reads), beside each judge's
 
 
 def paired(scores, method, against, judge):
@@ -82,8 +83,9 @@ def summarize(scores, methods, baselines, judges, bake_seconds=None):
     baseline among the methods its win rate (with a 95% interval) and the paired difference
     (mean, standard error, median), and under a held-out judge what it sees of the guide's gain
     (seen: [share, starts]); its readout (readout_entry); per method, its images' share of fine
-    detail (high_frequency) and, for one that replays bakes, their mean seconds (bake_seconds:
-    {method: seconds or None})."""
+    detail (high_frequency), its readout by pixels (PIXELS, where its prompts are the drawn
+    world's) and, for one that replays bakes, their mean seconds (bake_seconds: {method: seconds
+    or None})."""
     summary = {}
     for method in methods:
         summary[method] = {}
@@ -97,6 +99,8 @@ def summarize(scores, methods, baselines, judges, bake_seconds=None):
             summary[method][judge] = {**entry, **readout_entry(scores, method, baselines, judge)}
         if fine_detail(scores, method) is not None:
             summary[method]["high_frequency"] = fine_detail(scores, method)
+        if any(PIXELS in (s.get("readout") or {}) for s in scores if s["method"] == method):
+            summary[method][PIXELS] = readout_entry(scores, method, baselines, PIXELS)
         if bake_seconds is not None and method in bake_seconds:
             summary[method]["bake_seconds"] = bake_seconds[method]
     return summary
@@ -163,7 +167,8 @@ def readout_entry(scores, method, baselines, judge):
         return {"readout": None, "readout_interval": None}
     right = sum(mine.values())
     entry = {"readout": right / len(mine), "readout_interval": interval(right, len(mine))}
-    kinds = [s["readout_by_kind"][judge] for s in scores if s["method"] == method and s.get("readout_by_kind")]
+    kinds = [s["readout_by_kind"][judge] for s in scores
+             if s["method"] == method and judge in (s.get("readout_by_kind") or {})]
     if kinds:  # scenes: against each kind of rival apart (binding: colour, shape, place; recall: drop)
         entry["readout_by_kind"] = {kind: statistics.fmean(k[kind] for k in kinds if kind in k)
                                     for kind in dict.fromkeys(kind for k in kinds for kind in k)}

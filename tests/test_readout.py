@@ -107,6 +107,21 @@ def test_evaluate_reports_the_readout_of_world_prompts(tiny_ckpt, wide_ckpt):
     assert "| method | readout | distance |" in Path("e.md").read_text()
 
 
+def test_evaluate_reports_the_readout_by_pixels_beside_the_judges(tiny_ckpt, wide_ckpt, monkeypatch):
+    """Each image of a world prompt is also read by its pixels, as readout.pixel_reads finds it."""
+    seen = []
+    real = readout.pixel_reads
+    monkeypatch.setattr(readout, "pixel_reads", lambda images, text: seen.append((text, real(images, text))) or seen[-1][1])
+    result = evaluate_world(tiny_ckpt, wide_ckpt)
+    found = [s["readout"][stats.PIXELS] for s in result["scores"]]
+    assert found == [bool(x) for _, read in seen for x in read]  # each image's, in order
+    for method in result["methods"]:
+        entry = result["summary"][method][stats.PIXELS]
+        mine = [s["readout"][stats.PIXELS] for s in result["scores"] if s["method"] == method]
+        assert entry["readout"] == pytest.approx(sum(mine) / len(mine))
+    assert "By pixels alone" in Path("e.md").read_text()
+
+
 def evaluate_world(tiny_ckpt, wide_ckpt):
     import evaluate
     Path("w.txt").write_text("a red circle on the left\na blue square at the top\na green triangle in the center\n")

@@ -359,3 +359,25 @@ def test_the_single_object_test_prompts_are_the_shape_test_prompts_the_scene_lis
     shapes = prompts.read_prompts(ROOT / "prompts_toy_test.txt")
     assert singles == [t for t in shapes if t not in learn] and len(singles) == 19
     assert all(len(scene_of(t)) == 1 for t in singles)
+
+
+def test_pixels_read_the_worlds_drawings_of_a_scene_and_not_its_colour_swap_or_noise():
+    gen = torch.Generator().manual_seed(0)
+    for text in prompts.read_prompts(ROOT / "prompts_scenes_test.txt")[:6]:
+        scene = scenes.parse(text)
+        assert scenes.pixel_reads(scenes.draw([scene] * 8, gen), scene).float().mean() >= 0.75, text
+        swapped = scenes.rivals(scene)["colour"][0]  # the same shapes and places, the colours exchanged
+        assert not scenes.pixel_reads(scenes.draw([swapped] * 8, gen), scene).any(), text
+    assert not scenes.pixel_reads(torch.rand(32, 3, 64, 64, generator=gen), scene).any()  # colour everywhere
+
+
+def test_pixels_read_a_colour_on_its_side_by_hand():
+    red = torch.tensor(world.COLOURS["red"])
+    image = torch.full((1, 3, 16, 16), 0.5)  # grey, the world's unnamed colour
+    image[0, :, 6:10, 1:5] = red[:, None, None]  # 16 red pixels on the left: 6% of the image
+    left, right = scenes.parse("a red circle on the left"), scenes.parse("a red circle on the right")
+    assert scenes.pixel_reads(image, left).tolist() == [True] and scenes.pixel_reads(image, right).tolist() == [False]
+    image[0, :, 6:10, 12:14] = red[:, None, None]  # 8 red on the right too: still twice as much on the left
+    assert scenes.pixel_reads(image, left).tolist() == [True]
+    image[0, :, 6:10, 14:15] = red[:, None, None]  # 12 on the right: no longer
+    assert scenes.pixel_reads(image, left).tolist() == [False]

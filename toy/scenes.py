@@ -253,3 +253,41 @@ def draw_pil(scenes, side=world.SIDE, supersample=4):
         small = np.asarray(image.resize((side, side), Image.BILINEAR), dtype=np.float32) / 255
         out.append(torch.from_numpy(small).permute(2, 0, 1))
     return torch.stack(out)
+
+
+# the pixel readout: a pixel is in a named colour when that is its nearest of the world's colours
+# (named and unnamed) within PIXEL_NEAR; an object's colour is present on its side when at least
+# PIXEL_SHARE of the image is in it there, and lies there when there is at least PIXEL_MAJORITY
+# times as much of it there as on the opposite side (for "in the center": its middle half a side,
+# against the rest)
+PIXEL_NEAR = 0.3
+PIXEL_SHARE = 0.01
+PIXEL_MAJORITY = 2
+SIDE_OF = {"left": "right", "right": "left", "top": "bottom", "bottom": "top", "center": "rim"}
+
+
+def region(name, height, width):
+    """A place's part of the image, [H, W] bool: a half for a side, the middle half a side for the
+    center, and "rim" what lies outside that middle."""
+    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    middle = (abs(2 * x + 1 - width) < width / 2) & (abs(2 * y + 1 - height) < height / 2)
+    return {"left": 2 * x + 1 < width, "right": 2 * x + 1 > width, "top": 2 * y + 1 < height,
+            "bottom": 2 * y + 1 > height, "center": middle, "rim": ~middle}[name]
+
+
+def pixel_reads(images, scene):
+    """Whether each image [n, 3, H, W] in [0, 1] shows its scene by its pixels alone: every named
+    colour present on its named side and at least twice as much there as on the opposite side. [n] bool. It knows
+    nothing of shapes, and nothing of CLIP."""
+    n, _, height, width = images.shape
+    palette = world.PALETTE.to(images)  # [C, 3]: the named colours first
+    distances = torch.cdist(images.permute(0, 2, 3, 1).reshape(n, -1, 3), palette[None].expand(n, -1, -1))
+    nearest, index = distances.min(-1)  # [n, H * W]
+    read = torch.ones(n, dtype=torch.bool, device=images.device)
+    for c, _, p in scene:
+        mine = ((index == c) & (nearest < PIXEL_NEAR)).view(n, height, width).float()
+        place = world.PLACE_NAMES[p]
+        here = (mine * region(place, height, width).to(mine)).mean((-2, -1))
+        there = (mine * region(SIDE_OF[place], height, width).to(mine)).mean((-2, -1))
+        read &= (here >= PIXEL_SHARE) & (here >= PIXEL_MAJORITY * there)
+    return read
