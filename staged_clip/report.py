@@ -262,6 +262,10 @@ def budget_table(runs, methods, baselines, judges):
                      for r in runs.values()]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    if all(PIXELS in r["summary"][m] for r in runs.values() for m in methods):
+        lines += ["By pixels alone (each named colour on its named side):", "", head, rule]
+        lines += [f"| {m} | " + " | ".join(readout_rate(r["summary"][m][PIXELS]) for r in runs.values()) + " |"
+                  for m in methods] + [""]
     lines += ["Paired, on the same starts: the readout's counts (this right and that wrong / the reverse) with "
               "McNemar's exact p, and how often this image is nearer its prompt, under " + " / ".join(judges)
               + ".", "", "| method | vs | " + " | ".join(f"{t} steps" for t in totals.values()) + " |",

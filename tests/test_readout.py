@@ -122,14 +122,24 @@ def test_evaluate_reports_the_readout_by_pixels_beside_the_judges(tiny_ckpt, wid
     assert "By pixels alone" in Path("e.md").read_text()
 
 
-def evaluate_world(tiny_ckpt, wide_ckpt):
+def evaluate_world(tiny_ckpt, wide_ckpt, steps="2"):
     import evaluate
     Path("w.txt").write_text("a red circle on the left\na blue square at the top\na green triangle in the center\n")
     evaluate.main(["w.txt", "--clip-model", tiny_ckpt, "--score-model", wide_ckpt, "--device", "cpu", "--seeds", "2",
                    "--size", "16", "--steps", "2", "--stages", "2", "--meta-steps", "1", "--meta-grads", "none",
                    "--seed", "0", "--tune-starts", "1", "--tune-lrs", "0.12,0.5", "--replay-cutn", "2",
-                   "--replay-steps", "2", "--out", "grid.png", "--json", "e.json", "--table", "e.md"])
+                   "--replay-steps", steps, "--out", "grid.png", "--json", "e.json", "--table", "e.md"])
     return json.loads(Path("e.json").read_text())
+
+
+def test_the_budget_table_gives_the_readout_by_pixels_at_each_budget(tiny_ckpt, wide_ckpt):
+    found = evaluate_world(tiny_ckpt, wide_ckpt, "1,2")["budgets"]
+    table = Path("e.md").read_text()
+    block = table.split("By pixels alone (each named colour on its named side):")[1].split("Paired")[0]
+    for method in found["1"]["methods"]:
+        rates = [f"{found[k]['summary'][method]['pixels']['readout']:.0%}" for k in ("1", "2")]
+        row = next(line for line in block.splitlines() if line.startswith(f"| {method} |"))
+        assert [cell.split()[0] for cell in row.split("|")[2:4]] == rates
 
 
 def test_replay_steps_give_every_method_the_same_total_steps(tiny_ckpt, wide_ckpt, monkeypatch):
