@@ -227,13 +227,15 @@ def baked_prompt_embed(model, bake):
 
 
 def of_model(bakes, model):
-    """The bakes made with this model, or naming none (the original's bare tensors); one line says
-    how many others there were: another CLIP model's stage directions mean nothing to this one."""
-    foreign = sorted({b["clip_model"] for b in bakes if b.get("clip_model") not in (None, model.name)})
+    """The bakes made with this model, naming none (the original's bare tensors), or of another
+    width (nearest_bakes names those); one line says how many others there were: another CLIP
+    model's stage directions of the same width mean nothing to this one."""
+    foreign = [b for b in bakes if b.get("clip_model") not in (None, model.name) and b["stages"].shape[1] == model.dim]
     if foreign:
-        count = sum(b.get("clip_model") in foreign for b in bakes)
-        log(f"skipping {count} baked file(s) made with another CLIP model ({', '.join(foreign)}), not {model.name}")
-    return [b for b in bakes if b.get("clip_model") in (None, model.name)]
+        names = ", ".join(Path(b["path"]).name for b in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        models = ", ".join(sorted({b["clip_model"] for b in foreign}))
+        log(f"skipping {len(foreign)} baked file(s) ({names}) made with another CLIP model ({models}), not {model.name}")
+    return [b for b in bakes if not any(b is other for other in foreign)]
 
 
 def nearest_bakes(model, prompt_embed, bakes, k, where="the baked folder"):
