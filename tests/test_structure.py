@@ -105,3 +105,9 @@ def test_a_bake_with_its_structure_knobs_neutral_replays_as_restart_tuned_bit_fo
         made[method.name] = render.rollout(tiny, start, targets, renderer, lr_scale=scale, draw=draw)
     assert torch.equal(made["shared"], made["restart_tuned"])
     assert not torch.equal(made["shared"], scoring.start_image(5, 16, "cpu"))
+
+
+def test_evaluate_knows_the_same_method_names_as_the_methods_module():
+    import evaluate  # reads flags without torch: its own lists, kept equal to methods'
+    assert evaluate.PLAIN == methods.PLAIN and evaluate.STRUCTURE == methods.STRUCTURE
+    assert [f"stages_{n}" for n in methods.STAGE_COUNTS] == [m for m in methods.STRUCTURE if m.startswith("stages_")]
