@@ -6,20 +6,22 @@ The modules, bottom to top (each imports only from the lines above it):
                      choice the command line shows (neither imports torch)
   cli                a script's main: user errors as one line, SIGTERM as Ctrl-C, an
                      interrupted run's exit status (130, 143)
+  jobs               a durable queue of jobs in SQLite (for a server): positions, claims in
+                     one transaction, batches by key, cancel, recovery after a crash
   randomness, distributed, memory, cutouts, stats, palettes, readout, plot
                      seeds; one bake's work shared among torchrun's processes; peak memory;
                      what CLIP sees of an image; win rates, intervals, paired differences,
                      McNemar's test; palettes (named, listed, from an image) and what they do
                      to an image; whether a judge reads an image as its prompt (the drawn
-                     world's captions); line charts drawn with PIL
+                     world's captions), or its pixels do; line charts drawn with PIL
   models, prompts, params, starts
                      CLIP loaded and frozen at a precision; prompts, embeddings, targets; what
                      Adam optimizes (rgb, pyramid, fourier, at any aspect); where a run's
                      images start (its seeds or variations' seeds, a start image)
   structure          a prompt's parts (the objects a scene names) and its colourless layout
   losses, knobs      the spherical distance, the renderer's loss and the bake's; the per-stage
-                     knobs a bake may learn (learning rate, style, part of the prompt) and the
-                     targets made of them
+                     knobs a bake may learn (learning rate, style, part of the prompt, a
+                     scene's first object, its layout) and the targets made of them
   output             atomic files, the PNG that records its making (Output; indexed in a
                      palette, at its own grid, variations and their contact sheet), progress frames
   render, scoring, wandb_log
