@@ -111,3 +111,10 @@ def test_evaluate_knows_the_same_method_names_as_the_methods_module():
     import evaluate  # reads flags without torch: its own lists, kept equal to methods'
     assert evaluate.PLAIN == methods.PLAIN and evaluate.STRUCTURE == methods.STRUCTURE
     assert [f"stages_{n}" for n in methods.STAGE_COUNTS] == [m for m in methods.STRUCTURE if m.startswith("stages_")]
+
+
+def test_evaluate_refuses_more_stages_than_steps_in_one_line(capsys):
+    import evaluate
+    from conftest import fails
+    fails(evaluate, ["--clip-model", "toy", "--methods", "stages_20", "--stages", "2", "--replay-steps", "4,25"],
+          "stages_20: more stages than the 8 steps in all", capsys)
