@@ -7,7 +7,9 @@ from dataclasses import dataclass
 PANEL_W, PANEL_H = 300, 210  # one panel's plotting area, px
 MARGIN_L, MARGIN_B, MARGIN_T, GAP = 56, 34, 24, 20  # room for the y labels, the x labels, the title, between panels
 LEGEND_H = 22
-COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207))
+# ten distinct series before a colour repeats (the first six as before)
+COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34))
 
 
 @dataclass(frozen=True)
