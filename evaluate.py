@@ -45,7 +45,8 @@ import common
 SIGMAS = "0,0.001,0.01,0.05,0.15,0.5"  # the chaos probe's perturbations, radians
 # the held-out judges of each offline guide: of the drawn world's single shapes, and of its scenes
 OFFLINE_JUDGES = {"toy": ("toy-scorer", "toy-judge"), "scene": ("scene-scorer", "scene-judge")}
-RESERVED = {"guide", "prompt", "start", "method", "readout", "readout_by_kind", "high_frequency", "pixels"}  # the other keys of a score: no judge's name
+# the other keys of a score (and of its readout): no judge's name
+RESERVED = {"guide", "prompt", "start", "method", "readout", "readout_by_kind", "high_frequency", "pixels"}
 PLAIN = ("normal", "normal_tuned", "normal_drop", "normal_decay_tuned", "restart", "restart_tuned")  # need no bake
 STRUCTURE = ("objects_first", "layout_first", "stages_2", "stages_10", "stages_20")  # nor these (restart_tuned's rate)
 # the lists some flags take: distinct judges that are no other key of a score; two or more palette

@@ -230,12 +230,16 @@ def of_model(bakes, model):
     """The bakes made with this model, naming none (the original's bare tensors), or of another
     width (nearest_bakes names those); one line says how many others there were: another CLIP
     model's stage directions of the same width mean nothing to this one."""
-    foreign = [b for b in bakes if b.get("clip_model") not in (None, model.name) and b["stages"].shape[1] == model.dim]
-    if foreign:
-        names = ", ".join(Path(b["path"]).name for b in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        models = ", ".join(sorted({b["clip_model"] for b in foreign}))
-        log(f"skipping {len(foreign)} baked file(s) ({names}) made with another CLIP model ({models}), not {model.name}")
-    return [b for b in bakes if not any(b is other for other in foreign)]
+    def foreign(b):
+        return b.get("clip_model") not in (None, model.name) and b["stages"].shape[1] == model.dim
+
+    others = [b for b in bakes if foreign(b)]
+    if others:
+        names = ", ".join(Path(b["path"]).name for b in others[:3]) + (", ..." if len(others) > 3 else "")
+        models = ", ".join(sorted({b["clip_model"] for b in others}))
+        log(f"skipping {len(others)} baked file(s) ({names}) made with another CLIP model ({models}), "
+            f"not {model.name}")
+    return [b for b in bakes if not foreign(b)]
 
 
 def nearest_bakes(model, prompt_embed, bakes, k, where="the baked folder"):

@@ -68,8 +68,8 @@ class Queue:
             waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
             if limit is not None and waiting >= limit:
                 raise QueueFull(f"{waiting} jobs are waiting, the most this queue takes")
-            db.execute("INSERT INTO jobs (id, kind, request, key, state, steps, created) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                       (job, kind, json.dumps(request), key, steps, time.time()))
+            db.execute("INSERT INTO jobs (id, kind, request, key, state, steps, created) "
+                       "VALUES (?, ?, ?, ?, 'queued', ?, ?)", (job, kind, json.dumps(request), key, steps, time.time()))
             return waiting
 
         return job, self.write(add)

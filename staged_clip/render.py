@@ -233,12 +233,12 @@ def rollout(model, z, targets, settings, callback=None, lr_scale=None, draw=None
     """Optimize images z [B, 3, H, W] through the stages, one target [D] (or [B, D]) each, by the
     fast path: torch's fused (or foreach) AdamW and the compiled loss where the model has one.
 
-    settings: steps per stage (or each stage's, settings.stage_steps), learning rate, cutouts, Adam's eps, whether its moments carry
-    over (else a fresh AdamW every stage, as the original makes), and the parametrization
-    (params.py: Adam runs on its tensor, encoded from z; its image comes back). lr_scale
-    multiplies each stage's learning rate: [S] or [S, B] (each image its own); None: 1. draw:
-    what draws the cutouts' random choices (see loss_and_grad). callback(stage, step, loss,
-    image) after every step, with detached tensors.
+    settings: steps per stage (or each stage's, settings.stage_steps), learning rate, cutouts,
+    Adam's eps, whether its moments carry over (else a fresh AdamW every stage, as the original
+    makes), and the parametrization (params.py: Adam runs on its tensor, encoded from z; its
+    image comes back). lr_scale multiplies each stage's learning rate: [S] or [S, B] (each image
+    its own); None: 1. draw: what draws the cutouts' random choices (see loss_and_grad).
+    callback(stage, step, loss, image) after every step, with detached tensors.
     """
     param = params.of(settings, z.shape[-2:], z.device)
     if param is not None:

@@ -196,9 +196,10 @@ def captions(result):
     for s in result["scores"]:
         if s["start"] == 0:
             read = s.get("readout") or {}
-            found[row[s["prompt"]]][s["method"]] = [
-                f"{judge} {s[judge]:.3f}" + ("" if judge not in read else " read" if read[judge] else " miss")
-                for judge in result["judges"]] + ([f"pixels {'read' if read[PIXELS] else 'miss'}"] if PIXELS in read else [])
+            said = [f"{judge} {s[judge]:.3f}" + ("" if judge not in read else " read" if read[judge] else " miss")
+                    for judge in result["judges"]]
+            pixels = [f"pixels {'read' if read[PIXELS] else 'miss'}"] if PIXELS in read else []
+            found[row[s["prompt"]]][s["method"]] = said + pixels
     return found
 
 

@@ -277,8 +277,8 @@ def region(name, height, width):
 
 def pixel_reads(images, scene):
     """Whether each image [n, 3, H, W] in [0, 1] shows its scene by its pixels alone: every named
-    colour present on its named side and at least twice as much there as on the opposite side. [n] bool. It knows
-    nothing of shapes, and nothing of CLIP."""
+    colour present on its named side and at least twice as much there as on the opposite side.
+    [n] bool. It knows nothing of shapes, and nothing of CLIP."""
     n, _, height, width = images.shape
     palette = world.PALETTE.to(images)  # [C, 3]: the named colours first
     distances = torch.cdist(images.permute(0, 2, 3, 1).reshape(n, -1, 3), palette[None].expand(n, -1, -1))
