@@ -17,21 +17,7 @@ import common
 
 
 def parse_args(argv=None):
-    p = common.make_parser(__doc__)
-    p.add_argument("prompt", nargs="?", help="text (weighted parts: 'a | b:0.5 | c:-1') or an image file")
-    p.add_argument("--prompts", default=None, metavar="FILE",
-                   help="learn one shared bake over the prompts of FILE (one a line) instead of a prompt's: "
-                        "saved as <baked-dir>/shared_<FILE's stem>.pt")
-    common.add_common_args(p, "bake.py")
-    g = common.add_bake_args(p)
-    common.add_init_arg(g)
-    p.add_argument("--name", default=None, help="baked file name (default: a slug of the prompt)")
-    args = p.parse_args(argv)
-    if (args.prompt is None) == (args.prompts is None):
-        p.error("give a prompt, or --prompts FILE for a shared bake (not both)")
-    if args.prompts is not None and args.init_from is not None:
-        p.error("--init-from starts a prompt's bake from a shared bake; a shared bake (--prompts) starts neutral")
-    return args
+    return common.parse_script("bake.py", argv, __doc__)
 
 
 @common.cli

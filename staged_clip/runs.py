@@ -51,7 +51,29 @@ def start(args, script, writes_baked=False):
     Every check that needs no model comes before the model loads; seeding comes after, so
     that a seed means the same run whatever loading drew. Returns a Run.
     """
-    from . import output, starts, startup, wandb_log  # here, not above: --help must not wait for torch
+    from . import output, starts, startup  # here, not above: --help must not wait for torch
+    out, wandb = prepare(args, script, writes_baked)
+    output.provenance()  # read now, once, rather than while an interrupted bake saves
+    model, seed, threads = startup.launch(args.clip_model, args.device, args.seed, args.threads, args.precision,
+                                          args.compile)
+    flags = vars(args)
+    begin = starts.Start.of(seed, flags.get("variations", 1), flags.get("init_image"), flags.get("init_noise", 0.0))
+    return Run(model, out, wandb, seed, threads, begin)
+
+
+def started(args, script, model, threads):
+    """A Run on a model already loaded (the server's), its seed args.seed, each image drawn from its
+    own generator: start's checks and Run, without loading or seeding anything."""
+    from . import starts
+    out, wandb = prepare(args, script)
+    flags = vars(args)
+    return Run(model, out, wandb, args.seed, threads, starts.Start.of(args.seed, flags.get("variations", 1)))
+
+
+def prepare(args, script, writes_baked=False):
+    """start's part before the model: the run's output.Output and wandb_log.WandbLog (None for a script
+    that does not log), once what the run reads and writes is checked (check_inputs)."""
+    from . import output, starts, wandb_log
     flags = vars(args)
     out = output.Output(flags.get("out"), flags.get("save_size", SAVE_SIZE), flags.get("save_progress"), script,
                         dither=flags.get("dither", False), native=flags.get("save_native", False),
@@ -61,11 +83,7 @@ def start(args, script, writes_baked=False):
     check_inputs(args, out, writes_baked)
     if flags.get("init_image") is not None:  # read now to fail early; read again at the size rendered
         starts.load_start_image(args.init_image, shape_of(args) if args.size else 8)
-    output.provenance()  # read now, once, rather than while an interrupted bake saves
-    model, seed, threads = startup.launch(args.clip_model, args.device, args.seed, args.threads, args.precision,
-                                          args.compile)
-    begin = starts.Start.of(seed, flags.get("variations", 1), flags.get("init_image"), flags.get("init_noise", 0.0))
-    return Run(model, out, wandb, seed, threads, begin)
+    return out, wandb
 
 
 def shape_of(args):
