@@ -1,5 +1,5 @@
 """The scripts' one door to the staged_clip package: what bake, microwave, auto_microwave, normal,
-batch_bake, evaluate and bench use, and nothing else (the tests import the modules that own
+batch_bake, evaluate, bench and serve use, and nothing else (the tests import the modules that own
 the rest). Each name is documented where it is defined; staged_clip/__init__.py maps the package.
 
 The door opens lazily: a name's module is imported when a script first uses it, so that
@@ -14,32 +14,31 @@ _DOOR = {  # name -> module.attribute in staged_clip
     "add_timed_args": "flags.add_timed_args", "add_bake_args": "flags.add_bake_args",
     "positive_int": "flags.positive_int",
     "unit_float": "flags.unit_float", "name_list": "flags.name_list", "shard_arg": "flags.shard_arg",
-    "looks_baked": "flags.looks_baked", "add_init_arg": "flags.add_init_arg",
-    "add_start_args": "flags.add_start_args",
+    "add_init_arg": "flags.add_init_arg",
     "SCRIPT_DEFAULTS": "settings.SCRIPT_DEFAULTS",
     "TUNE_LRS": "settings.TUNE_LRS",
     "META_GRADS": "settings.META_GRADS", "PARAMS": "settings.PARAMS", "PRECISIONS": "settings.PRECISIONS",
-    "UserError": "errors.UserError", "log": "errors.log",
+    "UserError": "errors.UserError",
     # a run's start
     "start": "runs.start", "settings_of": "runs.settings_of",
     "torchrun_device": "batch.torchrun_device", "join_processes": "baking.join_processes",
     "leave_processes": "distributed.leave",
-    # prompts and the renderer
+    # a rendering script's flags and run (recipes.py: shared with the server)
+    "parse_script": "recipes.parse", "make_image": "recipes.make",
+    # serving (serve.py)
+    "add_serve_args": "serving.add_args", "serve": "serving.main",
+    # prompts
     "load_prompt": "prompts.load_prompt", "read_prompts": "prompts.read_prompts",
     "style_shift": "prompts.style_shift",
-    "render": "render.render", "palette_variant": "palettes.variant",
+    "palette_variant": "palettes.variant",
     # baking
     "Baker": "baking.Baker", "bake_prompt": "baking.bake_prompt", "bake_shared": "baking.bake_shared",
-    "starting_from": "baking.starting_from", "replay_bake": "knobs.replay", "is_shared": "knobs.is_shared",
-    "check_replay": "knobs.check_replay",
-    "part_embeds": "knobs.part_embeds",
-    "add_far_arg": "flags.add_far_arg",
+    "starting_from": "baking.starting_from", "is_shared": "knobs.is_shared",
     "bake_list": "batch.bake_list", "bake_paths": "batch.bake_paths",
     "pick_shard": "batch.pick_shard",
     # baked files
     "baked_path": "baked.baked_path", "load_baked": "baked.load_baked",
-    "load_baked_dir": "baked.load_baked_dir", "check_stage_width": "baked.check_stage_width",
-    "nearest_bakes": "baked.nearest_bakes", "of_model": "baked.of_model", "compose_replay": "baked.compose_replay",
+    "check_stage_width": "baked.check_stage_width",
     # files
     "check_file": "output.check_file", "write_text": "output.write_text", "provenance": "output.provenance",
     # measuring

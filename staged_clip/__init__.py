@@ -35,6 +35,12 @@ The modules, bottom to top (each imports only from the lines above it):
                      settings: the one reader of them); the validation gate; the estimators,
                      one class each (LEARNERS); the chaos probe
   baked, benchmark   baked files (saving, safe loading, same-bake checks, nearest bakes); timing
+  recipes            what the rendering scripts make of their flags (parsers, a Plan: targets,
+                     learning-rate scale, settings, what the PNG records), shared with the server
+  orders, worker     what a client may ask the server, checked, as its script's command line;
+                     the worker that renders the queue's jobs, a batch per renderer, as the scripts do
+  server, serving    serve.py's web app (the API, server-sent events, the page in page/) and its
+                     start (a token beyond loopback, CLIP loaded once per device, uvicorn)
   baking, methods    a bake (Baker, Bake: one prompt's, or shared over a list); the ways an
                      evaluation makes an image
   batch, tuning      baking a list (shards, resuming, failures); the tuned baselines' learning-rate sweeps

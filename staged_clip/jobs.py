@@ -103,10 +103,12 @@ class Queue:
 
         return [self.get(job) for job in self.write(take)]
 
-    def progress(self, job, step):
-        """Record a running job's step; False where it is no longer running (cancelled: stop it)."""
-        return self.write(lambda db: db.execute("UPDATE jobs SET step = ? WHERE id = ? AND state = 'running'",
-                                                (step, job)).rowcount == 1)
+    def progress(self, job, step, steps=None):
+        """Record a running job's step (and its steps in all, where given); False where it is no
+        longer running (cancelled: stop it)."""
+        return self.write(lambda db: db.execute(
+            "UPDATE jobs SET step = ?, steps = COALESCE(?, steps) WHERE id = ? AND state = 'running'",
+            (step, steps, job)).rowcount == 1)
 
     def end(self, job, state, result=None, error=None):
         """A running job ended: done (result: a JSON-able dict) or failed (error: one line). A job

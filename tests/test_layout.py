@@ -10,7 +10,7 @@ import common
 from conftest import ROOT
 
 PACKAGES = ("staged_clip", "toy")
-SCRIPTS = ("bake", "microwave", "auto_microwave", "normal", "batch_bake", "evaluate", "bench")
+SCRIPTS = ("bake", "microwave", "auto_microwave", "normal", "batch_bake", "evaluate", "bench", "serve")
 
 
 def modules():
