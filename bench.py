@@ -12,6 +12,7 @@ Examples:
   python bench.py --device cuda --json bench.json
   python bench.py --device cpu --repeat 3 --stages 2 --steps 3 --reference-design
   python bench.py --device cpu --precision bf16 --reference-design --reference-precision fp32
+  python bench.py --serve --jobs 32 --cli 32              # serve.py against the same 32 as CLI commands
 """
 
 import json
@@ -35,7 +36,29 @@ def parse_args(argv=None):
                         "fp32 on a CPU, as clip.load gives it there)")
     g.add_argument("--inner-only", action="store_true", help="time the inner steps only (a quick comparison)")
     g.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+    g = p.add_argument_group("serving benchmark (--serve: serve.py on a toy model, instead of the above)")
+    g.add_argument("--serve", action="store_true",
+                   help="time jobs through serve.py from concurrent clients: images a second, 202 to done "
+                        "(p50, p95), the server's memory after job 100 and the last")
+    g.add_argument("--jobs", type=common.positive_int, default=32, help="jobs to send")
+    g.add_argument("--clients", type=common.positive_int, default=8, help="concurrent clients")
+    g.add_argument("--job-size", type=common.positive_int, default=16, help="each job's image side")
+    g.add_argument("--job-steps", type=common.positive_int, default=40, help="each job's steps")
+    g.add_argument("--serve-model", default="toy", help="the served CLIP model")
+    g.add_argument("--max-batch", type=common.positive_int, default=8, help="serve.py's --max-batch")
+    g.add_argument("--cli", type=int, default=0, metavar="N",
+                   help="also run the first N jobs as normal.py commands, one after another, and compare")
     return p.parse_args(argv)
+
+
+def bench_serve(args):
+    """bench.py --serve: the serving benchmark's figures printed (and written with --json)."""
+    options = common.ServeBenchOptions(args.jobs, args.clients, args.job_size, args.job_steps, args.serve_model,
+                                       args.threads or 2, args.max_batch, args.cli)
+    figures = common.bench_serve(options)
+    if args.json:
+        common.write_text(args.json, json.dumps({**figures, "device": "cpu", **common.provenance()}, indent=2) + "\n")
+        print(f"wrote {args.json}")
 
 
 @common.cli
@@ -43,6 +66,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.json:
         common.check_file(args.json, "--json")
+    if args.serve:
+        return bench_serve(args)
     run = common.start(args, "bench.py")
     settings, model = common.settings_of(args, run), run.model
     if args.reference_design and args.reference_precision:  # refuse one the device lacks before any work

@@ -26,7 +26,8 @@ _DOOR = {  # name -> module.attribute in staged_clip
     # a rendering script's flags and run (recipes.py: shared with the server)
     "parse_script": "recipes.parse", "make_image": "recipes.make",
     # serving (serve.py)
-    "add_serve_args": "serving.add_args", "serve": "serving.main",
+    "add_serve_args": "serving.add_args", "serve": "serving.main", "bench_serve": "servebench.measure",
+    "ServeBenchOptions": "servebench.Options",
     # prompts
     "load_prompt": "prompts.load_prompt", "read_prompts": "prompts.read_prompts",
     "style_shift": "prompts.style_shift",

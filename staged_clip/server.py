@@ -12,6 +12,7 @@ import hmac
 import json
 import math
 import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,8 +100,8 @@ async def body_of(request, server):
             raise orders.Refused(413, f"the body may be at most {server.limits.body} bytes")
     try:
         return json.loads(raw)
-    except ValueError:
-        raise orders.Refused(400, "the body is not JSON") from None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's depth
+        raise orders.Refused(400, "the body is not JSON (or nests too deep)") from None
 
 
 def submit(server, kind, request, key):
@@ -228,9 +229,11 @@ def add_job_routes(app, server):
 async def event_stream(server, job):
     """Server-sent events of a job: position while queued, step while running, a preview as each
     is made, then its end (done, failed or cancelled) with the job's view; a comment each 15 s."""
-    said, quiet = {}, 0.0
+    said, quiet, found = {}, 0.0, None
     while True:
-        found, live = server.queue.get(job), server.live.get(job)
+        live = server.live.get(job)
+        if live is None or found is None:  # while the worker reports, the queue has nothing newer
+            found = server.queue.get(job)
         news = []
         if found["state"] == "queued" and said.get("position") != found["position"]:
             said["position"] = found["position"]
@@ -288,7 +291,7 @@ def add_bake_routes(app, server):
         check_with_model(server, {"prompt": checked["prompt"]})
         if checked["name"] is not None and (Path(server.baked_dir) / f"{checked['name']}.pt").exists():
             raise orders.Refused(409, f"a bake named {checked['name']!r} exists: choose another name")
-        return submit(server, "bake", checked, "bake")
+        return submit(server, "bake", checked, f"bake:{secrets.token_hex(8)}")  # a bake is a batch of one
 
 
 def add_file_routes(app, server):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import baked, baking, cutouts, orders, output, prompts, randomness, recipes, render, runs
+from . import baked, baking, cutouts, orders, output, prompts, randomness, recipes, render, runs, tasks
 from .errors import UserError, log, out_of_memory_message
 from .wandb_log import WandbLog
 
@@ -250,8 +250,21 @@ class Worker:
         randomness.seed_everything(args.seed, announce=False)  # a bake draws from the global generator
         settings, model = runs.settings_of(args, run), self.place.model
         self.live.begin(job["id"], settings.meta_steps)
+        self.queue.progress(job["id"], 0, settings.meta_steps)
         baker = baking.Baker(model, prompts.style_shift(model, settings), WandbLog("disabled"), bars=False)
-        history = baking.bake_prompt(baker, prompts.load_prompt(model, args.prompt), settings, path, run.output)
+        aims = tasks.Tasks.single(model, prompts.load_prompt(model, args.prompt), settings.stages)
+        bake = baking.Bake(baker, aims, settings, path)
+        meta_step = bake.step
+
+        def step(i):  # each meta step reported; a cancel stops the bake before its file is written
+            if self.live.is_cancelled(job["id"]):
+                raise Cancelled
+            loss = meta_step(i)
+            self.live.update(job["id"], i + 1)
+            return loss
+
+        bake.step = step
+        history = bake.run(run.output)
         self.queue.end(job["id"], "done", {"bake": path.stem, "images": [f"/images/{job['id']}.png"],
                                            "meta_loss": history[-1], "prompt": args.prompt})
         self.live.end(job["id"])

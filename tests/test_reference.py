@@ -161,11 +161,12 @@ def test_the_readme_is_short_links_the_original_and_its_commands_parse():
     import shlex
     import bench
     import evaluate
+    import serve
     from conftest import ROOT
     text = (ROOT / "README.md").read_text()
     assert len(text.encode()) < 10_000 and "https://github.com/aicrumb/clipart" in text
     scripts = {"bake": bake, "batch_bake": batch_bake, "microwave": microwave, "auto_microwave": auto_microwave,
-               "normal": normal, "evaluate": evaluate, "bench": bench}
+               "normal": normal, "evaluate": evaluate, "bench": bench, "serve": serve}
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     commands = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()
                 if re.match(r"python3 \w+\.py", line)]

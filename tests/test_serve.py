@@ -1,6 +1,7 @@
 """serve.py: the API through FastAPI's test client, the worker run in-process on the toy CLIP, and
 the server as a process (a token beyond loopback; kill -9 mid-queue and a restart)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -162,7 +163,10 @@ def test_every_bad_request_is_one_line_and_queues_nothing(served, client):
         answer = post(client, body)
         assert answer.status_code == status, (body, answer.text)
         assert says in answer.json()["error"] and "\n" not in answer.json()["error"], (body, answer.json())
-    assert client.post("/api/jobs", content=b"{not json").json() == {"error": "the body is not JSON"}
+    for body in (b"{not json", b"[" * 5000 + b"]" * 5000, b'{"prompt": "\xff\xfe"}'):
+        answer = client.post("/api/jobs", content=body)
+        assert answer.status_code == 400 and answer.json()["error"].startswith("the body is not JSON"), body[:20]
+    assert client.get("/api/jobs/" + "a" * 5000).status_code == 404
     big = client.post("/api/jobs", content=json.dumps({"prompt": "a" * 70000}).encode())
     assert big.status_code == 413 and "65536" in big.json()["error"]
     assert client.post("/api/bakes", json={"prompt": "a", "name": "../x"}).status_code == 422
@@ -181,44 +185,66 @@ def test_a_full_queue_answers_429_with_retry_after(toy, tmp_path):
     assert served.queue.counts()["queued"] == 2
 
 
+@contextlib.contextmanager
+def working(served, delay=0.0, crew=None):
+    """The server's workers (or crew) running, a thread each, started after delay seconds, while the
+    block runs."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run_forever, args=(stop,)) for w in crew or served.workers]
+    for thread in threads:
+        threading.Timer(delay, thread.start).start()
+    try:
+        yield
+    finally:
+        stop.set()
+        time.sleep(delay)
+        for thread in threads:
+            thread.join()
+
+
+def wait_until(condition, seconds=20):
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def cancel_while_running(served, client, job):
+    """Wait for a job's first steps, cancel it and wait for its worker to let go: its view."""
+    with working(served):
+        assert wait_until(lambda: client.get(f"/api/jobs/{job}").json()["step"] >= 2)
+        view = client.get(f"/api/jobs/{job}").json()
+        if view["kind"] == "render":
+            assert client.get(f"/api/jobs/{job}/preview.png").content[:4] == b"\x89PNG"  # a live preview
+        assert client.delete(f"/api/jobs/{job}").status_code == 200
+        assert wait_until(lambda: served.live.get(job) is None)
+    return {**client.get(f"/api/jobs/{job}").json(), "steps_then": view["steps"]}
+
+
 def test_cancel_a_queued_job_and_a_running_one(served, client):
     queued = post(client, {"prompt": "a red circle", **SMALL}).json()["id"]
     assert client.delete(f"/api/jobs/{queued}").json() == {"id": queued, "state": "cancelled"}
     assert client.delete(f"/api/jobs/{queued}").status_code == 409
     assert served.workers[0].run_once() == 0  # nothing left to run
-    long = post(client, {"prompt": "a blue square", "size": 16, "steps": 400}).json()["id"]
-    stop = threading.Event()
-    thread = threading.Thread(target=served.workers[0].run_forever, args=(stop,))
-    thread.start()
-    try:
-        for _ in range(400):
-            if client.get(f"/api/jobs/{long}").json()["step"] > 2:
-                break
-            time.sleep(0.02)
-        assert client.get(f"/api/jobs/{long}/preview.png").content[:4] == b"\x89PNG"  # a live preview
-        assert client.delete(f"/api/jobs/{long}").status_code == 200
-        for _ in range(200):
-            if served.live.get(long) is None:
-                break
-            time.sleep(0.02)
-    finally:
-        stop.set()
-        thread.join()
-    view = client.get(f"/api/jobs/{long}").json()
+    long = post(client, {"prompt": "a blue square", "size": 16, "steps": 400, "seed": 1}).json()["id"]
+    view = cancel_while_running(served, client, long)
     assert view["state"] == "cancelled" and view["step"] < 400 and not list(served.images.glob(f"{long}*"))
+
+
+def test_cancel_a_running_bake_leaves_no_file(served, client):
+    job = client.post("/api/bakes", json={"prompt": "a red square", "name": "never", "size": 8, "stages": 2,
+                                          "steps": 2, "meta_steps": 100}).json()["id"]
+    view = cancel_while_running(served, client, job)
+    assert view["steps_then"] == 100 and view["state"] == "cancelled" and view["step"] < 100
+    assert not (served.baked_dir / "never.pt").exists()
 
 
 def test_events_stream_position_progress_preview_and_the_end(served, client):
     job = post(client, {"prompt": "a red circle", **SMALL}).json()["id"]
-    stop = threading.Event()
-    thread = threading.Thread(target=served.workers[0].run_forever, args=(stop,))
-    threading.Timer(0.5, thread.start).start()  # the stream sees the job queued first
-    try:
+    with working(served, delay=0.5):  # the stream sees the job queued first
         with client.stream("GET", f"/api/jobs/{job}/events") as stream:
             text = "".join(stream.iter_text())
-    finally:
-        stop.set()
-        thread.join()
     names = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("event: ")]
     assert names[0] == "position" and "progress" in names and "preview" in names and names[-1] == "done", names
     done = json.loads(text.split("event: done\ndata: ", 1)[1].split("\n")[0])
@@ -262,19 +288,8 @@ def test_two_workers_on_one_queue_run_each_job_once(toy, tmp_path):
     client = TestClient(server.create_app(served))
     ids = [post(client, {"prompt": p, "seed": s, "size": 8, "steps": 2}).json()["id"]
            for s in range(6) for p in ("a red circle", "a blue square")]
-    stop = threading.Event()
-    threads = [threading.Thread(target=w.run_forever, args=(stop,)) for w in (served.workers[0], other)]
-    for t in threads:
-        t.start()
-    try:
-        for _ in range(500):
-            if served.queue.counts()["done"] == len(ids):
-                break
-            time.sleep(0.02)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
+    with working(served, crew=[served.workers[0], other]):
+        assert wait_until(lambda: served.queue.counts()["done"] == len(ids))
     found = [served.queue.get(i) for i in ids]
     assert all(j["state"] == "done" and j["runs"] == 1 for j in found)
 
@@ -345,3 +360,22 @@ def test_kill_9_mid_queue_then_a_restart_does_every_job_once(tmp_path):
     assert ran_twice and all(v["runs"] in (1, 2) for v in views)
     images = sorted(p.name for p in (tmp_path / "data" / "images").glob("*.png"))
     assert images == sorted(f"{i}.png" for i in ids)  # one image each: no job done twice, none lost
+
+
+def test_the_python_client_in_docs_serve_md_makes_its_image(tmp_path):
+    import re
+    code = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "serve.md").read_text(), re.S)[0]
+    assert len(code.strip().splitlines()) <= 30
+    port = free_port()
+    process = serve(tmp_path / "data", port)
+    try:
+        wait_up(port)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                              env={**os.environ, "SERVER": f"http://127.0.0.1:{port}"}, timeout=300)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert done.returncode == 0, done.stderr
+    names = eval(done.stdout.strip().splitlines()[-1])  # the list the client prints
+    with Image.open(tmp_path / names[0]) as image:
+        assert json.loads(image.text["settings"])["prompt"] == "a red circle on the left"

@@ -141,7 +141,9 @@ $("make").onsubmit = async (event) => {
 
 $("bakeform").onsubmit = async (event) => {
   event.preventDefault();
-  const body = { prompt: $("bakeprompt").value, meta_steps: Number($("bakesteps").value) };
+  const body = { prompt: $("bakeprompt").value, meta_steps: Number($("bakesteps").value),
+    size: Number($("bakesize").value), stages: Number($("bakestages").value),
+    steps: Number($("bakestagesteps").value) };
   if ($("bakename").value) body.name = $("bakename").value;
   try {
     const { id } = await api("/api/bakes", { method: "POST", body: JSON.stringify(body) });
