@@ -39,8 +39,10 @@ The modules, bottom to top (each imports only from the lines above it):
                      learning-rate scale, settings, what the PNG records), shared with the server
   orders, worker     what a client may ask the server, checked, as its script's command line;
                      the worker that renders the queue's jobs, a batch per renderer, as the scripts do
-  server, serving    serve.py's web app (the API, server-sent events, the page in page/) and its
-                     start (a token beyond loopback, CLIP loaded once per device, uvicorn)
+  server, serving, servebench
+                     serve.py's web app (the API, server-sent events, the page in page/), its
+                     start (a token beyond loopback, CLIP loaded once per device, uvicorn) and
+                     bench.py --serve (clients over loopback against the same jobs as commands)
   baking, methods    a bake (Baker, Bake: one prompt's, or shared over a list); the ways an
                      evaluation makes an image
   batch, tuning      baking a list (shards, resuming, failures); the tuned baselines' learning-rate sweeps

@@ -44,6 +44,7 @@ class Server:
     token: str = None
     max_queue: int = 1000
     poll: float = 0.1
+    hosts: tuple = None  # the Host names a request may give (None: any); see serving.build
     bakes: dict = field(default_factory=dict)  # file name -> (modified, its listing)
 
     @property
@@ -67,6 +68,10 @@ def create_app(server):
 
     @app.middleware("http")
     async def guard(request, call_next):
+        host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]")
+        if server.hosts is not None and host not in server.hosts:  # a page elsewhere, its name rebound here
+            return error(421, f"this server answers to {', '.join(server.hosts)} only; give --token to serve "
+                              f"other names")
         if server.token is not None and not public(request.url.path):
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, f"Bearer {server.token}".encode()):
@@ -92,7 +97,11 @@ def create_app(server):
 
 
 async def body_of(request, server):
-    """A request's JSON body (orders.Refused where it is too long or not JSON)."""
+    """A request's JSON body (orders.Refused where it is too long or not JSON). Only a body sent as
+    application/json is read: a form on another site cannot send one without the browser asking
+    this server first, which it never allows."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise orders.Refused(415, "send the body as JSON, with 'Content-Type: application/json'")
     raw = b""
     async for chunk in request.stream():  # read no further than the limit, whatever the headers said
         raw += chunk
@@ -114,11 +123,11 @@ def submit(server, kind, request, key):
 
 
 def retry_after(server):
-    """Seconds until the queue has room again, as the last jobs' pace says (at least 1)."""
+    """Seconds until the queue has room again: about the time a batch takes, as the last jobs' pace
+    says (at least 1)."""
     seconds = [s for w in server.workers for s in w.seconds]
-    pace = sum(seconds) / len(seconds) if seconds else 1.0
-    waiting = server.queue.counts()["queued"]
-    return max(1, math.ceil(pace * max(1, waiting // 10) / max(1, len(server.workers))))
+    pace = sum(seconds) / len(seconds) if seconds else 1.0  # a job's, from claim to done
+    return max(1, math.ceil(pace * server.workers[0].place.max_batch / len(server.workers)))  # a batch's
 
 
 def check_with_model(server, request):

@@ -28,7 +28,8 @@ def add_args(parser):
     g.add_argument("--data", default="served", metavar="DIR",
                    help="folder of the job queue (jobs.sqlite3) and the images (DIR/images/)")
     g.add_argument("--baked-dir", default="baked", help="folder of the bakes that jobs replay and bake jobs write")
-    g.add_argument("--devices", type=flags.name_list(), default=None, metavar="DEV[,DEV...]",
+    g.add_argument("--devices", type=flags.name_list(distinct=False, example="devices such as cuda:0,cuda:1"),
+                   default=None, metavar="DEV[,DEV...]",
                    help="one worker per device over the same queue, e.g. cuda:0,cuda:1 (default: cuda if "
                         "available, else cpu)")
     g.add_argument("--threads", type=flags.positive_int, default=None, help="CPU threads (as the scripts')")
@@ -71,31 +72,55 @@ def check_binding(args):
                             f"or --host") from None
 
 
-def build(args):
-    """The Server (server.py) of serve.py's flags and its workers (not yet started)."""
-    from . import jobs, models, orders, server, startup, worker
-    data = Path(args.data)
+def load_models(args):
+    """CLIP loaded on each of --devices (default: cuda if there is one, else cpu), at --precision."""
+    from . import models
+    loaded = []
+    for device in args.devices or [None]:
+        try:
+            device = models.pick_device(device)
+        except UserError as e:  # its words name the scripts' --device
+            raise UserError(str(e).replace("--device ", "--devices ")) from None
+        model = models.load_clip(args.clip_model, device)
+        model.set_precision(args.precision)
+        loaded.append(model)
+    return loaded
+
+
+def make_folder(path, flag):
+    """Make a folder the server writes (a one-line UserError where it cannot); whether it was new."""
+    if Path(path).is_dir():
+        return False
     try:
-        (data / "images").mkdir(parents=True, exist_ok=True)
+        Path(path).mkdir(parents=True)
     except OSError as e:
-        raise UserError(f"cannot make --data {data} ({e.strerror}): choose a folder you can write") from None
-    if not Path(args.baked_dir).is_dir():
-        raise UserError(f"--baked-dir {args.baked_dir} is no folder: make it, or name the folder of your bakes")
+        raise UserError(f"cannot make {flag} {path} ({e.strerror}): choose a folder you can write") from None
+    return True
+
+
+def build(args):
+    """The Server (server.py) of serve.py's flags and its workers (not yet started). The models load
+    first: a start that fails leaves no folder behind."""
+    from . import jobs, orders, server, startup, worker
+    data = Path(args.data)
     threads = startup.use_threads(args.threads)
+    loaded = load_models(args)
+    make_folder(data / "images", "--data")
+    if make_folder(args.baked_dir, "--baked-dir"):
+        log(f"made --baked-dir {args.baked_dir}: no bakes in it yet (bake jobs write there)")
     queue = jobs.Queue(data / "jobs.sqlite3")
     again = queue.recover()
     if again:
         log(f"{again} job(s) left running by the last stop are queued again, in their places")
     live, crew = worker.Live(), []
-    for device in args.devices or [None]:
-        model = models.load_clip(args.clip_model, models.pick_device(device))
-        model.set_precision(args.precision)
+    for model in loaded:
         place = worker.Place(model, threads, Path(args.baked_dir), data / "images", args.max_batch,
                              args.preview_every, f"worker-{model.device}-{len(crew)}")
         crew.append(worker.Worker(queue, live, place))
     limits = orders.Limits(size=args.max_size, steps=args.max_steps, variations=args.max_variations)
+    hosts = None if args.token else ("127.0.0.1", "localhost", "::1", args.host)  # see server.Server.hosts
     return server.Server(queue, live, crew, limits, Path(args.baked_dir), data / "images", args.token,
-                         args.max_queue)
+                         args.max_queue, hosts=hosts)
 
 
 def start_workers(served):

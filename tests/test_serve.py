@@ -164,9 +164,11 @@ def test_every_bad_request_is_one_line_and_queues_nothing(served, client):
         assert answer.status_code == status, (body, answer.text)
         assert says in answer.json()["error"] and "\n" not in answer.json()["error"], (body, answer.json())
     for body in (b"{not json", b"[" * 5000 + b"]" * 5000, b'{"prompt": "\xff\xfe"}'):
-        answer = client.post("/api/jobs", content=body)
+        answer = client.post("/api/jobs", content=body, headers={"Content-Type": "application/json"})
         assert answer.status_code == 400 and answer.json()["error"].startswith("the body is not JSON"), body[:20]
     assert client.get("/api/jobs/" + "a" * 5000).status_code == 404
+    form = client.post("/api/jobs", data={"prompt": "a red circle"})  # what a form on another site can send
+    assert form.status_code == 415 and "application/json" in form.json()["error"]
     big = client.post("/api/jobs", content=json.dumps({"prompt": "a" * 70000}).encode())
     assert big.status_code == 413 and "65536" in big.json()["error"]
     assert client.post("/api/bakes", json={"prompt": "a", "name": "../x"}).status_code == 422
@@ -281,6 +283,16 @@ def test_the_token_guards_all_but_the_page(toy, tmp_path):
     assert post(client, {"prompt": "a"}).status_code == 401
 
 
+def test_without_a_token_it_answers_to_loopback_names_only(toy, tmp_path):
+    served = make_server(toy, tmp_path)
+    served.hosts = ("127.0.0.1", "localhost", "::1")
+    client = TestClient(server.create_app(served), base_url="http://127.0.0.1:8000")
+    assert client.get("/api/status").status_code == 200
+    assert client.get("/api/status", headers={"Host": "localhost:8000"}).status_code == 200
+    rebound = client.get("/api/status", headers={"Host": "evil.example:8000"})  # DNS rebound to loopback
+    assert rebound.status_code == 421 and "--token" in rebound.json()["error"]
+
+
 def test_two_workers_on_one_queue_run_each_job_once(toy, tmp_path):
     served = make_server(toy, tmp_path, max_batch=3)
     other = worker.Worker(served.queue, served.live, worker.Place(toy, 1, served.baked_dir, served.images, 3, 100,
@@ -320,6 +332,20 @@ def test_serve_refuses_other_hosts_without_a_token_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--clip-model", "toy", "--host", "0.0.0.0",
                            "--data", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "--token" in done.stderr
+
+
+@pytest.mark.parametrize("case", ["port taken", "no such device", "no such model"])
+def test_serve_refuses_a_bad_start_in_one_line(case, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1] if case == "port taken" else free_port()
+        flags = {"port taken": [], "no such device": ["--devices", "tpu:7"], "no such model": ["--clip-model", "nope"]}
+        done = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--clip-model", "toy", "--port", str(port),
+                               "--data", str(tmp_path), *flags[case]], capture_output=True, text=True)
+    says = {"port taken": "pass another --port", "no such device": "unknown device 'tpu:7'",
+            "no such model": "unknown CLIP model 'nope'"}
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and says[case] in done.stderr, done.stderr
 
 
 def test_kill_9_mid_queue_then_a_restart_does_every_job_once(tmp_path):
