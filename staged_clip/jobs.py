@@ -121,10 +121,23 @@ class Queue:
             (state, None if result is None else json.dumps(result), error, time.time(), state, job)).rowcount == 1)
 
     def cancel(self, job):
-        """Cancel a queued or running job; whether it was either."""
-        return self.write(lambda db: db.execute(
-            "UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state IN ('queued', 'running')",
-            (time.time(), job)).rowcount == 1)
+        """Cancel a queued or running job: the state it was in ("queued" or "running"), or None where
+        it was neither (unknown, or ended)."""
+        def stop(db):
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone()
+            if row is None or row["state"] not in ("queued", "running"):
+                return None
+            db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ?", (time.time(), job))
+            return row["state"]
+
+        return self.write(stop)
+
+    def active(self, kind):
+        """The requests of the queued and running jobs of a kind (oldest first)."""
+        with self.lock:
+            rows = self.db.execute("SELECT request FROM jobs WHERE kind = ? AND state IN ('queued', 'running') "
+                                   "ORDER BY seq", (kind,)).fetchall()
+        return [json.loads(r["request"]) for r in rows]
 
     def recover(self, worker=None):
         """Put back in the queue, in their places, the jobs left running (by worker, or by any: a
@@ -132,6 +145,13 @@ class Queue:
         where, args = ("state = 'running'", ()) if worker is None else ("state = 'running' AND worker = ?", (worker,))
         return self.write(lambda db: db.execute(f"UPDATE jobs SET state = 'queued', worker = NULL, step = 0 "
                                                 f"WHERE {where}", args).rowcount)
+
+    def running(self, worker):
+        """The jobs a worker holds (running, claimed by it), as dicts."""
+        with self.lock:
+            ids = [r["id"] for r in self.db.execute("SELECT id FROM jobs WHERE state = 'running' AND worker = ?",
+                                                      (worker,)).fetchall()]
+        return [self.get(job) for job in ids]
 
     def counts(self):
         """{state: how many jobs are in it}, every state."""

@@ -17,7 +17,7 @@ RENDER_FIELDS = ("prompt", "method", "bake", "size", "steps", "seed", "variation
 BAKE_FIELDS = ("prompt", "name", "size", "stages", "steps", "meta_steps", "seed")
 BATCH_FIELDS = ("method", "bake", "size", "steps", "palette", "dither")  # one renderer: one batch
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a bake's name: a file stem, no folders, no dots
-COLOURS = re.compile(r"[#0-9A-Fa-f, ]{3,400}")
+COLOUR = re.compile(r"#(?:[0-9A-Fa-f]{3}){1,2}")  # a served palette's colours each begin with '#': no word
 
 
 class Refused(Exception):
@@ -88,20 +88,24 @@ def check_prompt(body, limits, required=True):
 
 
 def check_palette(body):
-    """A palette's name (as --palette takes it) or a list of colours; never a file."""
+    """A palette's name (as --palette takes it), or its colours written out ('#rrggbb,...'), read
+    without ever looking for a file of that name."""
     from . import palettes
     value = body.get("palette")
     if value is None:
         return None
-    if not isinstance(value, str) or not (value.strip().lower() in palettes.NAMED or value.strip().lower() == "none"
-                                          or COLOURS.fullmatch(value)):
+    if isinstance(value, str) and value.strip().lower() in (*palettes.NAMED, "none"):
+        return value.strip().lower()
+    colours = [c.strip() for c in value.split(",") if c.strip()] if isinstance(value, str) else []
+    if not colours or not all(COLOUR.fullmatch(c) for c in colours):
         raise Refused(422, f"palette must be one of {', '.join(palettes.NAMED)}, none, or colours such as "
                            f"'#1a1c2c,#5d275d' (no files)")
+    colours = list(dict.fromkeys(palettes.parse_colour(c) for c in colours))
     try:
-        palettes.resolve(value)
+        palettes.check_count(colours, "palette")
     except UserError as e:
         raise Refused(422, f"palette: {e}") from None
-    return value.strip()
+    return ",".join(colours)
 
 
 def bake_name(value, baked_dir):
@@ -120,7 +124,7 @@ def check_render(body, limits, baked_dir):
     checked and completed (a seed drawn where none is given, so that a rerun makes the same image)."""
     check_fields(body, RENDER_FIELDS)
     method = body.get("method", "normal")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise Refused(422, f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if method == "microwave" and body.get("bake") is None:
         raise Refused(422, "bake is needed for method microwave (GET /api/bakes lists them)")
@@ -150,6 +154,8 @@ def check_bake(body, limits, baked_dir):
                "seed": whole(body, "seed", 0, 2**63 - 1)}
     if request["name"] is not None and (not isinstance(request["name"], str) or not NAME.fullmatch(request["name"])):
         raise Refused(422, "name must be 1 to 64 letters, digits, _ or - (a file stem; no paths)")
+    from .baked import baked_path
+    request["name"] = baked_path(baked_dir, request["prompt"], request["name"]).stem  # the file it will write
     if request["seed"] is None:
         request["seed"] = secrets.randbelow(2**31)
     return request

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
@@ -45,6 +46,7 @@ class Server:
     max_queue: int = 1000
     poll: float = 0.1
     hosts: tuple = None  # the Host names a request may give (None: any); see serving.build
+    held: object = None  # the --data folder's lock (serving.hold), held as long as this lives
     bakes: dict = field(default_factory=dict)  # file name -> (modified, its listing)
 
     @property
@@ -131,20 +133,20 @@ def retry_after(server):
 
 
 def check_with_model(server, request):
-    """What only the model and the bake tell: the prompt fits CLIP's context, the bake replays for
-    this request (a shared bake needs a prompt) at this model's width. Refused (422) otherwise."""
-    import clip
-
+    """What only the model and the bakes tell (run in a thread: it embeds the prompt): the prompt
+    fits CLIP's context and its weights do not cancel out, the bake replays for this request (a
+    shared bake needs a prompt) at this model's width, auto has a bake of this model to draw
+    from. Refused (422) otherwise."""
     from . import baked, knobs, prompts
     from .errors import UserError
     model = server.model
     if request.get("prompt") is not None:
         try:
-            clip.tokenize([part for part, _ in prompts.parse_prompt(request["prompt"])],
-                          context_length=model.context_length)
-        except RuntimeError:
-            raise orders.Refused(422, f"prompt is too long for CLIP: at most {model.context_length} tokens") \
-                from None
+            prompts.load_prompt(model, request["prompt"])
+        except UserError as e:
+            raise orders.Refused(422, str(e) if str(e).startswith("prompt") else f"prompt: {e}") from None
+    if request.get("method") == "auto" and not any(b["usable"] for b in bake_listings(server)):
+        raise orders.Refused(422, f"method auto needs a bake of {model.name} in the bake folder (GET /api/bakes)")
     if request.get("bake") is not None:
         try:
             bake = baked.load_baked(orders.bake_name(request["bake"], server.baked_dir))
@@ -160,7 +162,8 @@ def job_view(server, job):
     step, steps = (live["step"], live["steps"]) if live else (job["step"], job["steps"])
     result = job["result"] or {}
     return {"id": job["id"], "kind": job["kind"], "state": job["state"], "position": job["position"],
-            "step": step, "steps": steps, "images": result.get("images", []), "error": job["error"],
+            "step": step, "steps": steps, "preview": live["version"] if live else None,
+            "images": result.get("images", []), "error": job["error"],
             "request": job["request"], "result": result, "runs": job["runs"], "created": job["created"],
             "started": job["started"], "finished": job["finished"]}
 
@@ -192,7 +195,7 @@ def add_job_routes(app, server):
     @refusals
     async def post_job(request: Request):
         checked = orders.check_render(await body_of(request, server), server.limits, server.baked_dir)
-        check_with_model(server, checked)
+        await run_in_threadpool(check_with_model, server, checked)
         return submit(server, "render", checked, orders.batch_key(checked))
 
     @app.get("/api/jobs/{job}")
@@ -222,9 +225,12 @@ def add_job_routes(app, server):
     @refusals
     async def cancel(job: str):
         found = find(server, job)
-        if not server.queue.cancel(job):
-            raise orders.Refused(409, f"the job is {found['state']} already")
-        server.live.cancel(job)
+        server.live.cancel(job)  # first: a worker between its checks must not miss it
+        was = server.queue.cancel(job)
+        if was != "running":  # no worker holds it: nothing to tell
+            server.live.end(job)
+        if was is None:
+            raise orders.Refused(409, f"the job is {server.queue.get(job)['state']} already")
         return {"id": job, "state": "cancelled"}
 
     @app.get("/api/status")
@@ -238,11 +244,9 @@ def add_job_routes(app, server):
 async def event_stream(server, job):
     """Server-sent events of a job: position while queued, step while running, a preview as each
     is made, then its end (done, failed or cancelled) with the job's view; a comment each 15 s."""
-    said, quiet, found = {}, 0.0, None
+    said, quiet = {}, 0.0
     while True:
-        live = server.live.get(job)
-        if live is None or found is None:  # while the worker reports, the queue has nothing newer
-            found = server.queue.get(job)
+        found, live = server.queue.get(job), server.live.get(job)
         news = []
         if found["state"] == "queued" and said.get("position") != found["position"]:
             said["position"] = found["position"]
@@ -285,21 +289,29 @@ def bake_listing(server, path):
     return server.bakes[path.name][1]
 
 
+def bake_listings(server):
+    """The bake folder's files as GET /api/bakes lists them, each marked usable where this model made it."""
+    found = [bake_listing(server, p) for p in sorted(Path(server.baked_dir).glob("*.pt"))]
+    model = server.model
+    return [{**b, "usable": b["clip_model"] in (None, model.name) and b["stages"] > 0} for b in found
+            if b is not None]
+
+
 def add_bake_routes(app, server):
     """GET /api/bakes (the bake folder's files), POST /api/bakes {prompt, ...} (a bake job)."""
     @app.get("/api/bakes")
-    async def bakes():
-        found = [bake_listing(server, p) for p in sorted(Path(server.baked_dir).glob("*.pt"))]
-        model = server.model
-        return {"bakes": [{**b, "usable": b["clip_model"] in (None, model.name)} for b in found if b is not None]}
+    def bakes():  # a plain def: FastAPI runs it in a thread, as reading the files asks
+        return {"bakes": bake_listings(server)}
 
     @app.post("/api/bakes", status_code=202)
     @refusals
     async def post_bake(request: Request):
         checked = orders.check_bake(await body_of(request, server), server.limits, server.baked_dir)
-        check_with_model(server, {"prompt": checked["prompt"]})
-        if checked["name"] is not None and (Path(server.baked_dir) / f"{checked['name']}.pt").exists():
-            raise orders.Refused(409, f"a bake named {checked['name']!r} exists: choose another name")
+        await run_in_threadpool(check_with_model, server, {"prompt": checked["prompt"]})
+        taken = (Path(server.baked_dir) / f"{checked['name']}.pt").exists() or \
+            checked["name"] in {r["name"] for r in server.queue.active("bake")}
+        if taken:
+            raise orders.Refused(409, f"a bake named {checked['name']!r} exists or is under way: give another name")
         return submit(server, "bake", checked, f"bake:{secrets.token_hex(8)}")  # a bake is a batch of one
 
 

@@ -104,8 +104,10 @@ def build(args):
     from . import jobs, orders, server, startup, worker
     data = Path(args.data)
     threads = startup.use_threads(args.threads)
+    held = hold(data) if data.is_dir() else None  # a folder in use is refused before the wait for models
     loaded = load_models(args)
     make_folder(data / "images", "--data")
+    held = held or hold(data)
     if make_folder(args.baked_dir, "--baked-dir"):
         log(f"made --baked-dir {args.baked_dir}: no bakes in it yet (bake jobs write there)")
     queue = jobs.Queue(data / "jobs.sqlite3")
@@ -120,7 +122,21 @@ def build(args):
     limits = orders.Limits(size=args.max_size, steps=args.max_steps, variations=args.max_variations)
     hosts = None if args.token else ("127.0.0.1", "localhost", "::1", args.host)  # see server.Server.hosts
     return server.Server(queue, live, crew, limits, Path(args.baked_dir), data / "images", args.token,
-                         args.max_queue, hosts=hosts)
+                         args.max_queue, hosts=hosts, held=held)
+
+
+def hold(data):
+    """The lock of a --data folder, held while this process serves it: a second server on the same
+    queue would put this one's running jobs back in the queue at its start and run them twice."""
+    import fcntl
+    handle = open(data / "serving.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(f"another serve.py is serving --data {data}: stop it, or give another --data "
+                        f"(for more devices, give one server --devices)") from None
+    return handle
 
 
 def start_workers(served):

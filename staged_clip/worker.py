@@ -21,6 +21,7 @@ from .errors import UserError, log, out_of_memory_message
 from .wandb_log import WandbLog
 
 PREVIEW_SIDE = 256
+BAKING = threading.Lock()  # one bake at a time in a process (see Worker.bake)
 
 
 class Cancelled(Exception):
@@ -135,9 +136,20 @@ class Worker:
             try:
                 if not self.run_once():
                     stop.wait(idle)
-            except Exception:  # the queue itself failed (a full disk): say so, keep serving
+            except Exception:  # the queue itself failed (a full disk, a lock held too long): say so,
                 log(f"{self.place.name}: {traceback.format_exc(limit=2).strip().splitlines()[-1]}")
+                self.let_go()  # put back what it held, keep serving
                 stop.wait(1.0)
+
+    def let_go(self):
+        """Put this worker's running jobs back in the queue, in their places, and forget their progress."""
+        try:
+            held = [job["id"] for job in self.queue.running(self.place.name)]
+            self.queue.recover(self.place.name)
+        except Exception:  # the queue is still failing: the next start recovers them
+            return
+        for job in held:
+            self.live.end(job)
 
     def run_once(self):
         """Claim one batch and run it; how many jobs it held (0: none waited)."""
@@ -223,6 +235,8 @@ class Worker:
                 raise Cancelled
             show = done[0] % self.place.preview_every == 0 or done[0] == steps
             for job, first in zip(ids, firsts):
+                if self.live.is_cancelled(job):  # the rest of its batch goes on without it
+                    continue
                 self.live.update(job, done[0], picture(z[first:first + 1], settings.palette) if show else None)
                 if show:
                     self.queue.progress(job, done[0])
@@ -240,14 +254,23 @@ class Worker:
         result = {"images": [f"/images/{Path(p).name}" for p in paths], "seeds": list(prepared.seeds),
                   "prompt": plan.info.get("prompt"), "script": run.output.script,
                   "settings": {k: v for k, v in vars(prepared.args).items() if k not in ("out", "device")}}
-        self.queue.end(job["id"], "done", result)
+        if not self.queue.end(job["id"], "done", result):  # cancelled while it saved: no image of it stays
+            remove(paths)
 
     def bake(self, job):
-        """A bake job: bake.py's bake of one prompt into the bake folder, its preview among the images."""
+        """A bake job: bake.py's bake of one prompt into the bake folder, its preview among the images.
+        One bake at a time in a process: a bake draws from the global generators, which its seed sets."""
         args = recipes.parse("bake.py", orders.bake_argv(job["request"], self.where(job)))
         path = baked.baked_path(args.baked_dir, args.prompt, args.name)
+        if path.exists() and job["runs"] == 1:  # a rerun after a crash may find its own file
+            raise UserError(f"a bake named {path.stem!r} exists: give another name")
+        with BAKING:
+            self.baking(job, args, path)
+
+    def baking(self, job, args, path):
+        """bake's work, under the lock."""
         run = runs.started(args, "bake.py", self.place.model, self.place.threads)
-        randomness.seed_everything(args.seed, announce=False)  # a bake draws from the global generator
+        randomness.seed_everything(args.seed, announce=False)
         settings, model = runs.settings_of(args, run), self.place.model
         self.live.begin(job["id"], settings.meta_steps)
         self.queue.progress(job["id"], 0, settings.meta_steps)
@@ -265,9 +288,16 @@ class Worker:
 
         bake.step = step
         history = bake.run(run.output)
-        self.queue.end(job["id"], "done", {"bake": path.stem, "images": [f"/images/{job['id']}.png"],
-                                           "meta_loss": history[-1], "prompt": args.prompt})
+        if not self.queue.end(job["id"], "done", {"bake": path.stem, "images": [f"/images/{job['id']}.png"],
+                                                  "meta_loss": history[-1], "prompt": args.prompt}):
+            remove([path, run.output.path])  # cancelled while it saved
         self.live.end(job["id"])
+
+
+def remove(paths):
+    """Delete files a cancelled job wrote (those that are there)."""
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
 
 
 def groups(prepared):

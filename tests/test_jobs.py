@@ -68,12 +68,14 @@ def test_cancel_stops_a_queued_or_running_job_and_nothing_ends_it_after(tmp_path
     q = queue(tmp_path)
     first, _ = q.submit("normal", {}, "k")
     second, _ = q.submit("normal", {}, "k")
-    assert q.cancel(second) and q.get(second)["state"] == "cancelled"
+    assert q.cancel(second) == "queued" and q.get(second)["state"] == "cancelled"
     assert [j["id"] for j in q.claim("w", max_batch=8)] == [first]  # the cancelled one is not claimed
     assert q.progress(first, 3) and q.get(first)["step"] == 3
-    assert q.cancel(first) and not q.progress(first, 4)  # the worker learns to stop
+    assert q.cancel(first) == "running" and not q.progress(first, 4)  # the worker learns to stop
     assert not q.end(first, "done", {"image": "x.png"}) and q.get(first)["state"] == "cancelled"
-    assert not q.cancel(first)  # already ended
+    assert q.cancel(first) is None and q.cancel("no such job") is None  # already ended; unknown
+    assert [r["n"] for r in q.active("bake")] == [] and q.submit("bake", {"n": 1}, "b")
+    assert [r["n"] for r in q.active("bake")] == [1]
 
 
 def test_a_job_ends_done_with_its_result_or_failed_with_one_line(tmp_path):

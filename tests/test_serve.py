@@ -146,7 +146,7 @@ def test_every_bad_request_is_one_line_and_queues_nothing(served, client):
            ({"prompt": "a red circle", "colour": 1}, 422, "unknown field 'colour'"),
            ({"prompt": ""}, 422, "prompt must be a text of 1 to 300 characters"),
            ({"prompt": "x" * 301}, 422, "prompt must be a text"),
-           ({"prompt": "x " * 120}, 422, "prompt is too long for CLIP"),
+           ({"prompt": "x " * 120}, 422, "prompt too long for CLIP's 77-token context"),
            ({"prompt": "/etc/passwd.png"}, 422, "a served prompt cannot name an image file"),
            ({"prompt": "a cat:x"}, 422, "prompt:"),
            ({"prompt": "a", "method": "microwave", "bake": "../baked/x"}, 422, "no paths"),
@@ -158,6 +158,10 @@ def test_every_bad_request_is_one_line_and_queues_nothing(served, client):
            ({"prompt": "a", "palette": "/etc/hosts"}, 422, "palette must be one of"),
            ({"prompt": "a", "palette": "#12"}, 422, "palette"),
            ({"prompt": "a", "dither": "yes"}, 422, "dither must be true or false"),
+           ({"prompt": "a", "method": ["normal"]}, 422, "method must be one of"),
+           ({"prompt": "a", "palette": "cafe,bead"}, 422, "palette must be one of"),  # words, perhaps files
+           ({"prompt": "a", "palette": "#fff"}, 422, "at least 2 distinct colours"),
+           ({"prompt": "a red circle | a red circle:-1"}, 422, "cancel out"),
            (["a list"], 400, "the body must be a JSON object")]
     for body, status, says in bad:
         answer = post(client, body)
@@ -176,6 +180,55 @@ def test_every_bad_request_is_one_line_and_queues_nothing(served, client):
     assert client.get("/images/jobs.sqlite3").status_code == 404
     assert served.queue.counts()["queued"] == 0
     assert post(client, {"prompt": "a red circle", **SMALL}).status_code == 202  # it keeps serving
+
+
+def test_a_palette_of_colours_is_written_out_and_auto_needs_a_bake(served, client):
+    job = post(client, {"prompt": "a red circle", "palette": "#FFF, #000000", **SMALL}).json()
+    assert client.get(job["url"]).json()["request"]["palette"] == "#ffffff,#000000"
+    for bake in served.baked_dir.glob("*.pt"):
+        bake.unlink()
+    refused = post(client, {"prompt": "a red circle", "method": "auto"})
+    assert refused.status_code == 422 and "needs a bake of toy" in refused.json()["error"]
+
+
+def test_a_bake_never_replaces_another(served, client):
+    first = client.post("/api/bakes", json={"prompt": "a green square", "name": "mine", "meta_steps": 2})
+    assert first.status_code == 202
+    again = client.post("/api/bakes", json={"prompt": "a blue square", "name": "mine"})  # queued, not yet a file
+    assert again.status_code == 409 and "under way" in again.json()["error"]
+    shipped = client.post("/api/bakes", json={"prompt": "a red circle on the left"})  # its default name exists
+    assert shipped.status_code == 409 and BAKE in shipped.json()["error"]
+
+
+def test_a_job_cancelled_while_its_images_are_written_keeps_none(served, client, monkeypatch):
+    job = post(client, {"prompt": "a red circle", "variations": 2, **SMALL}).json()["id"]
+    end = served.queue.end
+
+    def cancelled_meanwhile(*args, **kwargs):
+        client.delete(f"/api/jobs/{job}")  # the DELETE lands after the worker's last check
+        return end(*args, **kwargs)
+
+    monkeypatch.setattr(served.queue, "end", cancelled_meanwhile)
+    assert served.workers[0].run_once() == 1
+    assert client.get(f"/api/jobs/{job}").json()["state"] == "cancelled"
+    assert not list(served.images.glob(f"{job}*")) and served.live.get(job) is None
+
+
+def test_a_failing_queue_puts_the_batch_back(served, client, monkeypatch):
+    import sqlite3
+    job = post(client, {"prompt": "a red circle", **SMALL}).json()["id"]
+    tries = []
+
+    def failing(*args, **kwargs):
+        tries.append(args)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(served.queue, "end", failing)
+    with working(served):
+        assert wait_until(lambda: tries)
+    assert client.get(f"/api/jobs/{job}").json()["state"] == "queued" and served.live.get(job) is None
+    monkeypatch.undo()
+    assert served.workers[0].run_once() == 1 and client.get(f"/api/jobs/{job}").json()["state"] == "done"
 
 
 def test_a_full_queue_answers_429_with_retry_after(toy, tmp_path):
@@ -315,7 +368,7 @@ def free_port():
 def serve(folder, port, *more):
     return subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--clip-model", "toy", "--devices", "cpu",
                              "--port", str(port), "--data", str(folder), "--baked-dir", str(ROOT / "baked"),
-                               "--threads", "1", *more], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--threads", "1", *more], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def wait_up(port, seconds=60):
@@ -351,7 +404,7 @@ def test_serve_refuses_a_bad_start_in_one_line(case, tmp_path):
 def test_kill_9_mid_queue_then_a_restart_does_every_job_once(tmp_path):
     import httpx
     port = free_port()
-    first = serve(tmp_path / "data", port)
+    first = serve(tmp_path / "data", port, "--max-batch", "2")  # small batches: some still wait at the kill
     try:
         wait_up(port)
         url = f"http://127.0.0.1:{port}/api/jobs"
@@ -361,6 +414,9 @@ def test_kill_9_mid_queue_then_a_restart_does_every_job_once(tmp_path):
             if httpx.get(f"{url}/{ids[0]}").json()["state"] != "queued":
                 break
             time.sleep(0.05)
+        second = subprocess.run([sys.executable, str(ROOT / "serve.py"), "--clip-model", "toy", "--port",
+                                 str(free_port()), "--data", str(tmp_path / "data")], capture_output=True, text=True)
+        assert second.returncode == 1 and "another serve.py is serving --data" in second.stderr  # one queue, one server
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()

@@ -16,8 +16,17 @@ function headers(json) {
 async function api(path, options = {}) {
   const answer = await fetch(path, { ...options, headers: headers(options.body !== undefined) });
   const data = await answer.json().catch(() => ({ error: answer.statusText }));
-  if (!answer.ok) throw new Error(data.error || answer.statusText);
+  if (!answer.ok) {
+    const error = new Error(data.error || answer.statusText);
+    error.status = answer.status;
+    throw error;
+  }
   return data;
+}
+
+function show(img, url) {  // an <img>'s new blob URL, the old one let go
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.src = url;
 }
 
 async function blobUrl(path) {  // an image fetched with the token, as a URL an <img> can show
@@ -77,19 +86,28 @@ function jobCard(id, text) {
 }
 
 async function follow(id, card, onDone) {
-  let shown = -1;
+  let shown = null, wait = 400;
   for (;;) {
     let job;
-    try { job = await api(`/api/jobs/${id}`); } catch (e) { say(e.message, true); return; }
+    try {
+      job = await api(`/api/jobs/${id}`);
+      wait = 400;
+    } catch (e) {  // a server restarting, a network blip: try again, less often; a job it lost: stop
+      say(e.message, true);
+      if (e.status === 404 || e.status === 401) return;
+      wait = Math.min(wait * 2, 10000);
+      await new Promise((r) => setTimeout(r, wait));
+      continue;
+    }
     const state = card.querySelector(".state");
     const bar = card.querySelector("progress");
     if (job.state === "queued") state.textContent = `queued: ${job.position} ahead`;
     if (job.state === "running") {
       state.textContent = `running: step ${job.step} of ${job.steps}`;
       bar.max = job.steps || 1; bar.value = job.step;
-      if (job.step !== shown) {
+      if (job.preview && job.preview !== shown) {  // a new preview is made every few steps
         const url = await blobUrl(`/api/jobs/${id}/preview.png`);
-        if (url) { card.querySelector("img").src = url; shown = job.step; }
+        if (url) { show(card.querySelector("img"), url); shown = job.preview; }
       }
     }
     if (ENDED.includes(job.state)) {
@@ -102,11 +120,13 @@ async function follow(id, card, onDone) {
       loadStatus();
       return;
     }
-    await new Promise((r) => setTimeout(r, 400));
+    await new Promise((r) => setTimeout(r, wait));
   }
 }
 
 async function addToGallery(job, card) {
+  const preview = card.querySelector("img");
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
   card.remove();
   const r = job.request;
   const settings = `${r.method}${r.bake ? " " + r.bake : ""}, ${r.size || "bake's"} px, ${r.steps || "default"} steps` +
