@@ -395,9 +395,11 @@ def test_an_interrupted_render_saves_marks_its_png_and_exits_non_zero(tiny_ckpt,
     if script == "microwave.py":
         write_bake("b.pt", torch.randn(3, 32))
         args.append("b.pt")
+    # the child hears Ctrl-C even where the tests run in a shell's background job, which ignores SIGINT
     child = subprocess.Popen([sys.executable, str(ROOT / script), *args, *render_args(tiny_ckpt, "--steps", "100000",
                               "--save-progress", "1", "--seed", "0"), "--out", "o.png"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     frames = Path("o_progress")
     for _ in range(600):  # until it has made a few steps (a frame a step)
         if len(list(frames.glob("*.png"))) >= 4 or child.poll() is not None:
