@@ -138,8 +138,8 @@ def kinds_table(summary, methods, judge):
     kinds = list(dict.fromkeys(kind for m in methods for kind in summary[m.name][judge].get("readout_by_kind", {})))
     if not kinds:
         return []
-    lines = [f"The scene prompts read against each kind of rival (the prompt beats every rival of that kind; "
-             f"`drop`: a caption missing one object):", "", "| method | " + " | ".join(kinds) + " |",
+    lines = ["The scene prompts read against each kind of rival (the prompt beats every rival of that kind; "
+             "`drop`: a caption missing one object):", "", "| method | " + " | ".join(kinds) + " |",
              "|---|" + "---|" * len(kinds)]
     for method in methods:
         by = summary[method.name][judge].get("readout_by_kind", {})

@@ -49,26 +49,34 @@ def resident_mib(pid):
 
 
 def free_port():
+    """A loopback port no one listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def answering(base, seconds=120):
+    """Wait until a server at base answers GET /api/status: whether it did within seconds."""
+    import httpx
+    for _ in range(int(seconds * 10)):
+        try:
+            httpx.get(f"{base}/api/status")
+            return True
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return False
+
+
 def start_server(options, folder):
     """serve.py in its own process: (the process, its base URL), once it answers."""
-    import httpx
     port = free_port()
     process = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--clip-model", options.clip_model,
                                 "--devices", "cpu", "--port", str(port), "--data", str(folder), "--threads",
                                 str(options.threads), "--max-batch", str(options.max_batch), "--max-queue",
                                 str(max(1000, options.clients * 2))], stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            httpx.get(f"{base}/api/status")
-            return process, base
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    if answering(base):
+        return process, base
     process.kill()
     raise RuntimeError("serve.py did not start in two minutes")
 

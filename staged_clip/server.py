@@ -8,6 +8,7 @@ needs "Authorization: Bearer TOKEN".
 
 import asyncio
 import base64
+import functools
 import hmac
 import json
 import math
@@ -178,8 +179,6 @@ def find(server, job):
 
 def refusals(route):
     """A route whose orders.Refused becomes its one-line JSON error."""
-    import functools
-
     @functools.wraps(route)
     async def answer(*args, **kwargs):
         try:
@@ -224,7 +223,7 @@ def add_job_routes(app, server):
     @app.delete("/api/jobs/{job}")
     @refusals
     async def cancel(job: str):
-        found = find(server, job)
+        find(server, job)  # 404 where there is no such job
         server.live.cancel(job)  # first: a worker between its checks must not miss it
         was = server.queue.cancel(job)
         if was != "running":  # no worker holds it: nothing to tell

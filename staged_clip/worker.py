@@ -173,14 +173,11 @@ class Worker:
             return work(batch[0])
         except Cancelled:
             pass
-        except Exception as error:  # one job's failure is the job's, never the server's
+        except (Exception, SystemExit) as error:  # one job's failure is the job's, never the server's
             line = error_line(error)
             log(f"{self.place.name}: {len(batch)} job(s) failed: {line}")
             for job in batch:
                 self.queue.end(job["id"], "failed", error=line)
-        except SystemExit as error:
-            for job in batch:
-                self.queue.end(job["id"], "failed", error=error_line(error))
         for job in batch:
             self.live.end(job["id"])
         return None
@@ -227,10 +224,10 @@ class Worker:
         """rollout's callback: each job's step, a preview every preview_every steps and at the end,
         and Cancelled once every job of the group is cancelled."""
         done, firsts = [0], [sum(len(p.seeds) for p in group[:i]) for i in range(len(group))]
+        ids = [p.job["id"] for p in group]
 
         def report(stage, step, loss, z):
             done[0] += 1
-            ids = [p.job["id"] for p in group]
             if all(self.live.is_cancelled(i) for i in ids):
                 raise Cancelled
             show = done[0] % self.place.preview_every == 0 or done[0] == steps

@@ -6,15 +6,14 @@ README's docs/serve.png was made so)."""
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image
 
 from conftest import ROOT
+from staged_clip.servebench import answering, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -22,16 +21,9 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian'
                                                                     "(apt-get install -y chromium chromium-driver)")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def site(tmp_path):
     """A served toy model: its base URL."""
-    import httpx
     port = free_port()
     process = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--clip-model", "toy", "--devices", "cpu",
                                 "--port", str(port), "--data", str(tmp_path / "data"), "--baked-dir",
@@ -39,12 +31,7 @@ def site(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                httpx.get(f"{base}/api/status")
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        answering(base, seconds=60)
         yield base
     finally:
         process.terminate()

@@ -21,6 +21,7 @@ from PIL import Image
 
 from conftest import ROOT
 from staged_clip import jobs, models, orders, server, worker
+from staged_clip.servebench import answering, free_port
 
 BAKE = "a_red_circle_on_the_left"
 SHARED = "shared_prompts_toy"
@@ -359,12 +360,6 @@ def test_two_workers_on_one_queue_run_each_job_once(toy, tmp_path):
     assert all(j["state"] == "done" and j["runs"] == 1 for j in found)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(folder, port, *more):
     return subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--clip-model", "toy", "--devices", "cpu",
                              "--port", str(port), "--data", str(folder), "--baked-dir", str(ROOT / "baked"),
@@ -372,13 +367,7 @@ def serve(folder, port, *more):
 
 
 def wait_up(port, seconds=60):
-    import httpx
-    for _ in range(int(seconds * 10)):
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/api/status").json()
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError("the server did not start")
+    assert answering(f"http://127.0.0.1:{port}", seconds), "the server did not start"
 
 
 def test_serve_refuses_other_hosts_without_a_token_in_one_line(tmp_path):
